@@ -1,0 +1,148 @@
+"""The ``attnmap`` command: parse, call the library, print.
+
+Each command lives in a module with ``register(subparsers)``; it sets ``func`` on its parser.
+Modules listed in ``COMMAND_MODULES`` must import only the standard library at top level, so
+that ``attnmap --help`` and every command start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ._errors import AttnmapError, AttnmapWarning
+
+COMMAND_MODULES = [
+    "attnmap._cmd_core",  # render, capture, info
+    "attnmap.viewer._cmd",  # html
+    "attnmap.analysis._cmd",  # heads, relate
+    "attnmap.app._cmd",  # serve
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit code 2), pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="attnmap",
+        description="See where a transformer's attention goes. Layers and heads are 0-based; "
+        "negative numbers count from the end.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("attnmap"):
+                continue  # a command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options every command has."""
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+
+
+def add_text_input(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """TEXT as an argument, --file PATH, or standard input (TEXT of '-')."""
+    p.add_argument("text", nargs="?", help="the input text ('-' reads standard input)")
+    p.add_argument("--file", "-f", metavar="PATH", help="read the text from a UTF-8 file")
+    p.set_defaults(_text_required=required)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", "-m", metavar="MODEL",
+        help="hub id (gpt2, bert-base-uncased, t5-small), local directory, or omitted for "
+        "the bundled all-MiniLM-L6-v2 (works offline)",
+    )
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code to run (only for models you trust)")
+    p.add_argument("--target", metavar="TEXT",
+                   help="encoder-decoder models: the decoder's text (default: its own greedy "
+                   "continuation)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut text longer than the model's maximum instead of failing")
+
+
+def read_text(args: argparse.Namespace) -> str | None:
+    """The text from TEXT, --file or stdin; None when none was given and none is required."""
+    text, path = getattr(args, "text", None), getattr(args, "file", None)
+    if text is not None and path is not None:
+        raise AttnmapError("give the text either as an argument or with --file, not both")
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise AttnmapError(f"--file {path!r} does not exist") from None
+        except IsADirectoryError:
+            raise AttnmapError(f"--file {path!r} is a directory, not a text file") from None
+        except OSError as exc:
+            raise AttnmapError(f"cannot read --file {path!r}: {exc.strerror}") from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AttnmapError(
+                f"--file {path!r} is not UTF-8 text (bad byte at position {exc.start}); "
+                "convert it with `iconv -t UTF-8`"
+            ) from None
+    if text == "-" or (text is None and not sys.stdin.isatty() and getattr(
+            args, "_text_required", True)):
+        try:
+            return sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AttnmapError(
+                f"standard input is not UTF-8 text (bad byte at position {exc.start})"
+            ) from None
+    if text is None and getattr(args, "_text_required", True):
+        raise AttnmapError("no text given; pass TEXT, --file PATH, or pipe text to stdin")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    debug = getattr(args, "debug", False) or os.environ.get("ATTNMAP_DEBUG") == "1"
+    import warnings
+
+    def _show(message: Any, category: Any, *_a: Any, **_k: Any) -> None:
+        print(f"attnmap: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = _show  # type: ignore[assignment]
+    warnings.simplefilter("always", AttnmapWarning)
+    try:
+        return int(args.func(args) or 0)
+    except AttnmapError as exc:
+        if debug:
+            raise
+        print(f"attnmap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnmap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

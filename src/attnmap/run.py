@@ -1,0 +1,286 @@
+"""AttentionRun: the one intermediate every output is made from, and its file format.
+
+File format (version 1), one ``.safetensors`` file:
+
+* self-attention models: tensors ``layer.{i}`` of shape ``[heads, queries, keys]``;
+* encoder-decoder models: ``encoder.layer.{i}``, ``decoder.layer.{i}``, ``cross.layer.{i}``;
+* masks: ``mask`` (or ``{stack}.mask``), uint8 ``[queries, keys]``, 1 = the query cannot see
+  the key (causal upper triangle), so a masked cell is never read as "attention 0";
+* the metadata entry ``attnmap`` holds JSON: ``format_version``, ``model``, ``causal``,
+  ``architecture``, ``text``, ``tokens`` (display strings), ``token_info`` (raw, id, special,
+  offsets) and, for encoder-decoders, ``target_text``, ``target_tokens``,
+  ``target_token_info`` and per stack ``query_tokens``/``key_tokens``.
+
+Loading never executes code: safetensors holds only tensors and strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import AttnmapError
+from ._io import atomic_path
+from .tokens import Token
+
+FORMAT_VERSION = 1
+STACK_ORDER = ("self", "encoder", "decoder", "cross")
+# Which token sequence a stack's queries and keys come from.
+STACK_SIDES = {
+    "self": ("source", "source"),
+    "encoder": ("source", "source"),
+    "decoder": ("target", "target"),
+    "cross": ("target", "source"),
+}
+
+
+@dataclass
+class AttentionStack:
+    """All layers of one kind of attention (self, encoder, decoder or cross)."""
+
+    name: str
+    layers: list[np.ndarray]  # each [head, query, key], float32 (or float16 when stored small)
+    masked: np.ndarray  # [query, key] bool; True where the query cannot attend to the key
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.layers[0].shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        h, q, k = self.layers[0].shape
+        return (len(self.layers), int(h), int(q), int(k))
+
+
+@dataclass
+class AttentionRun:
+    """Tokens, attention weights and model facts for one input text."""
+
+    text: str
+    tokens: list[Token]  # the input (source) tokens
+    stacks: dict[str, AttentionStack]
+    model: dict[str, Any]  # id, architecture, model_type, layers, heads, causal, max_length
+    target_text: str | None = None
+    target_tokens: list[Token] | None = None  # decoder tokens of an encoder-decoder
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # --- shape and facts -------------------------------------------------------------------
+    @property
+    def primary(self) -> str:
+        """The stack shown by default: ``self`` or, for encoder-decoders, ``encoder``."""
+        return next(iter(self.stacks))
+
+    def stack(self, name: str | None = None) -> AttentionStack:
+        name = name or self.primary
+        if name not in self.stacks:
+            raise AttnmapError(
+                f"this run has no {name!r} attention; it has: {', '.join(self.stacks)}"
+            )
+        return self.stacks[name]
+
+    @property
+    def n_layers(self) -> int:
+        return self.stack().n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.stack().n_heads
+
+    @property
+    def causal(self) -> bool:
+        return bool(self.model.get("causal", False))
+
+    @property
+    def attention(self) -> np.ndarray:
+        """The default stack as one array ``[layer, head, query, key]``."""
+        return np.stack(self.stack().layers)
+
+    @property
+    def masked(self) -> np.ndarray:
+        """The default stack's mask ``[query, key]`` (True = cannot attend)."""
+        return self.stack().masked
+
+    def query_tokens(self, stack: str | None = None) -> list[Token]:
+        return self._side(STACK_SIDES[self.stack(stack).name][0])
+
+    def key_tokens(self, stack: str | None = None) -> list[Token]:
+        return self._side(STACK_SIDES[self.stack(stack).name][1])
+
+    def _side(self, side: str) -> list[Token]:
+        if side == "target":
+            return self.target_tokens or []
+        return self.tokens
+
+    # --- indexing --------------------------------------------------------------------------
+    def layer_index(self, layer: int, stack: str | None = None) -> int:
+        return _index(layer, self.stack(stack).n_layers, "layer")
+
+    def head_index(self, head: int, stack: str | None = None) -> int:
+        return _index(head, self.stack(stack).n_heads, "head")
+
+    def layer(self, layer: int, stack: str | None = None) -> np.ndarray:
+        """One layer's weights ``[head, query, key]`` as float32."""
+        st = self.stack(stack)
+        return np.asarray(st.layers[self.layer_index(layer, stack)], dtype=np.float32)
+
+    def head(self, layer: int, head: int, stack: str | None = None) -> np.ndarray:
+        """One head's matrix ``[query, key]`` as float32."""
+        h = self.head_index(head, stack)
+        return self.layer(layer, stack)[h]
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={v.shape}" for k, v in self.stacks.items())
+        return (
+            f"AttentionRun(model={self.model.get('id')!r}, tokens={len(self.tokens)}, {shapes})"
+        )
+
+    # --- files -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
+        """Write the run as one ``.safetensors`` file (replaced only once complete)."""
+        from safetensors.numpy import save_file
+
+        if dtype not in ("float32", "float16"):
+            raise AttnmapError(f"dtype must be float32 or float16 (not {dtype!r})")
+        tensors: dict[str, np.ndarray] = {}
+        stacks_meta: dict[str, Any] = {}
+        for name, st in self.stacks.items():
+            prefix = "" if name == "self" else f"{name}."
+            for i, arr in enumerate(st.layers):
+                tensors[f"{prefix}layer.{i}"] = np.ascontiguousarray(arr, dtype=dtype)
+            tensors[f"{prefix}mask"] = np.ascontiguousarray(st.masked, dtype=np.uint8)
+            q_side, k_side = STACK_SIDES[name]
+            stacks_meta[name] = {
+                "layers": st.n_layers,
+                "heads": st.n_heads,
+                "query": q_side,
+                "key": k_side,
+                "query_tokens": [t.text for t in self._side(q_side)],
+                "key_tokens": [t.text for t in self._side(k_side)],
+            }
+        for name, arr in self.extra_tensors().items():
+            tensors[name] = np.ascontiguousarray(arr)
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "model": self.model.get("id"),
+            "model_info": self.model,
+            "causal": self.causal,
+            "architecture": self.model.get("architecture"),
+            "text": self.text,
+            "tokens": [t.text for t in self.tokens],
+            "token_info": [t.to_dict() for t in self.tokens],
+            "stacks": stacks_meta,
+            "extra": {k: v for k, v in self.extra.items() if not isinstance(v, np.ndarray)},
+        }
+        if self.target_tokens is not None:
+            meta["target_text"] = self.target_text
+            meta["target_tokens"] = [t.text for t in self.target_tokens]
+            meta["target_token_info"] = [t.to_dict() for t in self.target_tokens]
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"attnmap": json.dumps(meta)})
+        return Path(path)
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Optional arrays carried in ``extra`` (saved as ``extra.{name}``)."""
+        return {f"extra.{k}": v for k, v in self.extra.items() if isinstance(v, np.ndarray)}
+
+
+def _index(i: int, n: int, what: str) -> int:
+    if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+        raise AttnmapError(f"{what} must be an integer in 0..{n - 1} (not {i!r})")
+    if -n <= i < n:
+        return int(i) % n
+    raise AttnmapError(
+        f"{what} must be in 0..{n - 1} or -{n}..-1 counting from the end (not {i!r})"
+    )
+
+
+def load(path: str | os.PathLike[str]) -> AttentionRun:
+    """Read a run written by :meth:`AttentionRun.save`. Refuses anything else with a clear error."""
+    from safetensors import safe_open
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise AttnmapError(f"run file {str(p)!r} does not exist")
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            header = f.metadata() or {}
+            keys = list(f.keys())
+            raw_meta = header.get("attnmap")
+            if raw_meta is None:
+                raise AttnmapError(
+                    f"{str(p)!r} is a safetensors file but not an attnmap run "
+                    "(no 'attnmap' metadata); make one with `attnmap capture`"
+                )
+            meta = json.loads(raw_meta)
+            version = int(meta.get("format_version", 0))
+            if version > FORMAT_VERSION:
+                raise AttnmapError(
+                    f"{str(p)!r} uses run format {version}, newer than this attnmap reads "
+                    f"({FORMAT_VERSION}); upgrade attnmap"
+                )
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except AttnmapError:
+        raise
+    except Exception as exc:  # safetensors raises several types for a bad header
+        raise AttnmapError(
+            f"{str(p)!r} is not a readable attnmap run file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'bad header'}); re-create it with "
+            "`attnmap capture`"
+        ) from exc
+    try:
+        return _from_parts(meta, tensors)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise AttnmapError(
+            f"{str(p)!r} is an attnmap run file with missing or inconsistent parts ({exc}); "
+            "re-create it with `attnmap capture`"
+        ) from exc
+
+
+def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> AttentionRun:
+    tokens = [Token.from_dict(d) for d in meta["token_info"]]
+    target = meta.get("target_token_info")
+    target_tokens = [Token.from_dict(d) for d in target] if target is not None else None
+    stacks: dict[str, AttentionStack] = {}
+    for name in STACK_ORDER:
+        prefix = "" if name == "self" else f"{name}."
+        layers = []
+        i = 0
+        while f"{prefix}layer.{i}" in tensors:
+            layers.append(tensors[f"{prefix}layer.{i}"])
+            i += 1
+        if not layers:
+            continue
+        mask = tensors[f"{prefix}mask"].astype(bool)
+        q_side, k_side = STACK_SIDES[name]
+        nq = len(target_tokens or []) if q_side == "target" else len(tokens)
+        nk = len(target_tokens or []) if k_side == "target" else len(tokens)
+        for arr in layers:
+            if arr.ndim != 3 or arr.shape[1:] != (nq, nk) or arr.shape[0] != layers[0].shape[0]:
+                raise ValueError(f"{name} layer of shape {arr.shape} does not fit {nq}×{nk} tokens")
+        if mask.shape != (nq, nk):
+            raise ValueError(f"{name} mask of shape {mask.shape} does not fit {nq}×{nk} tokens")
+        stacks[name] = AttentionStack(name=name, layers=layers, masked=mask)
+    if not stacks:
+        raise ValueError("no attention tensors")
+    extra: dict[str, Any] = dict(meta.get("extra") or {})
+    for k, v in tensors.items():
+        if k.startswith("extra."):
+            extra[k[len("extra.") :]] = v
+    return AttentionRun(
+        text=meta["text"],
+        tokens=tokens,
+        stacks=stacks,
+        model=dict(meta.get("model_info") or {"id": meta.get("model"), "causal": meta["causal"]}),
+        target_text=meta.get("target_text"),
+        target_tokens=target_tokens,
+        extra=extra,
+    )

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models built once per test session (no network)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import _models  # noqa: E402
+
+HOSTILE = [
+    "</script><script>window.__pwned=1</script>",
+    "<img src=x onerror=\"window.__pwned=1\">",
+    "<!--",
+    "\"'`",
+    "a\u2028b",
+]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(models_dir) -> Path:
+    return _models.build_gpt2(models_dir / "gpt2")
+
+
+@pytest.fixture(scope="session")
+def bert_dir(models_dir) -> Path:
+    return _models.build_bert(models_dir / "bert")
+
+
+@pytest.fixture(scope="session")
+def t5_dir(models_dir) -> Path:
+    return _models.build_t5(models_dir / "t5")
+
+
+@pytest.fixture(scope="session")
+def bart_dir(models_dir) -> Path:
+    return _models.build_bart(models_dir / "bart")
+
+
+@pytest.fixture(scope="session")
+def hostile_gpt2_dir(models_dir) -> Path:
+    """A GPT-2 whose vocabulary holds tokens that are markup and script."""
+    return _models.build_gpt2(models_dir / "hostile", extra_tokens=HOSTILE)
+
+
+@pytest.fixture(scope="session")
+def gpt2_run(gpt2_dir):
+    import attnmap
+
+    return attnmap.capture("The cat that sat on the mat was black.\nIt was.", model=gpt2_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_run():
+    import attnmap
+
+    return attnmap.capture("The cat that sat on the mat was black.")
