@@ -6,15 +6,29 @@ called, so ``import attnmap`` stays fast.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ._errors import AttnmapError, AttnmapWarning
+
 # Bound after the submodule import so that `attnmap.capture` stays the function.
 from .capture import capture
 from .run import AttentionRun, AttentionStack, load
 from .tokens import Token
 
 __version__ = "0.1.0"
+
+# Public names that live in modules with heavier imports, loaded on first use.
+_LAZY = {
+    "heatmap": "attnmap.plot:heatmap",
+    "show": "attnmap.viewer:show",
+    "to_html": "attnmap.viewer:to_html",
+    "head_scores": "attnmap.analysis:head_scores",
+    "relate": "attnmap.analysis:relate",
+    "rollout": "attnmap.analysis:rollout",
+    "merge_words": "attnmap.analysis:merge_words",
+    "transform": "attnmap.analysis:transform",
+}
 
 __all__ = [
     "AttentionRun",
@@ -24,13 +38,20 @@ __all__ = [
     "Token",
     "__version__",
     "capture",
-    "heatmap",
     "load",
+    *_LAZY,
 ]
 
 
-def heatmap(run: AttentionRun, layer: int = 0, head: int | str = 0, **kwargs: Any) -> Any:
-    """The seed's heatmap of one head (or ``head="all"``) as a matplotlib Figure."""
-    from .plot import heatmap as _heatmap
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'attnmap' has no attribute {name!r}")
+    mod, attr = target.split(":")
+    value = getattr(importlib.import_module(mod), attr)
+    globals()[name] = value
+    return value
 
-    return _heatmap(run, layer, head, **kwargs)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
