@@ -233,3 +233,47 @@ def _load_model(source: str, config: Any, kwargs: dict[str, Any]) -> Any:
             last = exc
     assert last is not None
     raise last
+
+
+def describe(model: str | os.PathLike[str] | None = None, *,
+             trust_remote_code: bool = False) -> dict[str, Any]:
+    """Model facts without loading weights: architecture, layers, heads, maximum length."""
+    ident, source, local = resolve(model)
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    try:
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=True,
+                                                trust_remote_code=trust_remote_code)
+            local_only = True
+        except OSError:
+            if local or not _hub_reachable():
+                raise AttnmapError(
+                    f"cannot load model {ident!r}: it is not in the local Hugging Face cache "
+                    "and the hub cannot be reached; pass a local directory with --model PATH"
+                ) from None
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+            local_only = False
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only,
+                                                  trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AttnmapError(f"cannot read model {ident!r}: {msg}") from exc
+    enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+    causal = _is_causal(config)
+    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {
+        "id": ident,
+        "source": source,
+        "architecture": "encoder-decoder" if enc_dec else ("decoder" if causal else "encoder"),
+        "model_type": getattr(config, "model_type", None),
+        "layers": getattr(text_cfg, "num_hidden_layers", None) or getattr(text_cfg, "n_layer",
+                                                                           None),
+        "heads": getattr(text_cfg, "num_attention_heads", None) or getattr(text_cfg, "n_head",
+                                                                            None),
+        "causal": causal,
+        "max_length": max_length(config, tokenizer),
+        "vocab_size": getattr(text_cfg, "vocab_size", None),
+    }

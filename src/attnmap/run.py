@@ -143,6 +143,17 @@ class AttentionRun:
             f"AttentionRun(model={self.model.get('id')!r}, tokens={len(self.tokens)}, {shapes})"
         )
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook a run shows itself in the interactive viewer."""
+        try:
+            from .viewer import mimebundle
+        except ImportError:
+            return {"text/plain": repr(self)}
+        try:
+            return dict(mimebundle(self))
+        except AttnmapError:  # the widget extra is not installed
+            return {"text/plain": repr(self)}
+
     # --- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
         """Write the run as one ``.safetensors`` file (replaced only once complete)."""

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # Visible stand-ins for whitespace. A space becomes an open box, a newline a return symbol.
-VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
+VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "\\r"}
 
 
 @dataclass(frozen=True)

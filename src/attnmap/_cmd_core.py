@@ -1,0 +1,170 @@
+"""``attnmap render | capture | info``: the core commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .cli import add_common, add_model_options, add_text_input, read_text
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "render",
+        help="draw attention heatmaps to PNG/SVG/PDF",
+        description="Draw the attention heatmap of a layer and head: query tokens down, key "
+        "tokens across, darker = more attention. Layers and heads are 0-based; negative "
+        "numbers count from the end (-1 = last).",
+    )
+    add_text_input(p, required=False)
+    p.add_argument("--run", metavar="FILE", help="draw from a saved run (.safetensors) instead "
+                   "of running a model")
+    add_model_options(p)
+    p.add_argument("-o", "--output", default="attention.png",
+                   help="output file; .png, .svg or .pdf (default: attention.png)")
+    p.add_argument("--layer", "-l", type=int, default=0, help="layer, 0-based (default 0)")
+    p.add_argument("--head", "--heads", dest="head", default="0",
+                   help="head, 0-based, or 'all' for a grid of the layer's heads (default 0)")
+    p.add_argument("--overview", action="store_true", help="layers × heads small multiples")
+    p.add_argument("--aggregate", choices=["mean", "max"], help="combine the layer's heads")
+    p.add_argument("--stack", choices=["encoder", "decoder", "cross"],
+                   help="encoder-decoder models: which attention to draw (default encoder)")
+    vals = p.add_mutually_exclusive_group()
+    vals.add_argument("--values", dest="values", action="store_true", default=None,
+                      help="always print the score in each cell")
+    vals.add_argument("--no-values", dest="values", action="store_false",
+                      help="never print scores in cells")
+    p.add_argument("--scale", choices=["unit", "data"], default="unit",
+                   help="colour scale: 0–1 (unit, default) or 0 to the largest shown value")
+    p.add_argument("--cmap", default="Blues", help="a sequential matplotlib colormap")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of PNG output")
+    p.add_argument("--words", action="store_true",
+                   help="merge subword tokens into words (rows still sum to 1)")
+    p.add_argument("--method", default="raw",
+                   help="raw attention (default), rollout, value-norm or grad")
+    add_common(p)
+    p.set_defaults(func=_render)
+
+    c = sub.add_parser("capture", help="run a model once and save every layer's attention",
+                       description="Run the model on the text and save all attention weights "
+                       "as one .safetensors run file (see the README for the format).")
+    add_text_input(c)
+    add_model_options(c)
+    c.add_argument("-o", "--output", required=True, help="run file to write (.safetensors)")
+    c.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="storage precision (float16 halves the file)")
+    add_common(c)
+    c.set_defaults(func=_capture)
+
+    i = sub.add_parser("info", help="model facts: architecture, layers, heads, maximum length")
+    i.add_argument("--model", "-m", metavar="MODEL", help="hub id, local directory, or omitted "
+                   "for the bundled all-MiniLM-L6-v2")
+    i.add_argument("--trust-remote-code", action="store_true")
+    i.add_argument("--run", metavar="FILE", help="describe a saved run file instead")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    add_common(i)
+    i.set_defaults(func=_info)
+
+
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(f"attnmap: {msg}", file=sys.stderr, flush=True)
+
+
+def obtain_run(args: argparse.Namespace) -> Any:
+    """The run a command works on: loaded from --run, or captured from the text."""
+    from ._errors import AttnmapError
+
+    text = read_text(args)
+    if getattr(args, "run", None):
+        if text is not None:
+            raise AttnmapError("give either a text or --run FILE, not both")
+        from .run import load
+
+        return load(args.run)
+    if text is None:
+        raise AttnmapError("no text given; pass TEXT, --file PATH, --run FILE, or pipe text in")
+    from .capture import capture
+
+    t0 = time.perf_counter()
+    run = capture(text, args.model, target=args.target, truncate=args.truncate,
+                  trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    _say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
+         f"heads in {time.perf_counter() - t0:.1f}s")
+    return run
+
+
+def apply_view(run: Any, args: argparse.Namespace) -> Any:
+    """--words / --method: hand the run to the analysis transforms when asked."""
+    if not getattr(args, "words", False) and getattr(args, "method", "raw") in ("raw", None):
+        return run
+    from .analysis import transform
+
+    return transform(run, words=args.words, method=args.method)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from ._errors import AttnmapError
+    from ._io import check_writable
+    from .plot import output_format
+
+    output_format(args.output)
+    check_writable(args.output)
+    head: int | str
+    if args.head == "all":
+        head = "all"
+    else:
+        try:
+            head = int(args.head)
+        except ValueError:
+            raise AttnmapError(f"--head must be an integer or 'all' (not {args.head!r})") from None
+    run = apply_view(obtain_run(args), args)
+    from . import plot
+
+    run.layer_index(args.layer, args.stack)  # range errors before any drawing
+    if args.overview:
+        fig = plot.overview(run, stack=args.stack, scale=args.scale, cmap=args.cmap)
+    elif head == "all":
+        fig = plot.grid(run, args.layer, stack=args.stack, scale=args.scale, cmap=args.cmap)
+    else:
+        if args.aggregate is None:
+            run.head_index(head, args.stack)
+        fig = plot.heatmap(run, args.layer, head, stack=args.stack, aggregate=args.aggregate,
+                           values=args.values, scale=args.scale, cmap=args.cmap)
+    plot.save_figure(fig, args.output, dpi=args.dpi)
+    _say(args, f"wrote {args.output}")
+    return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from ._io import check_writable
+
+    check_writable(args.output)
+    run = obtain_run(args)
+    run.save(args.output, dtype=args.dtype)
+    _say(args, f"wrote {args.output}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.run:
+        from .run import load
+
+        run = load(args.run)
+        facts = dict(run.model)
+        facts["tokens"] = len(run.tokens)
+        facts["stacks"] = {k: list(v.shape) for k, v in run.stacks.items()}
+    else:
+        from .models import describe
+
+        facts = describe(args.model, trust_remote_code=args.trust_remote_code)
+    if args.json:
+        print(json.dumps(facts, indent=2, ensure_ascii=False))
+    else:
+        width = max(len(k) for k in facts)
+        for k, v in facts.items():
+            print(f"{k:<{width}}  {v}")
+    return 0

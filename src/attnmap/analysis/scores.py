@@ -1,0 +1,208 @@
+"""Per-head scores: one number per head for each kind of pattern people look for.
+
+All scores are means over the rows (queries) that have something to score; a row whose target
+set is empty (row 0 has no previous token; a token with no earlier copy has no induction
+target) does not count. Masked cells (``stack.masked``) are not keys. Definitions and sources
+are in ``docs/reading.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._errors import AttnmapError
+from ..run import STACK_SIDES, AttentionRun
+
+SCORE_NAMES = (
+    "self",
+    "previous_token",
+    "first_token",
+    "duplicate_token",
+    "induction",
+    "locality",
+    "mean_distance",
+    "entropy",
+    "entropy_norm",
+    "special",
+)
+# Scores that follow TransformerLens' head detector and so honour exclude_first/current.
+PATTERN_SCORES = ("previous_token", "duplicate_token", "induction", "locality")
+
+
+def self_stack_name(run: AttentionRun, stack: str | None, what: str) -> str:
+    """The stack's name, refusing stacks whose queries and keys are different tokens."""
+    st = run.stack(stack)
+    q_side, k_side = STACK_SIDES[st.name]
+    if q_side != k_side:
+        squares = [n for n in run.stacks if STACK_SIDES[n][0] == STACK_SIDES[n][1]]
+        raise AttnmapError(
+            f"{what} needs self-attention (queries and keys the same tokens); {st.name!r} is "
+            f"cross-attention; use --stack {' or '.join(squares) or 'self'}"
+        )
+    return st.name
+
+
+def token_keys(tokens: list[Any]) -> list[tuple[int, str]]:
+    """Identity of each token for finding copies: (vocabulary id, raw string).
+
+    The raw string keeps merged words (id -1) apart; for ordinary tokens it adds nothing.
+    """
+    return [(int(t.id), str(t.raw)) for t in tokens]
+
+
+def copy_pairs(keys: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier, later) position pairs of equal tokens, earlier < later."""
+    where: dict[Any, list[int]] = {}
+    for i, k in enumerate(keys):
+        where.setdefault(k, []).append(i)
+    early: list[int] = []
+    late: list[int] = []
+    for pos in where.values():
+        for b in range(1, len(pos)):
+            early.extend(pos[:b])
+            late.extend([pos[b]] * b)
+    return np.asarray(early, dtype=np.int64), np.asarray(late, dtype=np.int64)
+
+
+class _Targets:
+    """A sparse target set: (query, key) pairs, grouped by query for fast row sums."""
+
+    def __init__(self, q: np.ndarray, k: np.ndarray, n: int, masked: np.ndarray,
+                 excluded_cols: np.ndarray):
+        keep = ~masked[q, k] & ~excluded_cols[q, k] if len(q) else np.zeros(0, bool)
+        q, k = q[keep], k[keep]
+        order = np.lexsort((k, q))
+        self.q, self.k = q[order], k[order]
+        self.rows, self.starts = np.unique(self.q, return_index=True)  # rows with a target
+
+    def row_mass(self, a: np.ndarray) -> np.ndarray:
+        """``Σ_{j∈S_i} A[h, i, j]`` for the rows that have targets: ``[head, row]``."""
+        if len(self.q) == 0:
+            return np.zeros((a.shape[0], 0), dtype=np.float64)
+        vals = a[:, self.q, self.k].astype(np.float64)  # [head, pair]
+        return np.add.reduceat(vals, self.starts, axis=1)
+
+
+def head_scores(
+    run: AttentionRun,
+    *,
+    stack: str | None = None,
+    exclude_first: bool = False,
+    exclude_current: bool = False,
+    locality_k: int = 2,
+) -> list[dict[str, Any]]:
+    """Scores for every head: ``[{"layer", "head", "scores": {name: float | None}}, …]``.
+
+    A score is None when no row of this text has a target for it (e.g. ``induction`` on a
+    text without repeated tokens). ``exclude_first``/``exclude_current`` take the first key
+    and the query's own key out of both the targets and the row's mass for the pattern scores
+    (previous_token, duplicate_token, induction, locality), as TransformerLens does.
+    """
+    if isinstance(locality_k, bool) or not isinstance(locality_k, (int, np.integer)) or (
+        locality_k < 0
+    ):
+        raise AttnmapError(f"locality_k must be a whole number ≥ 0 (not {locality_k!r})")
+    name = self_stack_name(run, stack, "head scores")
+    st = run.stack(name)
+    tokens = run.query_tokens(name)
+    n = len(tokens)
+    masked = np.asarray(st.masked, dtype=bool)  # [query, key]
+    allowed = ~masked
+    idx = np.arange(n)
+
+    excluded = np.zeros((n, n), dtype=bool)  # [query, key] cells taken out of pattern scores
+    if exclude_first:
+        excluded[:, 0] = True
+    if exclude_current:
+        excluded[idx, idx] = True
+
+    dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)  # [query, key]
+    prev = _Targets(idx[1:], idx[1:] - 1, n, masked, excluded)
+    band_q, band_k = np.nonzero((dist <= locality_k) & allowed)
+    local = _Targets(band_q, band_k, n, masked, excluded)
+    early, late = copy_pairs(token_keys(tokens))
+    dup = _Targets(late, early, n, masked, excluded)
+    # Induction: query at a later copy attends to the token right after the earlier copy.
+    nxt = early + 1
+    induct = _Targets(late, nxt, n, masked, excluded)
+    special_cols = np.array([t.special for t in tokens], dtype=bool)
+    n_allowed = allowed.sum(axis=1)  # [query]
+    broad_rows = n_allowed > 1  # entropy_norm is undefined where only one key is allowed
+    log_allowed = np.log(np.maximum(n_allowed, 1)).astype(np.float64)
+    self_rows = idx[allowed[idx, idx]]
+    first_ok = bool(allowed[:, 0].any())
+
+    out: list[dict[str, Any]] = []
+    for li in range(st.n_layers):
+        a = run.layer(li, name)  # [head, query, key] float32
+        a = np.where(masked, np.float32(0), a) if masked.any() else a
+        h = a.shape[0]
+        # Mass left for the pattern scores once the excluded cells are taken out: [head, query]
+        kept = np.ones((h, n), dtype=np.float64)
+        if exclude_first:
+            kept -= a[:, :, 0]
+        if exclude_current:
+            diag = a[:, idx, idx].astype(np.float64)
+            kept -= diag if not exclude_first else np.where(idx == 0, 0.0, diag)
+        logs = np.log(a, where=a > 0, out=np.zeros_like(a))
+        entropy_rows = -np.einsum("hqk,hqk->hq", a, logs, dtype=np.float64)  # [head, query]
+        res: dict[str, np.ndarray] = {
+            "self": _mean(a[:, self_rows, self_rows]),
+            "previous_token": _pattern(prev, a, kept),
+            "first_token": _mean(a[:, :, 0]) if first_ok else _none(h),
+            "duplicate_token": _pattern(dup, a, kept),
+            "induction": _pattern(induct, a, kept),
+            "locality": _pattern(local, a, kept),
+            "mean_distance": _mean(np.einsum("hqk,qk->hq", a, dist, dtype=np.float64)),
+            "entropy": _mean(entropy_rows),
+            "entropy_norm": _mean(entropy_rows[:, broad_rows] / log_allowed[broad_rows])
+            if broad_rows.any() else _none(h),
+            "special": _mean(a[:, :, special_cols].sum(axis=2, dtype=np.float64)),
+        }
+        for hi in range(h):
+            out.append({
+                "layer": li,
+                "head": hi,
+                "scores": {k: _num(res[k][hi]) for k in SCORE_NAMES},
+            })
+    return out
+
+
+def _pattern(t: _Targets, a: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    if len(t.rows) == 0:
+        return _none(a.shape[0])
+    mass = t.row_mass(a)  # [head, row]
+    left = kept[:, t.rows]
+    ok = left > 1e-9  # rows whose attention all went to excluded cells do not count
+    frac = np.divide(mass, left, out=np.zeros_like(mass), where=ok)
+    counts = ok.sum(axis=1)
+    return np.where(counts > 0, frac.sum(axis=1) / np.maximum(counts, 1), np.nan)
+
+
+def _mean(x: np.ndarray) -> np.ndarray:
+    """Mean over the last axis (rows); NaN when there are no rows."""
+    if x.shape[-1] == 0:
+        return _none(x.shape[0])
+    return x.mean(axis=-1, dtype=np.float64)
+
+
+def _none(h: int) -> np.ndarray:
+    return np.full(h, np.nan)
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def scores_array(entries: list[dict[str, Any]], name: str) -> np.ndarray:
+    """One score as ``[layer, head]`` (NaN where undefined), for sorting and plotting."""
+    layers = 1 + max(e["layer"] for e in entries)
+    heads = 1 + max(e["head"] for e in entries)
+    out = np.full((layers, heads), np.nan)
+    for e in entries:
+        v = e["scores"][name]
+        out[e["layer"], e["head"]] = np.nan if v is None else v
+    return out

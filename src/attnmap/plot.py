@@ -1,0 +1,290 @@
+"""Static heatmaps (PNG / SVG / PDF) with matplotlib.
+
+Query tokens run down the y axis, key tokens along the x axis; darker = more attention; each
+score printed in its cell when cells are big enough; masked cells (a causal model's future)
+hatched grey, never drawn as 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import AttnmapError
+from .run import AttentionRun
+from .tokens import Token
+
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+MASK_FACE = "#d9d9d9"
+MASK_HATCH = "#9a9a9a"
+SPECIAL_COLOR = "#8c8c8c"
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise AttnmapError(
+            f"output {str(path)!r} must end in .png, .svg or .pdf (not {ext or 'no extension'!r})"
+        )
+    return FORMATS[ext]
+
+
+def head_matrix(
+    run: AttentionRun,
+    layer: int,
+    head: int | None,
+    *,
+    stack: str | None = None,
+    aggregate: str | None = None,
+) -> np.ndarray:
+    """The matrix to draw: one head, or the heads' mean/max ``[query, key]``."""
+    if aggregate is None:
+        if head is None:
+            raise AttnmapError("give a head, or an aggregate (mean or max) over heads")
+        return run.head(layer, head, stack)
+    heads = run.layer(layer, stack)  # [head, query, key]
+    if aggregate == "mean":
+        return heads.mean(axis=0)
+    if aggregate == "max":
+        return heads.max(axis=0)
+    raise AttnmapError(f"aggregate must be mean or max (not {aggregate!r})")
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _cell_inches(nq: int, nk: int) -> float:
+    # Big readable cells for a sentence, shrinking so a long text still fits ~14 inches.
+    return float(min(0.5, max(0.012, 14.0 / max(nq, nk, 1))))
+
+
+def _tick_positions(n: int, cell_pt: float) -> list[int]:
+    step = max(1, math.ceil(7.0 / max(cell_pt, 1e-6)))  # labels need ~7 pt of room each
+    return list(range(0, n, step))
+
+
+def _label_tokens(ax: Any, axis: str, tokens: list[Token], cell_pt: float) -> None:
+    pos = _tick_positions(len(tokens), cell_pt)
+    size = float(min(10.0, max(4.0, cell_pt * 0.7)))
+    labels = [tokens[i].text for i in pos]
+    if axis == "x":
+        ax.set_xticks(pos, labels, rotation=90, fontsize=size)
+        ticklabels = ax.get_xticklabels()
+    else:
+        ax.set_yticks(pos, labels, fontsize=size)
+        ticklabels = ax.get_yticklabels()
+    for i, tl in zip(pos, ticklabels):
+        tl.set_fontfamily(["DejaVu Sans", "sans-serif"])
+        if tokens[i].special:
+            tl.set_color(SPECIAL_COLOR)
+
+
+def draw_matrix(
+    ax: Any,
+    matrix: np.ndarray,
+    masked: np.ndarray,
+    *,
+    query_tokens: list[Token] | None = None,
+    key_tokens: list[Token] | None = None,
+    values: bool | None = None,
+    vmax: float = 1.0,
+    cmap: str = "Blues",
+    cell_pt: float | None = None,
+) -> Any:
+    """Draw one ``[query, key]`` matrix into `ax`; returns the image (for a colour bar)."""
+    import matplotlib as mpl
+
+    nq, nk = matrix.shape
+    if cmap not in mpl.colormaps:
+        raise AttnmapError(f"unknown colormap {cmap!r}; try Blues, viridis, magma or Greys")
+    # masked cells are transparent: the hatched background shows through
+    cm = mpl.colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
+    data = np.ma.masked_array(matrix, mask=masked)
+    norm = mpl.colors.Normalize(vmin=0.0, vmax=vmax)
+    ax.patch.set_facecolor(MASK_FACE)
+    ax.patch.set_hatch("////")
+    ax.patch.set_edgecolor(MASK_HATCH)
+    img = ax.imshow(data, cmap=cm, norm=norm, interpolation="nearest", aspect="equal")
+    if cell_pt is None:
+        bbox = ax.get_position()
+        fig_w = ax.figure.get_figwidth()
+        cell_pt = bbox.width * fig_w * 72.0 / max(nk, 1)
+    if query_tokens is not None:
+        _label_tokens(ax, "y", query_tokens, cell_pt)
+    else:
+        ax.set_yticks([])
+    if key_tokens is not None:
+        _label_tokens(ax, "x", key_tokens, cell_pt)
+    else:
+        ax.set_xticks([])
+    if values is None:
+        values = cell_pt >= 16.0
+    if values:
+        size = float(min(8.0, max(3.0, cell_pt * 0.3)))
+        rgba = cm(norm(matrix))  # [query, key, 4]
+        lum = 0.2126 * rgba[..., 0] + 0.7152 * rgba[..., 1] + 0.0722 * rgba[..., 2]
+        for i in range(nq):
+            for j in range(nk):
+                if masked[i, j]:
+                    continue
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=size,
+                        color="white" if lum[i, j] < 0.5 else "black")
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    return img
+
+
+def _vmax(matrix: np.ndarray, masked: np.ndarray, scale: str) -> float:
+    if scale == "unit":
+        return 1.0
+    if scale == "data":
+        m = matrix[~masked]
+        return float(m.max()) if m.size and m.max() > 0 else 1.0
+    raise AttnmapError(f"scale must be unit or data (not {scale!r})")
+
+
+def _title(run: AttentionRun, stack: str | None, what: str) -> str:
+    parts = [str(run.model.get("id", "model"))]
+    name = run.stack(stack).name
+    if name != "self":
+        parts.append(f"{name} attention")
+    method = run.model.get("method")
+    if method and method != "raw":
+        parts.append(str(method))
+    parts.append(what)
+    return " · ".join(parts)
+
+
+def heatmap(
+    run: AttentionRun,
+    layer: int = 0,
+    head: int | str | None = 0,
+    *,
+    stack: str | None = None,
+    aggregate: str | None = None,
+    values: bool | None = None,
+    scale: str = "unit",
+    cmap: str = "Blues",
+    title: str | None = None,
+) -> Any:
+    """The heatmap of one head (or ``head="all"`` for the layer's grid) as a Figure."""
+    if head == "all":
+        return grid(run, layer, stack=stack, scale=scale, cmap=cmap, title=title)
+    if isinstance(head, str):
+        raise AttnmapError(f"head must be an integer or 'all' (not {head!r})")
+    li = run.layer_index(layer, stack)
+    matrix = head_matrix(run, li, head, stack=stack, aggregate=aggregate)
+    masked = run.stack(stack).masked
+    qt, kt = run.query_tokens(stack), run.key_tokens(stack)
+    nq, nk = matrix.shape
+    cell = _cell_inches(nq, nk)
+    label_room = 0.25 + 0.075 * max((len(t.text) for t in [*qt, *kt]), default=1)
+    label_room = min(label_room, 2.5)
+    fig = _figure(nk * cell + label_room + 1.3, nq * cell + label_room + 0.8)
+    ax = fig.add_subplot()
+    vmax = _vmax(matrix, masked, scale)
+    what = (
+        f"layer {li} · {aggregate} of {run.stack(stack).n_heads} heads"
+        if aggregate
+        else f"layer {li} · head {run.head_index(head, stack)}"  # type: ignore[arg-type]
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing")
+        img = draw_matrix(ax, matrix, masked, query_tokens=qt, key_tokens=kt, values=values,
+                          vmax=vmax, cmap=cmap, cell_pt=cell * 72.0)
+    ax.set_ylabel("query (input) token")
+    ax.set_xlabel("key (output) token")
+    ax.xaxis.set_label_position("bottom")
+    ax.set_title(title or _title(run, stack, what), fontsize=11)
+    cb = fig.colorbar(img, ax=ax, shrink=min(1.0, max(0.3, 4.0 / max(nq * cell, 1e-6))))
+    cb.set_label("attention")
+    return fig
+
+
+def grid(
+    run: AttentionRun,
+    layer: int,
+    *,
+    stack: str | None = None,
+    scale: str = "unit",
+    cmap: str = "Blues",
+    title: str | None = None,
+) -> Any:
+    """Every head of one layer, small multiples with one shared colour bar."""
+    st = run.stack(stack)
+    li = run.layer_index(layer, stack)
+    heads = run.layer(li, stack)  # [head, query, key]
+    n_heads, nq, nk = heads.shape
+    cols = min(n_heads, 4 if n_heads <= 8 else 6)
+    rows = math.ceil(n_heads / cols)
+    panel = 2.6
+    labels = max(nq, nk) <= 24
+    fig = _figure(cols * panel + 1.0, rows * (panel + (0.6 if labels else 0.25)) + 0.6)
+    vmax = max(_vmax(heads[h], st.masked, scale) for h in range(n_heads))
+    img = None
+    qt, kt = run.query_tokens(stack), run.key_tokens(stack)
+    cell_pt = panel * 72.0 / max(nq, nk)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing")
+        for h in range(n_heads):
+            ax = fig.add_subplot(rows, cols, h + 1)
+            img = draw_matrix(ax, heads[h], st.masked, query_tokens=qt if labels else None,
+                              key_tokens=kt if labels else None, values=False, vmax=vmax,
+                              cmap=cmap, cell_pt=cell_pt)
+            ax.set_title(f"head {h}", fontsize=9)
+    fig.suptitle(title or _title(run, stack, f"layer {li} · all heads"), fontsize=11)
+    fig.colorbar(img, ax=fig.axes, shrink=0.6, label="attention")
+    return fig
+
+
+def overview(
+    run: AttentionRun,
+    *,
+    stack: str | None = None,
+    scale: str = "unit",
+    cmap: str = "Blues",
+    title: str | None = None,
+) -> Any:
+    """Layers × heads small multiples of the whole run, no labels."""
+    st = run.stack(stack)
+    n_layers, n_heads = st.n_layers, st.n_heads
+    panel = float(min(1.2, 14.0 / n_heads))
+    fig = _figure(n_heads * panel + 1.2, n_layers * panel + 0.8)
+    img = None
+    for li in range(n_layers):
+        heads = run.layer(li, stack)
+        vmax = max(_vmax(heads[h], st.masked, scale) for h in range(n_heads))
+        for h in range(n_heads):
+            ax = fig.add_subplot(n_layers, n_heads, li * n_heads + h + 1)
+            img = draw_matrix(ax, heads[h], st.masked, values=False, vmax=vmax, cmap=cmap,
+                              cell_pt=1.0)
+            if li == 0:
+                ax.set_title(f"h{h}", fontsize=7)
+            if h == 0:
+                ax.set_ylabel(f"L{li}", fontsize=7, rotation=0, labelpad=10)
+    fig.suptitle(title or _title(run, stack, "layers × heads"), fontsize=11)
+    fig.colorbar(img, ax=fig.axes, shrink=0.6, label="attention")
+    return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
+    """Write `fig` as PNG/SVG/PDF by the path's extension; an old file is replaced only once
+    the new one is complete."""
+    from ._io import atomic_path
+
+    fmt = output_format(path)
+    if not 10 <= dpi <= 1200:
+        raise AttnmapError(f"dpi must be in 10..1200 (not {dpi})")
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing")
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+    return Path(path)

@@ -1,0 +1,204 @@
+"""The viewer's wire format: a run packed as compact, versioned bytes.
+
+Payload (``encode``)::
+
+    b"ATNM" | u32 version | u32 header length | JSON header (UTF-8) | layer chunk | chunk …
+
+Layer chunk (``encode_layer``), self-describing so that a server can send one alone::
+
+    b"ATNL" | u32 version | u32 header length | JSON header (UTF-8) | zlib data
+
+All integers are little-endian. The chunk's zlib data inflates (``DecompressionStream
+('deflate')`` in the browser) to ``scales`` float32 ``[head, query]`` followed by ``codes``
+uint8 ``[head, query, key]``. A code ``c`` in 0..254 stands for ``c / 254 * scale`` where
+``scale`` is the row's maximum, so the error is at most ``scale / 508`` (within 1/255 of the
+row's max) and every row keeps its peak exactly; code 255 marks a masked cell (the query cannot
+see the key), which is therefore never confused with an attention of 0. Scales come first so
+the browser can view them as a Float32Array without copying (offset 0 is 4-byte aligned).
+
+Token text travels only inside the JSON header, as data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .._errors import AttnmapError
+
+PAYLOAD_VERSION = 1
+MAGIC = b"ATNM"
+LAYER_MAGIC = b"ATNL"
+MASKED = 255  # the code of a masked cell
+LEVELS = 254  # codes 0..254 carry values
+ENCODING = "u8-rowmax"
+_PREFIX = struct.Struct("<4sII")  # magic, version, header length
+# Level 6 is zlib's default; level 1 is ~3× faster and ~15 % larger on real attention.
+COMPRESS_LEVEL = 4
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def _stack_info(run: Any, name: str) -> dict[str, Any]:
+    st = run.stack(name)
+    q, k = run.query_tokens(name), run.key_tokens(name)
+    n_layers, n_heads, n_q, n_k = st.shape
+    return {
+        "name": name,
+        "shape": [n_layers, n_heads, n_q, n_k],  # [layer, head, query, key]
+        "query_tokens": [t.text for t in q],
+        "key_tokens": [t.text for t in k],
+        "query_special": [bool(t.special) for t in q],
+        "key_special": [bool(t.special) for t in k],
+        "masked_cells": int(np.count_nonzero(st.masked)),
+    }
+
+
+def _which_layers(run: Any, layers: Any) -> list[tuple[str, int]]:
+    if isinstance(layers, str):
+        if layers == "all":
+            return [(name, i) for name, st in run.stacks.items() for i in range(st.n_layers)]
+        if layers == "none":
+            return []
+        raise AttnmapError(f"layers must be 'all', 'none' or a list of layer numbers "
+                           f"(not {layers!r})")
+    if not isinstance(layers, Iterable):
+        raise AttnmapError(f"layers must be 'all', 'none' or a list of layer numbers "
+                           f"(not {layers!r})")
+    wanted = list(layers)
+    out = []
+    for name in run.stacks:
+        # The same layer numbers in every stack; sorted and without repeats.
+        idx = sorted({run.layer_index(i, name) for i in wanted})
+        out.extend((name, i) for i in idx)
+    return out
+
+
+def header(run: Any, included: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+    """The JSON header of ``encode(run)`` as a dict (without the chunk list when None)."""
+    model = {k: v for k, v in dict(run.model).items() if not isinstance(v, np.ndarray)}
+    return {
+        "format": "attnmap-payload",
+        "version": PAYLOAD_VERSION,
+        "model": model,
+        "text": run.text,
+        "target_text": run.target_text,
+        "stacks": [_stack_info(run, name) for name in run.stacks],
+        "encoding": ENCODING,
+        "chunks": [],
+        "included": [[s, i] for s, i in (included or [])],
+    }
+
+
+def encode(run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL) -> bytes:
+    """Pack `run` for the viewer: header plus the chosen layers ('all', 'none' or numbers)."""
+    included = _which_layers(run, layers)
+    chunks = [encode_layer(run, s, i, level=level) for s, i in included]
+    head = header(run, included)
+    # Chunk lengths let a reader find layer n without parsing the ones before it.
+    head["chunks"] = [
+        {"stack": s, "layer": i, "length": len(c)} for (s, i), c in zip(included, chunks)
+    ]
+    hb = _json_bytes(head)
+    return b"".join([_PREFIX.pack(MAGIC, PAYLOAD_VERSION, len(hb)), hb, *chunks])
+
+
+def quantise(weights: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weights`` [head, query, key] and ``masked`` [query, key] → (scales, codes).
+
+    scales: float32 [head, query], each row's maximum over the cells it may see;
+    codes: uint8 [head, query, key], 0..254 = value / scale * 254 rounded, 255 = masked.
+    """
+    w = np.nan_to_num(np.asarray(weights, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    w = np.where(masked[None], np.float32(0), np.maximum(w, np.float32(0)))  # [head, query, key]
+    scales = w.max(axis=2) if w.shape[2] else np.zeros(w.shape[:2], np.float32)  # [head, query]
+    safe = np.where(scales > 0, scales, np.float32(1))
+    codes = np.rint(w * (np.float32(LEVELS) / safe[:, :, None])).astype(np.uint8)
+    codes[np.broadcast_to(masked[None], codes.shape)] = MASKED
+    return scales.astype(np.float32), codes
+
+
+def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVEL) -> bytes:
+    """One layer of one stack as a self-describing, deflate-compressed chunk."""
+    st = run.stack(stack)
+    li = run.layer_index(layer, stack)
+    weights = run.layer(li, stack)  # [head, query, key]
+    scales, codes = quantise(weights, np.asarray(st.masked, dtype=bool))
+    body = zlib.compress(scales.astype("<f4").tobytes() + codes.tobytes(), level)
+    head = {
+        "stack": st.name,
+        "layer": li,
+        "shape": list(codes.shape),  # [head, query, key]
+        "encoding": ENCODING,
+        "compression": "deflate",
+        "length": len(body),
+    }
+    hb = _json_bytes(head)
+    return _PREFIX.pack(LAYER_MAGIC, PAYLOAD_VERSION, len(hb)) + hb + body
+
+
+def _read_prefix(blob: bytes, offset: int, magic: bytes, what: str) -> tuple[dict, int]:
+    if len(blob) - offset < _PREFIX.size:
+        raise AttnmapError(f"{what} is truncated ({len(blob) - offset} bytes)")
+    got, version, n = _PREFIX.unpack_from(blob, offset)
+    if got != magic:
+        raise AttnmapError(f"not an attnmap {what} (starts with {got!r}, expected {magic!r})")
+    if version > PAYLOAD_VERSION:
+        raise AttnmapError(
+            f"{what} version {version} is newer than this attnmap reads ({PAYLOAD_VERSION}); "
+            "upgrade attnmap"
+        )
+    start = offset + _PREFIX.size
+    if start + n > len(blob):
+        raise AttnmapError(f"{what} is truncated (header needs {n} bytes)")
+    return json.loads(blob[start : start + n].decode("utf-8")), start + n
+
+
+def decode_layer(chunk: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode_layer`.
+
+    Returns ``stack``, ``layer``, ``shape``, ``values`` float32 [head, query, key] (masked
+    cells 0), ``masked`` bool [head, query, key], ``scales`` and ``codes`` as sent.
+    """
+    head, at = _read_prefix(chunk, 0, LAYER_MAGIC, "layer chunk")
+    body = chunk[at : at + int(head["length"])]
+    raw = zlib.decompress(body)
+    h, q, k = (int(x) for x in head["shape"])
+    if len(raw) != h * q * 4 + h * q * k:
+        raise AttnmapError(f"layer chunk holds {len(raw)} bytes, not the {h}×{q}×{k} it says")
+    scales = np.frombuffer(raw, dtype="<f4", count=h * q).reshape(h, q)  # [head, query]
+    codes = np.frombuffer(raw, dtype=np.uint8, offset=h * q * 4).reshape(h, q, k)
+    masked = codes == MASKED
+    values = codes.astype(np.float32) * (scales[:, :, None] / np.float32(LEVELS))
+    values[masked] = 0.0
+    return {
+        "stack": head["stack"],
+        "layer": int(head["layer"]),
+        "shape": [h, q, k],
+        "values": values,
+        "masked": masked,
+        "scales": scales.astype(np.float32),
+        "codes": codes,
+        "size": at + len(body),
+    }
+
+
+def decode(blob: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode`: ``version``, ``header`` and ``layers`` {(stack, layer): …}."""
+    head, at = _read_prefix(blob, 0, MAGIC, "payload")
+    layers: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in head.get("chunks", []):
+        n = int(entry["length"])
+        chunk = decode_layer(blob[at : at + n])
+        layers[(chunk["stack"], chunk["layer"])] = chunk
+        at += n
+    if at != len(blob):
+        raise AttnmapError(f"payload has {len(blob) - at} bytes after its last layer")
+    return {"version": int(head["version"]), "header": head, "layers": layers}

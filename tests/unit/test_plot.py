@@ -1,0 +1,122 @@
+"""The static heatmap, checked by properties of the pixels, not by snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+import attnmap
+from attnmap import AttentionRun, AttentionStack, AttnmapError, Token
+from attnmap.plot import grid, overview, save_figure
+
+
+def _run() -> AttentionRun:
+    # One causal head whose values we know: row i spreads over keys 0..i.
+    a = np.array(
+        [[1.0, 0, 0, 0], [0.9, 0.1, 0, 0], [0.0, 0.3, 0.7, 0], [0.1, 0.2, 0.3, 0.4]],
+        dtype=np.float32,
+    )
+    masked = np.triu(np.ones((4, 4), bool), 1)
+    layers = [np.stack([a, a[::-1].copy()]), np.stack([a, a])]  # [head, query, key]
+    toks = [Token(text=t, raw=t, id=i, special=(i == 0)) for i, t in
+            enumerate(["<s>", "␣cat", "␣sat", "."])]
+    return AttentionRun(text="cat sat.", tokens=toks,
+                        stacks={"self": AttentionStack("self", layers, masked)},
+                        model={"id": "toy", "causal": True})
+
+
+def _pixels(fig):
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].astype(float)  # [y, x, rgb]
+
+
+def _cell(fig, img, i, j):
+    ax = fig.axes[0]
+    x, y = ax.transData.transform((j + 0.3, i + 0.3))  # off-centre: away from printed values
+    return img[int(img.shape[0] - y), int(x)]
+
+
+def test_darker_means_more_attention():
+    run = _run()
+    fig = attnmap.heatmap(run, 0, 0, values=False)
+    img = _pixels(fig)
+    # row 3: 0.1 < 0.2 < 0.3 < 0.4 → brightness strictly decreasing
+    bright = [_cell(fig, img, 3, j).sum() for j in range(4)]
+    assert bright[0] > bright[1] > bright[2] > bright[3]
+    assert _cell(fig, img, 0, 0).sum() < _cell(fig, img, 3, 3).sum()  # 1.0 darkest
+
+
+def test_masked_cells_differ_from_zero():
+    run = _run()
+    fig = attnmap.heatmap(run, 0, 0, values=False)
+    img = _pixels(fig)
+    zero = _cell(fig, img, 2, 0)  # an allowed cell holding 0.0
+    masked = _cell(fig, img, 0, 3)  # the future: masked
+    assert np.abs(zero - masked).sum() > 30
+
+
+def test_values_printed_with_two_decimals():
+    fig = attnmap.heatmap(_run(), 0, 0, values=True)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"1.00", "0.90", "0.10", "0.30", "0.70", "0.40"} <= texts
+    assert len(fig.axes[0].texts) == 10  # only the unmasked cells
+    fig = attnmap.heatmap(_run(), 0, 0, values=False)
+    assert not fig.axes[0].texts
+
+
+def test_labels_axes_and_title():
+    fig = attnmap.heatmap(_run(), -1, 1)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["<s>", "␣cat", "␣sat", "."]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["<s>", "␣cat", "␣sat", "."]
+    assert ax.get_ylabel() == "query (input) token"
+    assert ax.get_xlabel() == "key (output) token"
+    assert "layer 1" in ax.get_title() and "head 1" in ax.get_title()
+    # special tokens are dimmed
+    assert ax.get_yticklabels()[0].get_color() != ax.get_yticklabels()[1].get_color()
+
+
+def test_aggregate_and_grids():
+    run = _run()
+    fig = attnmap.heatmap(run, 0, None, aggregate="mean", values=True)
+    assert "mean of 2 heads" in fig.axes[0].get_title()
+    assert len([a for a in grid(run, 0).axes if a.get_title().startswith("head")]) == 2
+    assert len(overview(run).axes) == 2 * 2 + 1  # panels + colour bar
+
+
+def test_errors():
+    run = _run()
+    with pytest.raises(AttnmapError, match=r"0\.\.1"):
+        attnmap.heatmap(run, 5, 0)
+    with pytest.raises(AttnmapError, match="aggregate"):
+        attnmap.heatmap(run, 0, None, aggregate="median")
+
+
+@pytest.mark.parametrize("ext,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml"),
+                                       (".pdf", b"%PDF")])
+def test_formats(tmp_path, ext, magic):
+    path = save_figure(attnmap.heatmap(_run(), 0, 0), tmp_path / f"h{ext}")
+    assert path.read_bytes()[:5].startswith(magic)
+
+
+def test_dpi_changes_png_size(tmp_path):
+    from matplotlib.image import imread
+
+    fig = attnmap.heatmap(_run(), 0, 0)
+    small = imread(save_figure(fig, tmp_path / "a.png", dpi=50))
+    big = imread(save_figure(fig, tmp_path / "b.png", dpi=100))
+    assert abs(big.shape[1] / small.shape[1] - 2) < 0.05
+
+
+def test_long_input_hides_values_and_thins_labels():
+    n = 300
+    a = np.full((1, n, n), 1.0 / n, np.float32)
+    toks = [Token(text=f"w{i}", raw=f"w{i}", id=i) for i in range(n)]
+    run = AttentionRun(text="x", tokens=toks, model={"id": "toy"},
+                       stacks={"self": AttentionStack("self", [a], np.zeros((n, n), bool))})
+    fig = attnmap.heatmap(run, 0, 0)
+    ax = fig.axes[0]
+    assert not ax.texts
+    assert 10 < len(ax.get_yticklabels()) < n

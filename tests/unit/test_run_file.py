@@ -1,0 +1,121 @@
+"""The run file: exact round trip, the documented tensor names, refusing what isn't a run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+import attnmap
+from attnmap import AttentionRun, AttentionStack, AttnmapError, Token
+
+
+def _run(causal: bool = True, n: int = 4, layers: int = 2, heads: int = 3) -> AttentionRun:
+    rng = np.random.default_rng(0)
+    masked = np.triu(np.ones((n, n), bool), 1) if causal else np.zeros((n, n), bool)
+    ls = []
+    for _ in range(layers):
+        a = rng.random((heads, n, n)).astype(np.float32)
+        a[:, masked] = 0
+        ls.append(a / a.sum(-1, keepdims=True))
+    toks = [Token(text=f"t{i}", raw=f"t{i}", id=i, start=2 * i, end=2 * i + 1) for i in range(n)]
+    return AttentionRun(text="a b c d", tokens=toks,
+                        stacks={"self": AttentionStack("self", ls, masked)},
+                        model={"id": "toy", "causal": causal, "architecture": "decoder",
+                               "layers": layers, "heads": heads})
+
+
+def test_round_trip_exact(tmp_path):
+    run = _run()
+    path = run.save(tmp_path / "r.safetensors")
+    back = attnmap.load(path)
+    assert back.tokens == run.tokens
+    assert back.text == run.text
+    assert back.model == run.model
+    np.testing.assert_array_equal(back.attention, run.attention)
+    np.testing.assert_array_equal(back.masked, run.masked)
+
+
+def test_documented_layout(tmp_path):
+    run = _run(layers=2, heads=3, n=4)
+    path = run.save(tmp_path / "r.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        assert set(f.keys()) == {"layer.0", "layer.1", "mask"}
+        assert f.get_tensor("layer.1").shape == (3, 4, 4)
+        assert f.get_tensor("layer.0").dtype == np.float32
+        meta = json.loads(f.metadata()["attnmap"])
+    assert meta["tokens"] == ["t0", "t1", "t2", "t3"]
+    assert meta["model"] == "toy"
+    assert meta["causal"] is True
+    assert meta["format_version"] == 1
+
+
+def test_float16_storage(tmp_path):
+    run = _run()
+    back = attnmap.load(run.save(tmp_path / "r.safetensors", dtype="float16"))
+    assert back.stack().layers[0].dtype == np.float16
+    np.testing.assert_allclose(back.attention, run.attention, atol=1e-3)
+
+
+def test_bad_header_refused(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"\xff" * 8 + b"not json at all")
+    with pytest.raises(AttnmapError, match="not a readable attnmap run"):
+        attnmap.load(p)
+
+
+def test_truncated_file_refused(tmp_path):
+    path = _run().save(tmp_path / "r.safetensors")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AttnmapError):
+        attnmap.load(cut)
+
+
+def test_plain_safetensors_is_not_a_run(tmp_path):
+    p = tmp_path / "weights.safetensors"
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(p))
+    with pytest.raises(AttnmapError, match="not an attnmap run"):
+        attnmap.load(p)
+
+
+def test_newer_format_refused(tmp_path):
+    run = _run()
+    p = tmp_path / "new.safetensors"
+    meta = {"format_version": 99, "tokens": [], "model": "x", "causal": False}
+    save_file({"layer.0": run.stack().layers[0]}, str(p), metadata={"attnmap": json.dumps(meta)})
+    with pytest.raises(AttnmapError, match="upgrade attnmap"):
+        attnmap.load(p)
+
+
+def test_save_replaces_only_when_complete(tmp_path):
+    p = tmp_path / "r.safetensors"
+    p.write_bytes(b"old")
+    run = _run()
+    run.extra["broken"] = np.array([object()])  # safetensors cannot store it: fails mid-write
+    with pytest.raises(Exception):  # noqa: B017 - whatever safetensors raises
+        run.save(p)
+    assert p.read_bytes() == b"old"
+    assert [x.name for x in tmp_path.iterdir()] == ["r.safetensors"]
+
+
+def test_index_errors_name_the_range():
+    run = _run(layers=2, heads=3)
+    with pytest.raises(AttnmapError, match=r"0\.\.1"):
+        run.layer(2)
+    with pytest.raises(AttnmapError, match=r"0\.\.2"):
+        run.head(0, 3)
+    np.testing.assert_array_equal(run.head(-1, -1), run.attention[1, 2])
+
+
+def test_public_surface():
+    assert set(attnmap.__all__) == {
+        "AttentionRun", "AttentionStack", "AttnmapError", "AttnmapWarning", "Token",
+        "__version__", "capture", "load", "heatmap", "show", "to_html", "head_scores",
+        "relate", "rollout", "merge_words", "transform",
+    }
+    assert callable(attnmap.capture) and callable(attnmap.heatmap)
