@@ -407,6 +407,14 @@ async def _no_receive() -> Any:
     return {"type": "http.disconnect"}
 
 
+def _payload_module() -> Any:
+    try:
+        from ..viewer import payload
+    except ImportError as exc:
+        raise ApiError(503, f"the viewer's payload module is not available ({exc})") from None
+    return payload
+
+
 def _file(path: Path, media_type: str) -> Response:
     if not path.is_file():
         return JSONResponse({"detail": f"{path.name} is not installed with attnmap"}, 404)
@@ -477,6 +485,9 @@ def create_app(
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()))
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in ctype:
+            parts.insert(0, "send a JSON object with Content-Type: application/json")
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
     @app.exception_handler(Exception)
@@ -550,8 +561,7 @@ def create_app(
     )
     async def get_payload(run_id: str) -> Response:
         entry = state.store.get(run_id)
-        from ..viewer import payload
-
+        payload = _payload_module()
         data = await state.work(lambda job: payload.encode(entry.run, layers="none"), "encoding")
         return Response(data, media_type="application/octet-stream",
                         headers={"cache-control": "private, max-age=3600"})
@@ -573,7 +583,7 @@ def create_app(
             index = run.layer_index(layer, stack)
         except AttnmapError as exc:
             raise ApiError(404, f"{stack} {exc}") from None
-        from ..viewer import payload
+        payload = _payload_module()
 
         data = await state.work(
             lambda job: payload.encode_layer(run, stack, index), "encoding the layer"
