@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import socket
 import sys
 import warnings
@@ -73,13 +72,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def _is_default_host(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -94,10 +88,10 @@ def serve(args: argparse.Namespace) -> int:
         raise AttnmapError(f"--max-runs must be at least 1 (not {args.max_runs})")
     if not args.max_mb > 0 or args.max_body_kb < 1 or not args.timeout > 0:
         raise AttnmapError("--max-mb, --max-body-kb and --timeout must be positive")
-    if not _is_loopback(args.host):
+    if not _is_default_host(args.host):
         warnings.warn(
-            f"serving on {args.host}: anyone who can reach this machine can use the app and "
-            "make it run the model; the default 127.0.0.1 keeps it to this machine",
+            f"serving on {args.host}, not the default 127.0.0.1: anyone who can reach that "
+            "address can use the app and make it run the model",
             AttnmapWarning,
             stacklevel=1,
         )
