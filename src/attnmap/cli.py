@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (exit code 2), pointing at --help."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"attnmap: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
