@@ -1,0 +1,40 @@
+"""The interactive viewer: one ES module (static/viewer.js) in three hosts.
+
+``to_html`` writes a standalone page, ``show`` returns a Jupyter widget, and the web app
+(``attnmap serve``) serves the same module. ``payload`` packs a run into the bytes they read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .html import to_html
+from .payload import PAYLOAD_VERSION, decode, decode_layer, encode, encode_layer
+
+__all__ = [
+    "PAYLOAD_VERSION",
+    "decode",
+    "decode_layer",
+    "encode",
+    "encode_layer",
+    "mimebundle",
+    "show",
+    "to_html",
+]
+
+
+def show(run: Any, **options: Any) -> Any:
+    """A notebook widget showing `run` (display it, or leave it last in a cell).
+
+    Options set the initial view: ``stack``, ``layer``, ``head`` (number, 'mean', 'max'),
+    ``scale`` ('unit', 'head', 'log'), ``view`` ('heatmap', 'heads', 'layers'), ``ignore_first``.
+    Needs anywidget (``pip install attnmap[widget]``).
+    """
+    from .widget import make_widget
+
+    return make_widget(run, **options)
+
+
+def mimebundle(run: Any, **kwargs: Any) -> Any:
+    """What a notebook displays for `run`: the widget's ``_repr_mimebundle_``."""
+    return show(run)._repr_mimebundle_(**kwargs)

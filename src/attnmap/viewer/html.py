@@ -1,0 +1,152 @@
+"""One self-contained ``.html`` file: the viewer module, its css and the run, no network.
+
+The page is fixed markup plus three data elements that the page reads with ``textContent``:
+the payload (base 85 text over an alphabet with no ``<``, ``&`` or quotes), the options (JSON
+with ``<`` escaped) and the module source (checked to hold no ``</script``/``<!--``). Token
+text lives only inside the payload bytes; nothing from the run is spliced into markup or script.
+The page turns the module text into a Blob URL and ``import()``s it, so the module is the very
+same file the widget and the app load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._errors import AttnmapError
+from .._io import atomic_path
+from .payload import encode
+
+# Same alphabet as viewer.js's b85decode: printable ASCII without < > & " ' \ ` / -
+B85 = "!#$%()*+,.0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_abcdefghijklmnopqrstuvwxyz{|}~"
+assert len(B85) == 85 and not set(B85) & set("<>&\"'\\`/-")
+_B85 = np.frombuffer(B85.encode("ascii"), dtype=np.uint8)
+
+OPTION_KEYS = ("stack", "layer", "head", "scale", "view", "ignore_first")
+
+
+def b85encode(data: bytes) -> str:
+    """Big-endian base 85, 4 bytes → 5 characters; the byte length travels separately."""
+    pad = (-len(data)) % 4
+    words = np.frombuffer(data + b"\0" * pad, dtype=">u4").astype(np.uint64)  # [group]
+    digits = np.empty((words.size, 5), dtype=np.uint8)  # [group, digit], most significant first
+    for i in range(4, -1, -1):
+        digits[:, i] = _B85[(words % 85).astype(np.intp)]
+        words //= 85
+    return digits.tobytes().decode("ascii")
+
+
+def static_text(name: str) -> str:
+    """The text of ``viewer.js`` or ``viewer.css`` as shipped in the package."""
+    return resources.files("attnmap.viewer").joinpath("static", name).read_text("utf-8")
+
+
+def check_options(run: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate the initial view against the run; return the options the viewer reads."""
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise AttnmapError(
+            f"unknown viewer option {unknown[0]!r}; known: {', '.join(OPTION_KEYS)}"
+        )
+    out: dict[str, Any] = {}
+    stack = options.get("stack")
+    if stack is not None:
+        out["stack"] = run.stack(stack).name
+    if options.get("layer") is not None:
+        out["layer"] = run.layer_index(options["layer"], stack)
+    head = options.get("head")
+    if head is not None:
+        out["head"] = head if head in ("mean", "max") else run.head_index(head, stack)
+    scale = options.get("scale")
+    if scale is not None:
+        if scale not in ("unit", "head", "log"):
+            raise AttnmapError(f"scale must be 'unit', 'head' or 'log' (not {scale!r})")
+        out["scale"] = scale
+    view = options.get("view")
+    if view is not None:
+        if view not in ("heatmap", "heads", "layers"):
+            raise AttnmapError(f"view must be 'heatmap', 'heads' or 'layers' (not {view!r})")
+        out["view"] = view
+    if options.get("ignore_first") is not None:
+        out["ignore_first"] = bool(options["ignore_first"])
+    return out
+
+
+def _script_safe(text: str, what: str) -> str:
+    if re.search(r"</script|<!--", text, re.IGNORECASE):
+        raise AssertionError(f"{what} holds '</script' or '<!--' and cannot be inlined")
+    return text
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; \
+script-src 'unsafe-inline' blob:; style-src 'unsafe-inline'; img-src blob: data:; \
+connect-src blob: data:">
+<title>attnmap</title>
+<style>
+body {{ margin: 0; padding: 8px; background: #fff; }}
+{css}
+</style>
+</head>
+<body>
+<div id="attnmap-root"></div>
+<script type="application/x-attnmap-b85" id="attnmap-payload" data-length="{length}">
+{payload}
+</script>
+<script type="application/json" id="attnmap-options">{options}</script>
+<script type="text/plain" id="attnmap-module">
+{module}
+</script>
+<script type="module">
+const text = (id) => document.getElementById(id).textContent;
+const url = URL.createObjectURL(new Blob([text("attnmap-module")], {{ type: "text/javascript" }}));
+const mod = await import(url);
+URL.revokeObjectURL(url);
+const el = document.getElementById("attnmap-root");
+const payload = mod.b85decode(
+  text("attnmap-payload"), Number(document.getElementById("attnmap-payload").dataset.length));
+const state = {{ payload, options: JSON.parse(text("attnmap-options")), layer_url: "" }};
+const model = {{ get: (k) => state[k], set() {{}}, save_changes() {{}}, on() {{}}, off() {{}} }};
+mod.default.render({{ model, el }});
+</script>
+</body>
+</html>
+"""
+
+
+def page(run: Any, **options: Any) -> str:
+    """The standalone page for `run` as a string."""
+    opts = check_options(run, options)
+    blob = encode(run)
+    opts_json = json.dumps(opts).replace("<", "\\u003c")  # never a `</script` inside JSON
+    return _PAGE.format(
+        css=_script_safe(static_text("viewer.css"), "viewer.css").replace("</", "<\\/"),
+        length=len(blob),
+        payload=b85encode(blob),
+        options=opts_json,
+        module=_script_safe(static_text("viewer.js"), "viewer.js"),
+    )
+
+
+def to_html(run: Any, path: str | os.PathLike[str] | None = None, **options: Any) -> str:
+    """A self-contained HTML page that shows `run`; written to `path` when given.
+
+    Options set the initial view: ``stack``, ``layer``, ``head`` (a number, 'mean' or 'max'),
+    ``scale`` ('unit', 'head', 'log'), ``view`` ('heatmap', 'heads', 'layers'),
+    ``ignore_first``. The page opens from ``file://`` with the network off.
+    """
+    html = page(run, **options)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(html, encoding="utf-8")
+    return html
