@@ -119,3 +119,14 @@ def test_public_surface():
         "relate", "rollout", "merge_words", "transform",
     }
     assert callable(attnmap.capture) and callable(attnmap.heatmap)
+
+
+def test_written_file_has_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = _run().save(tmp_path / "r.safetensors")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
