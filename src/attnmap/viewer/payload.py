@@ -113,7 +113,8 @@ def encode(run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL) -> byt
     head = header(run, included)
     # Chunk lengths let a reader find layer n without parsing the ones before it.
     head["chunks"] = [
-        {"stack": s, "layer": i, "length": len(c)} for (s, i), c in zip(included, chunks)
+        {"stack": s, "layer": i, "length": len(c)}
+        for (s, i), c in zip(included, chunks, strict=True)
     ]
     hb = _json_bytes(head)
     return b"".join([_PREFIX.pack(MAGIC, PAYLOAD_VERSION, len(hb)), hb, *chunks])

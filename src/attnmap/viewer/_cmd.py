@@ -1,0 +1,93 @@
+"""``attnmap html``: write one self-contained interactive page. Standard library only here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..cli import add_common, add_model_options, add_text_input, read_text
+
+
+def _head(value: str) -> int | str:
+    if value in ("mean", "max"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a head number, 'mean' or 'max' (not {value!r})"
+        ) from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "html",
+        help="write an interactive, self-contained HTML page (opens offline)",
+        description="Run the model once and write one .html file with every layer and head: "
+        "pick layers and heads, hover for values, zoom, download PNG. It needs no network.",
+    )
+    add_text_input(p)
+    p.add_argument("--run", metavar="PATH",
+                   help="show a run saved by `attnmap capture` instead of running a model")
+    add_model_options(p)
+    p.add_argument("-o", "--output", metavar="PATH", required=True,
+                   help="the .html file to write (replaced only once complete)")
+    p.add_argument("--stack", choices=["self", "encoder", "decoder", "cross"],
+                   help="attention shown first (encoder-decoders; default: encoder)")
+    p.add_argument("--layer", type=int, metavar="N", help="layer shown first (default 0)")
+    p.add_argument("--head", type=_head, metavar="N",
+                   help="head shown first: a number, 'mean' or 'max' (default 0)")
+    p.add_argument("--scale", choices=["unit", "head", "log"],
+                   help="colour scale: 0–1, 0–head max (default) or log")
+    p.add_argument("--view", choices=["heatmap", "heads", "layers"],
+                   help="one head (default), every head of the layer, or layers × heads")
+    p.add_argument("--ignore-first", action="store_true",
+                   help="leave the first token out when scaling colours (attention sinks)")
+    add_common(p)
+    p.set_defaults(func=handle)
+
+
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(f"attnmap: {msg}", file=sys.stderr, flush=True)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from .._errors import AttnmapError
+    from .._io import check_writable
+
+    t0 = time.perf_counter()
+    out = check_writable(args.output)  # fail before the slow part
+    if args.run is not None:
+        if args.text is not None or args.file is not None:
+            raise AttnmapError("give either text (TEXT / --file) or --run PATH, not both")
+        if args.model is not None or args.target is not None:
+            raise AttnmapError("--model and --target do not apply to --run; the run file "
+                               "already holds the model's attention")
+        from ..run import load
+
+        _say(args, f"reading {args.run}")
+        run = load(args.run)
+    else:
+        text = read_text(args)
+        from ..capture import capture, get_model
+
+        _say(args, f"loading model {args.model or 'all-MiniLM-L6-v2 (bundled)'}")
+        loaded = get_model(args.model, trust_remote_code=args.trust_remote_code,
+                           progress=not args.quiet)
+        _say(args, "running the model")
+        run = capture(text, model=loaded, target=args.target, truncate=args.truncate)
+    options = {
+        "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
+        "view": args.view, "ignore_first": args.ignore_first or None,
+    }
+    from .html import to_html
+
+    shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
+    _say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
+    html = to_html(run, out, **{k: v for k, v in options.items() if v is not None})
+    size = len(html.encode("utf-8"))
+    _say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    print(out)
+    return 0
