@@ -1,0 +1,210 @@
+"""``attnmap heads`` and ``attnmap relate``: the head census and relation queries.
+
+Only the standard library at top level, so that the command line starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from ..cli import add_common, add_model_options, add_text_input
+
+SCORES = ("self", "previous_token", "first_token", "duplicate_token", "induction", "locality",
+          "mean_distance", "entropy", "entropy_norm", "special")
+# Short column titles so that the whole table fits an 80-column terminal.
+_TITLES = {"self": "self", "previous_token": "prev", "first_token": "first",
+           "duplicate_token": "dup", "induction": "induct", "locality": "local",
+           "mean_distance": "dist", "entropy": "H", "entropy_norm": "H/ln k",
+           "special": "special"}
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (not {value!r})") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (not {n})")
+    return n
+
+
+def _natural(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (not {value!r})") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (not {n})")
+    return n
+
+
+def _source(p: argparse.ArgumentParser) -> None:
+    add_text_input(p, required=False)
+    p.add_argument("--run", metavar="FILE", help="use a saved run (.safetensors) instead of "
+                   "running a model")
+    add_model_options(p)
+    p.add_argument("--stack", choices=["self", "encoder", "decoder"],
+                   help="which self-attention to score (encoder-decoders: default encoder)")
+
+
+def register(sub: Any) -> None:
+    h = sub.add_parser(
+        "heads",
+        help="score every head: previous token, induction, entropy …",
+        description="A census of the heads: for each layer and head, how much attention goes "
+        "to itself, the previous token, the first token, earlier copies (duplicate), the token "
+        "after an earlier copy (induction), nearby tokens (locality), how far it reaches "
+        "(mean distance), how spread it is (entropy) and special tokens. See docs/reading.md.",
+    )
+    _source(h)
+    h.add_argument("--sort", metavar="SCORE",
+                   help=f"sort heads by this score, highest first ({', '.join(SCORES)})")
+    h.add_argument("--top", metavar="N", type=_positive, help="show only the first N heads")
+    h.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    h.add_argument("--exclude-first", action="store_true",
+                   help="pattern scores ignore attention to the first token (sink/BOS)")
+    h.add_argument("--exclude-current", action="store_true",
+                   help="pattern scores ignore attention to the query's own token")
+    h.add_argument("--locality-k", metavar="K", type=_natural, default=2,
+                   help="locality counts keys within ±K positions (default 2)")
+    h.add_argument("--probe", choices=["repeat"],
+                   help="instead of a text: BOS + N random tokens + the same N again "
+                   "(finds induction heads)")
+    h.add_argument("--length", metavar="N", type=_positive, default=50,
+                   help="--probe repeat: tokens in the random sequence (default 50)")
+    h.add_argument("--seed", metavar="S", type=int, default=0,
+                   help="--probe repeat: random seed (default 0)")
+    add_common(h)
+    h.set_defaults(func=_heads)
+
+    r = sub.add_parser(
+        "relate",
+        help="which heads make one word attend to another",
+        description="For every head, the attention from one word of the text to another (and "
+        "to a third with --vs), heads ranked by the difference. A word spanning several tokens "
+        "is summed over its key tokens and averaged over its query tokens; WORD#2 picks the "
+        "second occurrence.",
+    )
+    _source(r)
+    r.add_argument("--from", dest="from_", metavar="WORD", required=True,
+                   help="the word that attends (the query)")
+    r.add_argument("--to", metavar="WORD", required=True, help="the word attended to")
+    r.add_argument("--vs", metavar="WORD", help="a word to compare against")
+    r.add_argument("--top", metavar="N", type=_positive, default=None,
+                   help="show only the best N heads (table default 10)")
+    r.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common(r)
+    r.set_defaults(func=_relate)
+
+
+def _get_run(args: argparse.Namespace) -> Any:
+    from .._cmd_core import obtain_run
+
+    return obtain_run(args)
+
+
+def _heads(args: argparse.Namespace) -> int:
+    from .._errors import AttnmapError
+
+    if args.sort is not None and args.sort not in SCORES:
+        raise AttnmapError(f"--sort must be one of {', '.join(SCORES)} (not {args.sort!r})")
+    if args.probe:
+        if args.text is not None or args.file is not None or args.run:
+            raise AttnmapError("--probe makes its own input; give no TEXT, --file or --run")
+        from .probe import repeat_probe
+
+        if not args.quiet:
+            print(f"attnmap: probe: BOS + {args.length} random tokens, repeated "
+                  f"(seed {args.seed})", file=sys.stderr, flush=True)
+        run = repeat_probe(args.model, length=args.length, seed=args.seed)
+    else:
+        run = _get_run(args)
+    from .scores import head_scores
+
+    entries = head_scores(run, stack=args.stack, exclude_first=args.exclude_first,
+                          exclude_current=args.exclude_current, locality_k=args.locality_k)
+    if args.sort:
+        # Undefined scores (no row had a target) sort last; ties keep layer/head order.
+        entries.sort(key=lambda e: (e["scores"][args.sort] is None,
+                                    -(e["scores"][args.sort] or 0.0)))
+    if args.top:
+        entries = entries[: args.top]
+    if args.json:
+        json.dump(entries, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+        return 0
+    _heads_table(run, entries, args)
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def _heads_table(run: Any, entries: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from rich import box
+    from rich.table import Table
+
+    where = run.extra.get("probe")
+    title = (f"{run.model.get('id')}: {len(run.tokens)} tokens"
+             + (f", repeat probe N={where['length']} seed={where['seed']}" if where else ""))
+    table = Table(title=title, caption="– = no row of this input has a target for the score; "
+                  "entropy H in nats", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("layer", justify="right")
+    table.add_column("head", justify="right")
+    for name in SCORES:
+        style = "bold" if name == args.sort else None
+        table.add_column(_TITLES[name], justify="right", header_style=style, style=style)
+    for e in entries:
+        table.add_row(str(e["layer"]), str(e["head"]), *(_fmt(e["scores"][n]) for n in SCORES))
+    _console().print(table)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output has no terminal width to respect; rich would squeeze the table to 80.
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 120)
+
+
+def _relate(args: argparse.Namespace) -> int:
+    run = _get_run(args)
+    from .relate import relate
+
+    res = relate(run, args.from_, args.to, args.vs, stack=args.stack)
+    if args.top:
+        res["heads"] = res["heads"][: args.top]
+    if args.json:
+        json.dump(res, sys.stdout, ensure_ascii=False, allow_nan=False)
+        sys.stdout.write("\n")
+        return 0
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+    for note in res["notes"]:
+        console.print(Text(f"note: {note}"), style="yellow")
+    src, dst, alt = res["from"], res["to"], res["vs"]
+    title = f"{src['word']} → {dst['word']}" + (f" vs {alt['word']}" if alt else "")
+    table = Table(title=Text(title), caption=f"heads ranked by {res['ranked_by']}",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("layer", justify="right")
+    table.add_column("head", justify="right")
+    table.add_column(Text(f"→ {dst['word']}"), justify="right")
+    if alt:
+        table.add_column(Text(f"→ {alt['word']}"), justify="right")
+        table.add_column("difference", justify="right")
+    for row in res["heads"][: args.top or 10]:
+        cells = [str(row["layer"]), str(row["head"]), f"{row['to']:.3f}"]
+        if alt:
+            cells += [f"{row['vs']:.3f}", f"{row['diff']:+.3f}"]
+        table.add_row(*cells)
+    console.print(table)
+    return 0
