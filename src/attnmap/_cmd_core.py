@@ -56,6 +56,10 @@ def register(sub: Any) -> None:
     c.add_argument("-o", "--output", required=True, help="run file to write (.safetensors)")
     c.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage precision (float16 halves the file)")
+    c.add_argument("--store", choices=["auto", "weights", "qk"], default="auto",
+                   help="weights: every attention weight; qk: queries and keys, weights "
+                   "computed when read (long inputs); auto (default): qk once the weights "
+                   "would pass 1 GiB")
     add_common(c)
     c.set_defaults(func=_capture)
 
@@ -91,7 +95,8 @@ def obtain_run(args: argparse.Namespace) -> Any:
 
     t0 = time.perf_counter()
     run = capture(text, args.model, target=args.target, truncate=args.truncate,
-                  trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+                  trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+                  store=getattr(args, "store", "auto"))
     _say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
          f"heads in {time.perf_counter() - t0:.1f}s")
     return run

@@ -12,6 +12,9 @@ from ._errors import AttnmapError, AttnmapWarning
 from .run import AttentionRun, AttentionStack
 from .tokens import make_tokens
 
+# Above this many bytes of float32 weights, "auto" keeps queries and keys instead
+# (12 layers × 12 heads pass it between 1,024 and 2,048 tokens).
+WEIGHTS_BUDGET = 1 << 30
 _CACHE: dict[tuple[str, bool], Any] = {}
 
 
@@ -46,12 +49,17 @@ def capture(
     truncate: bool = False,
     trust_remote_code: bool = False,
     progress: bool = False,
+    store: str = "auto",
 ) -> AttentionRun:
     """Run `model` on `text` once and return every layer's and head's attention.
 
     `model` is a hub id, a local directory, a :class:`attnmap.models.Loaded`, or None for the
     bundled all-MiniLM-L6-v2. For encoder-decoders the decoder reads `target`, or the model's
     own greedy continuation (up to `max_new_tokens`) when none is given.
+
+    `store` is ``"weights"`` (every layer's weights, as transformers returns them),
+    ``"qk"`` (queries and keys; each layer's weights are computed when read, for long
+    inputs) or ``"auto"``: weights unless they would pass ``WEIGHTS_BUDGET`` bytes.
     """
     check_text(text)
     loaded = get_model(model, trust_remote_code=trust_remote_code, progress=progress)
@@ -63,8 +71,20 @@ def capture(
     ids = enc["input_ids"]
     tokens = make_tokens(tok, ids, enc.get("offset_mapping"))
     input_ids = torch.tensor([ids])
+    if store not in ("auto", "weights", "qk"):
+        raise AttnmapError(f"store must be auto, weights or qk (not {store!r})")
     if info["architecture"] == "encoder-decoder":
+        if store == "qk":
+            raise AttnmapError("store='qk' is for encoder-only and decoder-only models")
         return _capture_seq2seq(loaded, text, tokens, input_ids, target, max_new_tokens)
+    n = len(ids)
+    weight_bytes = 4 * n * n * int(info.get("layers") or 1) * int(info.get("heads") or 1)
+    if store == "qk" or (store == "auto" and weight_bytes > WEIGHTS_BUDGET):
+        from ._qk import forward_qk
+
+        layers = forward_qk(loaded.model, input_ids, bool(info["causal"]))
+        stacks = {"self": AttentionStack("self", layers, layers.masked)}
+        return AttentionRun(text=text, tokens=tokens, stacks=stacks, model=dict(info))
 
     with torch.no_grad():
         out = loaded.model(
@@ -74,7 +94,6 @@ def capture(
             return_dict=True,
         )
     layers = _layers(out.attentions, info)
-    n = len(ids)
     masked = np.triu(np.ones((n, n), dtype=bool), k=1) if info["causal"] else np.zeros(
         (n, n), dtype=bool
     )

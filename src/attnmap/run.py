@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ import numpy as np
 
 from ._errors import AttnmapError
 from ._io import atomic_path
+from ._qk import QKLayers
 from .tokens import Token
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this version reads; runs stored as weights are still written as 1
 STACK_ORDER = ("self", "encoder", "decoder", "cross")
 # Which token sequence a stack's queries and keys come from.
 STACK_SIDES = {
@@ -44,7 +46,9 @@ class AttentionStack:
     """All layers of one kind of attention (self, encoder, decoder or cross)."""
 
     name: str
-    layers: list[np.ndarray]  # each [head, query, key], float32 (or float16 when stored small)
+    # each [head, query, key], float32 (or float16 when stored small); long runs hold a
+    # QKLayers that computes each layer from queries and keys when it is read
+    layers: Sequence[np.ndarray]
     masked: np.ndarray  # [query, key] bool; True where the query cannot attend to the key
 
     @property
@@ -53,12 +57,17 @@ class AttentionStack:
 
     @property
     def n_heads(self) -> int:
-        return int(self.layers[0].shape[0])
+        return self.shape[1]
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        h, q, k = self.layers[0].shape
+        h, q, k = getattr(self.layers, "shape", None) or self.layers[0].shape
         return (len(self.layers), int(h), int(q), int(k))
+
+    @property
+    def lazy(self) -> bool:
+        """True when layers are computed on demand from stored queries and keys."""
+        return isinstance(self.layers, QKLayers)
 
 
 @dataclass
@@ -163,13 +172,22 @@ class AttentionRun:
             raise AttnmapError(f"dtype must be float32 or float16 (not {dtype!r})")
         tensors: dict[str, np.ndarray] = {}
         stacks_meta: dict[str, Any] = {}
+        version = 1
         for name, st in self.stacks.items():
             prefix = "" if name == "self" else f"{name}."
-            for i, arr in enumerate(st.layers):
-                tensors[f"{prefix}layer.{i}"] = np.ascontiguousarray(arr, dtype=dtype)
+            if isinstance(st.layers, QKLayers):
+                version = 2
+                for i in range(st.n_layers):
+                    tensors[f"{prefix}q.layer.{i}"] = np.ascontiguousarray(st.layers.q[i], dtype)
+                    tensors[f"{prefix}k.layer.{i}"] = np.ascontiguousarray(st.layers.k[i], dtype)
+            else:
+                for i, arr in enumerate(st.layers):
+                    tensors[f"{prefix}layer.{i}"] = np.ascontiguousarray(arr, dtype=dtype)
             tensors[f"{prefix}mask"] = np.ascontiguousarray(st.masked, dtype=np.uint8)
             q_side, k_side = STACK_SIDES[name]
             stacks_meta[name] = {
+                "storage": "qk" if isinstance(st.layers, QKLayers) else "weights",
+                "scaling": list(st.layers.scaling) if isinstance(st.layers, QKLayers) else None,
                 "layers": st.n_layers,
                 "heads": st.n_heads,
                 "query": q_side,
@@ -180,7 +198,7 @@ class AttentionRun:
         for name, arr in self.extra_tensors().items():
             tensors[name] = np.ascontiguousarray(arr)
         meta: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
             "model": self.model.get("id"),
             "model_info": self.model,
             "causal": self.causal,
@@ -256,6 +274,13 @@ def load(path: str | os.PathLike[str]) -> AttentionRun:
         ) from exc
 
 
+def _numbered(tensors: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    out = []
+    while f"{prefix}{len(out)}" in tensors:
+        out.append(tensors[f"{prefix}{len(out)}"])
+    return out
+
+
 def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> AttentionRun:
     tokens = [Token.from_dict(d) for d in meta["token_info"]]
     target = meta.get("target_token_info")
@@ -263,22 +288,29 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
     stacks: dict[str, AttentionStack] = {}
     for name in STACK_ORDER:
         prefix = "" if name == "self" else f"{name}."
-        layers = []
-        i = 0
-        while f"{prefix}layer.{i}" in tensors:
-            layers.append(tensors[f"{prefix}layer.{i}"])
-            i += 1
-        if not layers:
+        layers = _numbered(tensors, f"{prefix}layer.")
+        qs, ks = _numbered(tensors, f"{prefix}q.layer."), _numbered(tensors, f"{prefix}k.layer.")
+        if not layers and not qs:
             continue
         mask = tensors[f"{prefix}mask"].astype(bool)
         q_side, k_side = STACK_SIDES[name]
         nq = len(target_tokens or []) if q_side == "target" else len(tokens)
         nk = len(target_tokens or []) if k_side == "target" else len(tokens)
+        if mask.shape != (nq, nk):
+            raise ValueError(f"{name} mask of shape {mask.shape} does not fit {nq}×{nk} tokens")
+        if qs:
+            scaling = meta["stacks"][name]["scaling"]
+            if len(qs) != len(ks) or len(scaling) != len(qs):
+                raise ValueError(f"{name}: queries, keys and scalings differ in number")
+            for q, k in zip(qs, ks):
+                if q.ndim != 3 or k.ndim != 3 or q.shape[1] != nq or k.shape[1] != nk or (
+                        q.shape[0] % k.shape[0]):
+                    raise ValueError(f"{name}: queries {q.shape} / keys {k.shape} do not fit")
+            stacks[name] = AttentionStack(name, QKLayers(qs, ks, scaling, mask), mask)
+            continue
         for arr in layers:
             if arr.ndim != 3 or arr.shape[1:] != (nq, nk) or arr.shape[0] != layers[0].shape[0]:
                 raise ValueError(f"{name} layer of shape {arr.shape} does not fit {nq}×{nk} tokens")
-        if mask.shape != (nq, nk):
-            raise ValueError(f"{name} mask of shape {mask.shape} does not fit {nq}×{nk} tokens")
         stacks[name] = AttentionStack(name=name, layers=layers, masked=mask)
     if not stacks:
         raise ValueError("no attention tensors")

@@ -122,3 +122,30 @@ def test_saved_run_round_trip(gpt2_run, tmp_path):
     back = attnmap.load(gpt2_run.save(tmp_path / "r.safetensors"))
     np.testing.assert_array_equal(back.attention, gpt2_run.attention)
     assert back.tokens == gpt2_run.tokens
+
+
+@pytest.mark.parametrize("fixture", ["gpt2_dir", "bert_dir"])
+def test_long_input_mode_matches_weights(fixture, request, tmp_path):
+    """store="qk" keeps queries and keys and computes each layer when read: same numbers."""
+    from safetensors import safe_open
+
+    path = request.getfixturevalue(fixture)
+    full = attnmap.capture(TEXT, model=path, store="weights")
+    lazy = attnmap.capture(TEXT, model=path, store="qk")
+    assert lazy.stack().lazy and not full.stack().lazy
+    assert lazy.stack().shape == full.stack().shape
+    assert np.abs(lazy.attention - full.attention).max() <= 1e-6
+    np.testing.assert_array_equal(lazy.masked, full.masked)
+    f = lazy.save(tmp_path / "qk.safetensors")
+    with safe_open(str(f), framework="numpy") as fh:
+        assert {"q.layer.0", "k.layer.1", "mask"} <= set(fh.keys())
+        assert "layer.0" not in set(fh.keys())
+    back = attnmap.load(f)
+    assert back.stack().lazy
+    assert np.abs(back.attention - full.attention).max() <= 1e-6
+    _check_rows(back)
+
+
+def test_long_input_mode_refused_for_encoder_decoder(t5_dir):
+    with pytest.raises(attnmap.AttnmapError, match="encoder-only and decoder-only"):
+        attnmap.capture(TEXT, model=t5_dir, store="qk")
