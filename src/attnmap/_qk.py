@@ -137,8 +137,10 @@ def register() -> None:
     _registered = True
 
 
-def forward_qk(model: Any, input_ids: Any, causal: bool) -> QKLayers:
-    """Run `model` once, recording queries and keys instead of attention weights."""
+def forward_qk(model: Any, input_ids: Any, causal: bool, *, logits: bool = False
+               ) -> tuple[QKLayers, Any]:
+    """Run `model` once, recording queries and keys instead of attention weights; also
+    return the logits when asked (else None)."""
     import torch
 
     register()
@@ -150,12 +152,12 @@ def forward_qk(model: Any, input_ids: Any, causal: bool) -> QKLayers:
     _STATE.mask_mismatch = False
     # The bare transformer (no LM head): logits over a 50k vocabulary at 4k tokens would
     # cost more memory than all the queries and keys together.
-    body = getattr(model, "base_model", model)
+    body = model if logits else getattr(model, "base_model", model)
     _release_freed_memory(setup=True)
     try:
         model.set_attn_implementation(IMPL_NAME)
         with torch.no_grad():
-            body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            out = body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
         rec = _STATE.record
         mismatch = _STATE.mask_mismatch
     finally:
@@ -172,4 +174,5 @@ def forward_qk(model: Any, input_ids: Any, causal: bool) -> QKLayers:
             "this model masks attention in a way the long-input mode does not reproduce "
             "(sliding windows?); use a shorter text"
         )
-    return QKLayers([r[0] for r in rec], [r[1] for r in rec], [r[2] for r in rec], expected)
+    layers = QKLayers([r[0] for r in rec], [r[1] for r in rec], [r[2] for r in rec], expected)
+    return layers, (out.logits if logits else None)

@@ -50,6 +50,8 @@ def capture(
     trust_remote_code: bool = False,
     progress: bool = False,
     store: str = "auto",
+    predictions: bool = False,
+    top_k: int = 5,
 ) -> AttentionRun:
     """Run `model` on `text` once and return every layer's and head's attention.
 
@@ -60,6 +62,9 @@ def capture(
     `store` is ``"weights"`` (every layer's weights, as transformers returns them),
     ``"qk"`` (queries and keys; each layer's weights are computed when read, for long
     inputs) or ``"auto"``: weights unless they would pass ``WEIGHTS_BUDGET`` bytes.
+
+    With `predictions`, the run also records what the model predicted at each position
+    (``run.extra["predictions"]``, see :mod:`attnmap.predict`), top `top_k` each.
     """
     check_text(text)
     loaded = get_model(model, trust_remote_code=trust_remote_code, progress=progress)
@@ -76,15 +81,23 @@ def capture(
     if info["architecture"] == "encoder-decoder":
         if store == "qk":
             raise AttnmapError("store='qk' is for encoder-only and decoder-only models")
-        return _capture_seq2seq(loaded, text, tokens, input_ids, target, max_new_tokens)
+        run = _capture_seq2seq(loaded, text, tokens, input_ids, target, max_new_tokens,
+                               predictions=predictions, top_k=top_k)
+        return run
+    if predictions:
+        _check_lm_head(loaded)
     n = len(ids)
     weight_bytes = 4 * n * n * int(info.get("layers") or 1) * int(info.get("heads") or 1)
     if store == "qk" or (store == "auto" and weight_bytes > WEIGHTS_BUDGET):
         from ._qk import forward_qk
 
-        layers = forward_qk(loaded.model, input_ids, bool(info["causal"]))
+        layers, logits = forward_qk(loaded.model, input_ids, bool(info["causal"]),
+                                    logits=predictions)
         stacks = {"self": AttentionStack("self", layers, layers.masked)}
-        return AttentionRun(text=text, tokens=tokens, stacks=stacks, model=dict(info))
+        run = AttentionRun(text=text, tokens=tokens, stacks=stacks, model=dict(info))
+        if predictions:
+            _add_predictions(run, loaded, logits, top_k)
+        return run
 
     with torch.no_grad():
         out = loaded.model(
@@ -98,7 +111,31 @@ def capture(
         (n, n), dtype=bool
     )
     stacks = {"self": AttentionStack("self", layers, masked)}
-    return AttentionRun(text=text, tokens=tokens, stacks=stacks, model=dict(info))
+    run = AttentionRun(text=text, tokens=tokens, stacks=stacks, model=dict(info))
+    if predictions:
+        _add_predictions(run, loaded, out.logits, top_k)
+    return run
+
+
+def _check_lm_head(loaded: Any) -> None:
+    if getattr(loaded.model, "get_output_embeddings", lambda: None)() is None:
+        raise AttnmapError(
+            f"model {loaded.id!r} ({type(loaded.model).__name__}) has no language-model head, "
+            "so it predicts no tokens; use a causal, masked or encoder-decoder LM"
+        )
+
+
+def _add_predictions(run: AttentionRun, loaded: Any, logits: Any, top_k: int) -> None:
+    from . import predict
+
+    if loaded.info["causal"]:
+        run.extra["predictions"] = predict.causal(logits[0], loaded.tokenizer, run.tokens,
+                                                  k=top_k)
+        run.extra["predictions_kind"] = "next-token"
+    else:
+        run.extra["predictions"] = predict.masked(logits[0], loaded.tokenizer, run.tokens,
+                                                  k=top_k)
+        run.extra["predictions_kind"] = "masked"
 
 
 def _encode(tok: Any, text: str, info: dict[str, Any], *, truncate: bool) -> dict[str, Any]:
@@ -140,6 +177,9 @@ def _capture_seq2seq(
     input_ids: Any,
     target: str | None,
     max_new_tokens: int,
+    *,
+    predictions: bool = False,
+    top_k: int = 5,
 ) -> AttentionRun:
     import torch
 
@@ -196,7 +236,7 @@ def _capture_seq2seq(
     target_text = target if target is not None else tok.decode(dec_ids, skip_special_tokens=True)
     model_info = dict(info)
     model_info["target_generated"] = generated
-    return AttentionRun(
+    run = AttentionRun(
         text=text,
         tokens=tokens,
         stacks=stacks,
@@ -204,3 +244,10 @@ def _capture_seq2seq(
         target_text=target_text,
         target_tokens=target_tokens,
     )
+    if predictions:
+        from . import predict
+
+        _check_lm_head(loaded)
+        run.extra["predictions"] = predict.causal(out.logits[0], tok, target_tokens, k=top_k)
+        run.extra["predictions_kind"] = "decoder"
+    return run

@@ -18,6 +18,7 @@ from ._errors import AttnmapError, AttnmapWarning
 
 COMMAND_MODULES = [
     "attnmap._cmd_core",  # render, capture, info
+    "attnmap._cmd_compare",  # predict, diff
     "attnmap.viewer._cmd",  # html
     "attnmap.analysis._cmd",  # heads, relate
     "attnmap.app._cmd",  # serve

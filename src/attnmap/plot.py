@@ -98,6 +98,7 @@ def draw_matrix(
     vmax: float = 1.0,
     cmap: str = "Blues",
     cell_pt: float | None = None,
+    vmin: float = 0.0,
 ) -> Any:
     """Draw one ``[query, key]`` matrix into `ax`; returns the image (for a colour bar)."""
     import matplotlib as mpl
@@ -108,7 +109,7 @@ def draw_matrix(
     # masked cells are transparent: the hatched background shows through
     cm = mpl.colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
     data = np.ma.masked_array(matrix, mask=masked)
-    norm = mpl.colors.Normalize(vmin=0.0, vmax=vmax)
+    norm = mpl.colors.Normalize(vmin=vmin, vmax=vmax)
     ax.patch.set_facecolor(MASK_FACE)
     ax.patch.set_hatch("////")
     ax.patch.set_edgecolor(MASK_HATCH)
@@ -135,7 +136,10 @@ def draw_matrix(
             for j in range(nk):
                 if masked[i, j]:
                     continue
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=size,
+                label = f"{matrix[i, j]:.2f}"
+                if label == "-0.00":  # a tiny negative difference reads as zero
+                    label = "0.00"
+                ax.text(j, i, label, ha="center", va="center", fontsize=size,
                         color="white" if lum[i, j] < 0.5 else "black")
     ax.tick_params(length=0)
     for side in ax.spines.values():

@@ -30,7 +30,9 @@ from ._io import atomic_path
 from ._qk import QKLayers
 from .tokens import Token
 
-FORMAT_VERSION = 2  # the newest this version reads; runs stored as weights are still written as 1
+# The newest format this version reads. Version 2 added queries/keys storage for long runs
+# and predictions; a run that uses neither is still written as version 1.
+FORMAT_VERSION = 2
 STACK_ORDER = ("self", "encoder", "decoder", "cross")
 # Which token sequence a stack's queries and keys come from.
 STACK_SIDES = {
@@ -107,6 +109,11 @@ class AttentionRun:
     @property
     def causal(self) -> bool:
         return bool(self.model.get("causal", False))
+
+    @property
+    def predictions(self) -> list[dict[str, Any]] | None:
+        """What the model predicted per position (captured with ``predictions=True``)."""
+        return self.extra.get("predictions")
 
     @property
     def attention(self) -> np.ndarray:
@@ -195,6 +202,8 @@ class AttentionRun:
                 "query_tokens": [t.text for t in self._side(q_side)],
                 "key_tokens": [t.text for t in self._side(k_side)],
             }
+        if "predictions" in self.extra:
+            version = 2  # predictions came with format 2; readers of 1 would drop them
         for name, arr in self.extra_tensors().items():
             tensors[name] = np.ascontiguousarray(arr)
         meta: dict[str, Any] = {

@@ -1,0 +1,140 @@
+"""``attnmap predict | diff``: what the model predicted, and what changed between two runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .cli import add_common, add_model_options, add_text_input
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="per position: the model's top-k next tokens, and the true next token's "
+        "probability, rank and surprisal",
+        description="What the model predicted at each position. Causal LMs: the top-k next "
+        "tokens and the actual next token's probability, rank and surprisal (bits); masked "
+        "LMs: the top-k fill-ins at each mask token; encoder-decoders: the decoder's top-k at "
+        "each step.",
+    )
+    add_text_input(p)
+    add_model_options(p)
+    p.add_argument("--top", "-k", type=int, default=5, help="how many predictions per "
+                   "position (default 5)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per "
+                   "position")
+    add_common(p)
+    p.set_defaults(func=_predict)
+
+    d = sub.add_parser(
+        "diff",
+        help="compare attention for two texts (one model) or one text (two models)",
+        description="Rank heads by how much their attention changed between two texts through "
+        "one model, or one text through two models (--against). Layers and heads are 0-based.",
+    )
+    d.add_argument("text", help="text A")
+    d.add_argument("text_b", nargs="?", help="text B (omit with --against to compare models)")
+    add_model_options(d)
+    d.add_argument("--against", metavar="MODEL", help="model B: run text A through both")
+    d.add_argument("-o", "--output", help="picture of A, B and A−B for one head (.png/.svg/.pdf)")
+    d.add_argument("--layer", "-l", type=int, help="head to draw (default: the most changed)")
+    d.add_argument("--head", type=int, help="head to draw (default: the most changed)")
+    d.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoder models")
+    d.add_argument("--words", action="store_true", help="compare in the word view (aligns "
+                   "texts whose tokens differ)")
+    d.add_argument("--top", type=int, default=10, help="rows of the table (default 10)")
+    d.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    add_common(d)
+    d.set_defaults(func=_diff)
+
+
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(f"attnmap: {msg}", file=sys.stderr, flush=True)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from . import predict
+    from ._errors import AttnmapError
+    from .capture import capture
+    from .cli import read_text
+
+    if args.top < 1:
+        raise AttnmapError(f"--top must be at least 1 (not {args.top})")
+    text = read_text(args)
+    assert text is not None
+    run = capture(text, args.model, target=args.target, truncate=args.truncate,
+                  trust_remote_code=args.trust_remote_code, progress=not args.quiet,
+                  predictions=True, top_k=args.top)
+    preds = run.predictions or []
+    if args.json:
+        print(json.dumps(preds, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{run.model.get('id')} · {run.extra.get('predictions_kind')} "
+                  "predictions", header_style="bold")
+    for col in ("pos", "token", "top-1 (p)", "actual next (p, rank)", ""):
+        table.add_column(col)
+    for row in predict.table_rows(preds):
+        table.add_row(*[Text(c) for c in row])  # Text: token strings are never markup
+    Console().print(table)
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from . import diff as diffmod
+    from ._errors import AttnmapError
+    from ._io import check_writable
+    from .capture import capture, check_text
+
+    if args.output:
+        from .plot import output_format
+
+        output_format(args.output)
+        check_writable(args.output)
+    if args.text_b is None and args.against is None:
+        raise AttnmapError("give a second text, or --against MODEL to compare two models")
+    if args.text_b is not None and args.against is not None:
+        raise AttnmapError("compare two texts or two models, not both at once")
+    check_text(args.text)
+    kw = {"target": args.target, "truncate": args.truncate,
+          "trust_remote_code": args.trust_remote_code, "progress": not args.quiet}
+    run_a = capture(args.text, args.model, **kw)
+    if args.text_b is not None:
+        run_b = capture(args.text_b, args.model, **kw)
+    else:
+        run_b = capture(args.text, args.against, **kw)
+    d = diffmod.compare(run_a, run_b, stack=args.stack, words=args.words)
+    if args.layer is not None:
+        run_a.layer_index(args.layer, d.stack)
+    if args.head is not None:
+        run_a.head_index(args.head, d.stack)
+    if args.json:
+        print(json.dumps(d.ranking))
+    else:
+        _diff_table(d, args.top)
+    if args.output:
+        from .plot import save_figure
+
+        fig = diffmod.figure(d, args.layer, args.head)
+        save_figure(fig, args.output)
+        _say(args, f"wrote {args.output}")
+    return 0
+
+
+def _diff_table(d: Any, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"most changed heads ({len(d.ia)} aligned tokens)")
+    for col in ("layer", "head", "mean |A−B|", "JS (bits)"):
+        table.add_column(col, justify="right")
+    for r in d.ranking[: max(top, 1)]:
+        table.add_row(str(r["layer"]), str(r["head"]), f"{r['mean_abs']:.4f}", f"{r['js']:.4f}")
+    Console().print(table)

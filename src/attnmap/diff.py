@@ -1,0 +1,185 @@
+"""Compare two runs: two texts through one model, or one text through two models.
+
+Tokens are aligned first (identical sequences one to one; otherwise equal tokens paired in
+their longest common subsequence, or words in the word view). Each head is then scored by
+how much its pattern changed over the aligned cells:
+
+* ``mean_abs``: mean |A − B| over cells that neither run masks;
+* ``js``: mean over query rows of the Jensen–Shannon divergence (base 2, so 0…1) between the
+  two rows, each renormalised over the aligned keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._errors import AttnmapError
+from .run import AttentionRun
+from .tokens import Token
+
+MIN_ALIGNED = 0.5  # below this share of the shorter sequence, alignment is refused
+
+
+@dataclass
+class Diff:
+    a: AttentionRun
+    b: AttentionRun
+    stack: str
+    ia: np.ndarray  # aligned positions in a
+    ib: np.ndarray  # aligned positions in b
+    ranking: list[dict[str, Any]] = field(default_factory=list)  # most changed first
+
+    @property
+    def tokens(self) -> list[Token]:
+        return [self.a.tokens[i] for i in self.ia]
+
+    def matrices(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                       np.ndarray]:
+        """A, B and A − B on the aligned tokens ``[query, key]``, and the mask of either."""
+        la, ha = self.a.layer_index(layer, self.stack), self.a.head_index(head, self.stack)
+        a = self.a.head(la, ha, self.stack)[np.ix_(self.ia, self.ia)]
+        b = self.b.head(la, ha, self.stack)[np.ix_(self.ib, self.ib)]
+        masked = (self.a.stack(self.stack).masked[np.ix_(self.ia, self.ia)]
+                  | self.b.stack(self.stack).masked[np.ix_(self.ib, self.ib)])
+        return a, b, a - b, masked
+
+
+def align(a: list[Any], b: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs of equal items in a longest common subsequence of `a` and `b`."""
+    if a == b:
+        idx = np.arange(len(a))
+        return idx, idx.copy()
+    n, m = len(a), len(b)
+    # lengths[i][j] = LCS length of a[i:] and b[j:]
+    lengths = np.zeros((n + 1, m + 1), dtype=np.int32)
+    for i in range(n - 1, -1, -1):
+        row, below = lengths[i], lengths[i + 1]
+        ai = a[i]
+        for j in range(m - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if ai == b[j] else max(below[j], row[j + 1])
+    ia, ib = [], []
+    i = j = 0
+    while i < n and j < m:
+        if a[i] == b[j]:
+            ia.append(i)
+            ib.append(j)
+            i += 1
+            j += 1
+        elif lengths[i + 1, j] >= lengths[i, j + 1]:
+            i += 1
+        else:
+            j += 1
+    return np.array(ia, dtype=np.int64), np.array(ib, dtype=np.int64)
+
+
+def _js_rows(p: np.ndarray, q: np.ndarray, masked: np.ndarray) -> np.ndarray:
+    """Per-row JS divergence (bits) of `p` and `q` ``[query, key]`` over unmasked keys."""
+    p = np.where(masked, 0.0, p).astype(np.float64)
+    q = np.where(masked, 0.0, q).astype(np.float64)
+    ps, qs = p.sum(-1, keepdims=True), q.sum(-1, keepdims=True)
+    ok = (ps[:, 0] > 0) & (qs[:, 0] > 0)
+    p = np.divide(p, ps, out=np.zeros_like(p), where=ps > 0)
+    q = np.divide(q, qs, out=np.zeros_like(q), where=qs > 0)
+    m = 0.5 * (p + q)
+
+    def kl(x: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(x > 0, x * np.log2(np.where(x > 0, x, 1) / np.where(m > 0, m, 1)), 0.0)
+        return t.sum(-1)
+
+    js = 0.5 * kl(p) + 0.5 * kl(q)
+    return np.clip(js[ok], 0.0, 1.0)
+
+
+def compare(a: AttentionRun, b: AttentionRun, *, stack: str | None = None,
+            words: bool = False) -> Diff:
+    """Align `a` and `b` and rank every head by how much its attention changed."""
+    if words:
+        from .analysis import merge_words
+
+        a, b = merge_words(a), merge_words(b)
+    name = a.stack(stack).name
+    sa, sb = a.stack(name), b.stack(name)
+    if (sa.n_layers, sa.n_heads) != (sb.n_layers, sb.n_heads):
+        raise AttnmapError(
+            f"the runs have different shapes ({sa.n_layers}×{sa.n_heads} and "
+            f"{sb.n_layers}×{sb.n_heads} layers × heads); compare models of one architecture"
+        )
+    if name == "cross" or sa.shape[2] != sa.shape[3]:
+        raise AttnmapError("diff compares self-attention; pick --stack encoder or decoder")
+    tokens_a = a.query_tokens(name)
+    tokens_b = b.query_tokens(name)
+    if words:
+        keys_a = [t.text.lower() for t in tokens_a]
+        keys_b = [t.text.lower() for t in tokens_b]
+    else:
+        keys_a = [t.id for t in tokens_a]
+        keys_b = [t.id for t in tokens_b]
+    ia, ib = align(keys_a, keys_b)
+    shorter = min(len(keys_a), len(keys_b))
+    if len(ia) < max(1, MIN_ALIGNED * shorter):
+        hint = "" if words else "; try the word view (--words)"
+        raise AttnmapError(
+            f"cannot align the two token sequences: only {len(ia)} of {shorter} "
+            f"{'words' if words else 'tokens'} match{hint}"
+        )
+    d = Diff(a=a, b=b, stack=name, ia=ia, ib=ib)
+    ranking = []
+    for li in range(sa.n_layers):
+        la = a.layer(li, name)[:, ia][:, :, ia]  # [head, query, key] on aligned tokens
+        lb = b.layer(li, name)[:, ib][:, :, ib]
+        masked = sa.masked[np.ix_(ia, ia)] | sb.masked[np.ix_(ib, ib)]
+        keep = ~masked
+        for h in range(sa.n_heads):
+            diff = np.abs(la[h] - lb[h])[keep]
+            js = _js_rows(la[h], lb[h], masked)
+            ranking.append({
+                "layer": li,
+                "head": h,
+                "mean_abs": float(diff.mean()) if diff.size else 0.0,
+                "js": float(js.mean()) if js.size else 0.0,
+            })
+    # most changed first; equal changes keep layer/head order
+    ranking.sort(key=lambda r: (-r["js"], -r["mean_abs"], r["layer"], r["head"]))
+    d.ranking = ranking
+    return d
+
+
+def figure(d: Diff, layer: int | None = None, head: int | None = None, *,
+           values: bool | None = None) -> Any:
+    """Heatmaps A, B and A − B side by side (the difference on a diverging scale at 0)."""
+    from . import plot
+
+    if layer is None or head is None:
+        top = d.ranking[0]
+        layer = top["layer"] if layer is None else layer
+        head = top["head"] if head is None else head
+    a, b, delta, masked = d.matrices(layer, head)
+    li, hi = d.a.layer_index(layer, d.stack), d.a.head_index(head, d.stack)
+    toks = d.tokens
+    n = len(toks)
+    cell = plot._cell_inches(n, n)
+    side = n * cell + 1.8
+    fig = plot._figure(3 * side + 1.5, side + 1.0)
+    lim = float(np.abs(np.where(masked, 0, delta)).max()) or 1.0
+    panels = [(a, "A", "Blues", 0.0, 1.0), (b, "B", "Blues", 0.0, 1.0),
+              (delta, "A − B", "RdBu_r", -lim, lim)]
+    for k, (m, label, cmap, lo, hi_) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, k + 1)
+        img = plot.draw_matrix(ax, m, masked, query_tokens=toks, key_tokens=toks,
+                               values=values, vmin=lo, vmax=hi_, cmap=cmap,
+                               cell_pt=cell * 72.0)
+        ax.set_title(label, fontsize=10)
+        if k == 0:
+            ax.set_ylabel("query (input) token")
+        ax.set_xlabel("key (output) token")
+        fig.colorbar(img, ax=ax, shrink=0.7)
+    ma, mb = d.a.model.get("id"), d.b.model.get("id")
+    who = f"{ma}" if ma == mb else f"A: {ma} · B: {mb}"
+    r = next(x for x in d.ranking if x["layer"] == li and x["head"] == hi)
+    fig.suptitle(f"{who} · layer {li} · head {hi} · mean |A−B| {r['mean_abs']:.3f} · "
+                 f"JS {r['js']:.3f}", fontsize=11)
+    return fig
