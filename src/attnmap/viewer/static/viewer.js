@@ -891,13 +891,14 @@ class Viewer {
     return {
       get state() { return { ...self.st }; },
       get header() { return self.header; },
+      get canvasSize() { return { w: self.canvas.width, h: self.canvas.height }; },
       cell(q, k) { const g = self.geom(); return at(g.x0 + (k - self.st.k0 + 0.5) * g.cs, g.y0 + (q - self.st.q0 + 0.5) * g.cs); },
       rowLabel(q) { const g = self.geom(); return at(g.x0 - 20, g.y0 + (q - self.st.q0 + 0.5) * g.cs); },
       colLabel(k) { const g = self.geom(); return at(g.x0 + (k - self.st.k0 + 0.5) * g.cs, g.y0 - 20); },
       thumb(layer, head) { const b = (self.hits || []).find((t) => t.layer === layer && t.head === head); return b ? at(b.x + b.w / 2, b.y + b.h / 2) : null; },
-      pixel(q, k) { // canvas RGBA at the centre of a cell (device pixels)
+      pixel(q, k) { // canvas RGBA inside a cell, clear of its printed value (device pixels)
         const g = self.geom(), r = window.devicePixelRatio || 1;
-        const x = Math.floor((g.x0 + (k - self.st.k0 + 0.5) * g.cs) * r), y = Math.floor((g.y0 + (q - self.st.q0 + 0.5) * g.cs) * r);
+        const x = Math.floor((g.x0 + (k - self.st.k0 + 0.15) * g.cs) * r), y = Math.floor((g.y0 + (q - self.st.q0 + 0.15) * g.cs) * r);
         return Array.from(self.canvas.getContext("2d").getImageData(x, y, 1, 1).data);
       },
     };
