@@ -96,7 +96,7 @@ async function refreshRuns() {
     btn.setAttribute("aria-current", String(r.id === state.current));
     btn.append(document.createTextNode(r.preview));
     const info = document.createElement("span");
-    info.className = "am-run-info";
+    info.className = "app-run-info";
     const model = state.models.find((m) => m.id === r.model);
     info.textContent = `${model ? model.label : r.model} · ${r.n_tokens} tokens`;
     btn.append(info);
@@ -118,7 +118,7 @@ function showFacts(facts) {
     const span = document.createElement("span");
     span.textContent = tok;
     span.title = `token ${i}`;
-    if (facts.special && facts.special[i]) span.className = "am-special";
+    if (facts.special && facts.special[i]) span.className = "app-special";
     strip.append(span);
   });
 }
@@ -197,9 +197,10 @@ async function start() {
     await refreshRuns();
     const newest = $("runs").querySelector("button");
     if (newest) await openRun(newest.dataset.runId);
-    document.body.dataset.ready = "1";
   } catch (err) {
     showError(err);
+  } finally {
+    document.body.dataset.ready = "1";  // the first view is settled (tests wait for this)
   }
 }
 
