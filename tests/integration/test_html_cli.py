@@ -100,4 +100,4 @@ def test_usage_errors(tmp_path, gpt2_run):
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         lines = r.stderr.strip().splitlines()  # progress lines may come first
-        assert [ln for ln in lines if "error" in ln] == lines[-1:], r.stderr
+        assert [ln for ln in lines if ": error: " in ln] == lines[-1:], r.stderr
