@@ -155,17 +155,23 @@ function value(d, i, j) {
 }
 
 function headMax(d, ignoreFirst) {
+  // Row scales are row maxima, so the head max is one pass over q numbers; the max without
+  // key 0 needs every cell and is only computed when asked for.
   if (!d.stats) {
-    let all = 0, rest = 0;
+    let all = 0;
+    for (let i = 0; i < d.q; i++) if (d.scales[i] > all) all = d.scales[i];
+    d.stats = { all, rest: null };
+  }
+  if (ignoreFirst && d.k > 1 && d.stats.rest === null) {
+    let rest = 0;
     for (let i = 0; i < d.q; i++) {
-      if (d.scales[i] > all) all = d.scales[i];
       const row = i * d.k;
       let m = 0;
       for (let j = 1; j < d.k; j++) { const c = d.codes[row + j]; if (c !== MASKED && c > m) m = c; }
       const v = (m * d.scales[i]) / LEVELS;
       if (v > rest) rest = v;
     }
-    d.stats = { all, rest };
+    d.stats.rest = rest;
   }
   const m = ignoreFirst && d.k > 1 ? d.stats.rest : d.stats.all;
   return m > 0 ? m : 1;
