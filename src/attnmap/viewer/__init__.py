@@ -6,10 +6,27 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .html import to_html
-from .payload import PAYLOAD_VERSION, decode, decode_layer, encode, encode_layer
+# Loaded on first use: `attnmap html` imports viewer._cmd, which must not pull in numpy.
+_LAZY = {
+    "to_html": "html",
+    "PAYLOAD_VERSION": "payload",
+    "decode": "payload",
+    "decode_layer": "payload",
+    "encode": "payload",
+    "encode_layer": "payload",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "PAYLOAD_VERSION",
