@@ -11,7 +11,7 @@ export const PAYLOAD_VERSION = 1;
 const LEVELS = 128; // codes 0..128 carry values (step = row max / 128)
 const MASKED = 255; // code of a cell the query cannot see
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
-const M = { top: 24, label: 110, bar: 70, pad: 6 }; // canvas margins in CSS pixels
+const M = { top: 24, label: 110, bar: 88, pad: 6 }; // canvas margins in CSS pixels
 const LOG_DECADES = 3;
 
 // --- bytes ----------------------------------------------------------------------------------
@@ -599,16 +599,18 @@ class Viewer {
     ctx.textAlign = "right"; ctx.textBaseline = "middle";
     const q1 = Math.min(g.Q, Math.ceil(st.q0 + g.vq));
     for (let i = Math.floor(st.q0); i < q1; i++) {
-      if (i % step && i !== sel.q) continue;
+      const y = g.y0 + (i - st.q0 + 0.5) * g.cs;
+      if ((i % step && i !== sel.q) || y < g.y0 || y > g.y0 + g.ph) continue; // only rows in view
       ctx.fillStyle = colour(info.query_special[i], i === sel.q);
-      ctx.fillText(short(info.query_tokens[i]), g.x0 - 4, g.y0 + (i - st.q0 + 0.5) * g.cs, M.label - 8);
+      ctx.fillText(short(info.query_tokens[i]), g.x0 - 4, y, M.label - 8);
     }
     ctx.textAlign = "left";
     const k1 = Math.min(g.K, Math.ceil(st.k0 + g.vk));
     for (let j = Math.floor(st.k0); j < k1; j++) {
-      if (j % step && j !== sel.k) continue;
+      const x = g.x0 + (j - st.k0 + 0.5) * g.cs;
+      if ((j % step && j !== sel.k) || x < g.x0 || x > g.x0 + g.pw) continue;
       ctx.save();
-      ctx.translate(g.x0 + (j - st.k0 + 0.5) * g.cs, g.y0 - 4);
+      ctx.translate(x, g.y0 - 4);
       ctx.rotate(-Math.PI / 2);
       ctx.fillStyle = colour(info.key_special[j], j === sel.k);
       ctx.fillText(short(info.key_tokens[j]), 0, 0, M.label - 8);
