@@ -53,13 +53,15 @@ def _save(model, tok, path: Path) -> Path:
 
 
 def build_gpt2(path: Path, *, layers: int = 2, heads: int = 2, n_positions: int = 64,
-               extra_tokens: list[str] | None = None, seed: int = 0) -> Path:
+               extra_tokens: list[str] | None = None, seed: int = 0,
+               n_embd: int | None = None) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = train_tokenizer(extra_tokens)
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=layers,
+    n_embd = n_embd or 16 * heads  # divisible by the number of heads
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=layers,
                      n_head=heads, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     return _save(GPT2LMHeadModel(cfg).eval(), tok, path)
 

@@ -45,6 +45,9 @@ def register(sub: Any) -> None:
                    help="merge subword tokens into words (rows still sum to 1)")
     p.add_argument("--method", default="raw",
                    help="raw attention (default), rollout, value-norm or grad")
+    p.add_argument("--predictions", action="store_true",
+                   help="capture the model's predictions and show each row's top-1 beside the "
+                   "matrix (✗ where the true next token was not top-1)")
     add_common(p)
     p.set_defaults(func=_render)
 
@@ -56,6 +59,8 @@ def register(sub: Any) -> None:
     c.add_argument("-o", "--output", required=True, help="run file to write (.safetensors)")
     c.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage precision (float16 halves the file)")
+    c.add_argument("--predictions", action="store_true",
+                   help="also store the model's top-k predictions at each position")
     c.add_argument("--store", choices=["auto", "weights", "qk"], default="auto",
                    help="weights: every attention weight; qk: queries and keys, weights "
                    "computed when read (long inputs); auto (default): qk once the weights "
@@ -96,7 +101,8 @@ def obtain_run(args: argparse.Namespace) -> Any:
     t0 = time.perf_counter()
     run = capture(text, args.model, target=args.target, truncate=args.truncate,
                   trust_remote_code=args.trust_remote_code, progress=not args.quiet,
-                  store=getattr(args, "store", "auto"))
+                  store=getattr(args, "store", "auto"),
+                  predictions=getattr(args, "predictions", False))
     _say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
          f"heads in {time.perf_counter() - t0:.1f}s")
     return run
@@ -138,7 +144,8 @@ def _render(args: argparse.Namespace) -> int:
         if args.aggregate is None:
             run.head_index(head, args.stack)
         fig = plot.heatmap(run, args.layer, head, stack=args.stack, aggregate=args.aggregate,
-                           values=args.values, scale=args.scale, cmap=args.cmap)
+                           values=args.values, scale=args.scale, cmap=args.cmap,
+                           predictions=True if args.predictions else None)
     plot.save_figure(fig, args.output, dpi=args.dpi)
     _say(args, f"wrote {args.output}")
     return 0

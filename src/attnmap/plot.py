@@ -179,8 +179,14 @@ def heatmap(
     scale: str = "unit",
     cmap: str = "Blues",
     title: str | None = None,
+    predictions: bool | None = None,
 ) -> Any:
-    """The heatmap of one head (or ``head="all"`` for the layer's grid) as a Figure."""
+    """The heatmap of one head (or ``head="all"`` for the layer's grid) as a Figure.
+
+    With `predictions` (default: when the run has them and they belong to the query rows),
+    a column right of the matrix gives each row's top-1 prediction and its probability, and
+    marks ✗ where the token that really came next was not the top-1.
+    """
     if head == "all":
         return grid(run, layer, stack=stack, scale=scale, cmap=cmap, title=title)
     if isinstance(head, str):
@@ -193,7 +199,12 @@ def heatmap(
     cell = _cell_inches(nq, nk)
     label_room = 0.25 + 0.075 * max((len(t.text) for t in [*qt, *kt]), default=1)
     label_room = min(label_room, 2.5)
-    fig = _figure(nk * cell + label_room + 1.3, nq * cell + label_room + 0.8)
+    preds = _row_predictions(run, stack) if predictions is not False else None
+    if predictions and preds is None:
+        raise AttnmapError("this run has no predictions for these rows; capture it with "
+                           "--predictions (causal, masked or encoder-decoder LMs)")
+    pred_width = 2.2 if preds else 0.0
+    fig = _figure(nk * cell + label_room + 1.3 + pred_width, nq * cell + label_room + 0.8)
     ax = fig.add_subplot()
     vmax = _vmax(matrix, masked, scale)
     what = (
@@ -209,9 +220,52 @@ def heatmap(
     ax.set_xlabel("key (output) token")
     ax.xaxis.set_label_position("bottom")
     ax.set_title(title or _title(run, stack, what), fontsize=11)
+    if preds:
+        _predictions_column(ax, preds, nq, nk, pred_width / cell, cell * 72.0)
     cb = fig.colorbar(img, ax=ax, shrink=min(1.0, max(0.3, 4.0 / max(nq * cell, 1e-6))))
     cb.set_label("attention")
     return fig
+
+
+def _row_predictions(run: AttentionRun, stack: str | None) -> dict[int, dict[str, Any]] | None:
+    """Prediction records by query row, when the run's predictions are about these rows."""
+    preds = run.predictions
+    if not preds:
+        return None
+    kind = run.extra.get("predictions_kind")
+    side_is_target = run.stack(stack).name in ("decoder", "cross")
+    if (kind == "decoder") != side_is_target:
+        return None
+    return {int(p["position"]): p for p in preds}
+
+
+def _predictions_column(ax: Any, preds: dict[int, dict[str, Any]], nq: int, nk: int,
+                        width_cells: float, cell_pt: float) -> None:
+    """Write each row's top-1 prediction in extra room right of the matrix, in the same
+    axes, so the rows line up whatever the figure's layout does."""
+    from matplotlib.patches import Rectangle
+
+    ax.set_xlim(-0.5, nk - 0.5 + width_cells)
+    # the extra room is plain: cover the hatched background meant for masked cells
+    ax.add_patch(Rectangle((nk - 0.5, -0.5), width_cells, nq, facecolor="white",
+                           edgecolor="none", zorder=1.5))
+    size = float(min(9.0, max(4.0, cell_pt * 0.55)))
+    step = max(1, math.ceil(7.0 / max(cell_pt, 1e-6)))
+    ax.text(nk - 0.2, -0.6, "prediction (p)", fontsize=size, va="bottom", ha="left",
+            color="#555555")
+    for i in range(0, nq, step):
+        rec = preds.get(i)
+        if rec is None:
+            continue
+        top = rec["top"][0]
+        nxt = rec["next"]
+        miss = nxt is not None and nxt["rank"] != 1
+        label = f"{top['token']}  {top['p']:.2f}"
+        if miss:
+            label += f"   ✗ {nxt['token']} #{nxt['rank']}"
+        ax.text(nk - 0.2, i, label, va="center", ha="left", fontsize=size, zorder=3,
+                clip_on=True, color="#b2182b" if miss else "#222222",
+                fontfamily=["DejaVu Sans", "sans-serif"])
 
 
 def grid(

@@ -120,3 +120,24 @@ def test_long_input_hides_values_and_thins_labels():
     ax = fig.axes[0]
     assert not ax.texts
     assert 10 < len(ax.get_yticklabels()) < n
+
+
+def test_predictions_column_beside_rows():
+    run = _run()
+    run.extra["predictions_kind"] = "next-token"
+    run.extra["predictions"] = [
+        {"position": i, "token": t.text,
+         "top": [{"token": "␣cat", "p": 0.6}],
+         "next": None if i == 3 else {"token": run.tokens[i + 1].text, "p": 0.1,
+                                      "rank": 1 if i == 0 else 4, "surprisal": 3.3}}
+        for i, t in enumerate(run.tokens)]
+    fig = attnmap.heatmap(run, 0, 0, values=False)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "␣cat  0.60" in texts  # row 0: top-1 was right
+    assert "␣cat  0.60   ✗ ␣sat #4" in texts  # row 1: the true next token ranked 4th
+    assert sum("✗" in t for t in texts) == 2
+    plain = attnmap.heatmap(run, 0, 0, values=False, predictions=False)
+    assert not plain.axes[0].texts
+    del run.extra["predictions"]
+    with pytest.raises(AttnmapError, match="--predictions"):
+        attnmap.heatmap(run, 0, 0, predictions=True)
