@@ -46,59 +46,67 @@ def _models(tmp: Path, max_tokens: int) -> list[tuple[str, str, int]]:
 
 def bench_model(name: str, path: str, limit: int, sizes: list[int], repeat: int,
                 max_cells: float) -> list[dict[str, Any]]:
-    import torch
-    from bertviz import head_view, model_view
-    from circuitsvis.attention import attention_heads
     from transformers import AutoModel
 
-    import attnmap
     from attnmap.capture import get_model
 
     loaded = get_model(path)
-    tok = loaded.tokenizer
     sdpa = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
     eager = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     rows = []
     bytes_per_cell: dict[str, float] = {}
     for n in [s for s in sizes if s <= limit]:
-        text = text_of_tokens(tok, n)
-        ids = torch.tensor([tok(text)["input_ids"]])
-        row: dict[str, Any] = {"model": name, "tokens": int(ids.shape[1])}
-
-        def fwd(m: Any, weights: bool) -> Any:
-            with torch.no_grad():
-                return m(input_ids=ids, output_attentions=weights)
-
-        row["forward_sdpa_s"], _ = _time(lambda: fwd(sdpa, False), repeat)
-        row["forward_eager_s"], out = _time(lambda: fwd(eager, True), repeat)
-        row["attnmap_capture_s"], run = _time(
-            lambda: attnmap.capture(text, model=loaded, store="weights"), repeat)
-        cells = run.n_layers * run.n_heads * len(run.tokens) ** 2
-        html_path = OUT / f"attnmap_{name[:4]}_{n}.html"
-        row["attnmap_html_s"], _ = _time(lambda: attnmap.to_html(run, html_path), repeat)
-        row["attnmap_html_mb"] = html_path.stat().st_size / 1e6
-        tokens = tok.convert_ids_to_tokens(ids[0].tolist())
-        attn = out.attentions  # tuple of [1, head, query, key]
-
-        def other(key: str, fn: Any) -> None:
-            if cells > max_cells:
-                est = bytes_per_cell.get(key)
-                row[f"{key}_mb"] = None if est is None else est * cells / 1e6
-                row[f"{key}_s"] = None
-                row[f"{key}_estimated"] = True
-                return
-            t, html = _time(fn, 1 if cells > 2e6 else repeat)
-            size = len(html.encode("utf-8"))
-            bytes_per_cell[key] = size / cells
-            row[f"{key}_s"], row[f"{key}_mb"] = t, size / 1e6
-
-        other("bertviz_head_view", lambda: head_view(attn, tokens, html_action="return").data)
-        other("bertviz_model_view", lambda: model_view(attn, tokens, html_action="return").data)
-        other("circuitsvis", lambda: "".join(
-            attention_heads(attention=a[0], tokens=tokens).local_src for a in attn))
+        row = _one_size(name, n, loaded, sdpa, eager, repeat, max_cells, bytes_per_cell)
         rows.append(row)
         print(_line(row), flush=True)
     return rows
+
+
+def _one_size(name: str, n: int, loaded: Any, sdpa: Any, eager: Any, repeat: int,
+              max_cells: float, bytes_per_cell: dict[str, float]) -> dict[str, Any]:
+    import torch
+    from bertviz import head_view, model_view
+    from circuitsvis.attention import attention_heads
+
+    import attnmap
+
+    tok = loaded.tokenizer
+    text = text_of_tokens(tok, n)
+    ids = torch.tensor([tok(text)["input_ids"]])
+    row: dict[str, Any] = {"model": name, "tokens": int(ids.shape[1])}
+
+    def fwd(m: Any, weights: bool) -> Any:
+        with torch.no_grad():
+            return m(input_ids=ids, output_attentions=weights)
+
+    row["forward_sdpa_s"], _ = _time(lambda: fwd(sdpa, False), repeat)
+    row["forward_eager_s"], out = _time(lambda: fwd(eager, True), repeat)
+    row["attnmap_capture_s"], run = _time(
+        lambda: attnmap.capture(text, model=loaded, store="weights"), repeat)
+    cells = run.n_layers * run.n_heads * len(run.tokens) ** 2
+    html_path = OUT / f"attnmap_{name[:4]}_{n}.html"
+    row["attnmap_html_s"], _ = _time(lambda: attnmap.to_html(run, html_path), repeat)
+    row["attnmap_html_mb"] = html_path.stat().st_size / 1e6
+    tokens = tok.convert_ids_to_tokens(ids[0].tolist())
+    attn = out.attentions  # tuple of [1, head, query, key]
+
+    def other(key: str, fn: Any) -> None:
+        if cells > max_cells:
+            est = bytes_per_cell.get(key)
+            row[f"{key}_mb"] = None if est is None else est * cells / 1e6
+            row[f"{key}_s"] = None
+            row[f"{key}_estimated"] = True
+            return
+        t, html = _time(fn, 1 if cells > 2e6 else repeat)
+        size = len(html.encode("utf-8"))
+        bytes_per_cell[key] = size / cells
+        row[f"{key}_s"], row[f"{key}_mb"] = t, size / 1e6
+
+    other("bertviz_head_view", lambda: head_view(attn, tokens, html_action="return").data)
+    other("bertviz_model_view", lambda: model_view(attn, tokens, html_action="return").data)
+    other("circuitsvis", lambda: "".join(
+        attention_heads(attention=a[0], tokens=tokens).local_src for a in attn))
+    return row
 
 
 def _fmt(v: Any, unit: str = "") -> str:
@@ -107,8 +115,9 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 def _line(r: dict[str, Any]) -> str:
     return (f"{r['model']:<20} {r['tokens']:>5} tok | attnmap html {r['attnmap_html_s']:.2f}s "
-            f"{r['attnmap_html_mb']:.2f} MB | bertviz head_view {_fmt(r['bertviz_head_view_s'], 's')}"
-            f" {_fmt(r['bertviz_head_view_mb'], ' MB')} | circuitsvis "
+            f"{r['attnmap_html_mb']:.2f} MB | bertviz head_view "
+            f"{_fmt(r['bertviz_head_view_s'], 's')} {_fmt(r['bertviz_head_view_mb'], ' MB')} | "
+            "circuitsvis "
             f"{_fmt(r['circuitsvis_s'], 's')} {_fmt(r['circuitsvis_mb'], ' MB')} | capture "
             f"{r['attnmap_capture_s']:.2f}s vs eager {r['forward_eager_s']:.2f}s / sdpa "
             f"{r['forward_sdpa_s']:.2f}s")
