@@ -20,6 +20,23 @@ run under 8 MB. Scales come first so
 the browser can view them as a Float32Array without copying (offset 0 is 4-byte aligned).
 
 Token text travels only inside the JSON header, as data.
+
+Optional header fields (a viewer that does not know them ignores them, so the version stays 1):
+
+* per stack ``query_offsets`` / ``key_offsets``: ``[start, end]`` character offsets of each
+  token into ``text`` (``target_text`` for decoder-side tokens), ``null`` for special tokens;
+  the viewer maps words to tokens with them (the relation panel).
+* per stack ``scores``: ``{"names": [score, …], "values": [[score, …] per head]}``, heads in
+  layer-major order (``layer * heads + head``), ``null`` for a score with no eligible row;
+  from :func:`attnmap.analysis.head_scores`. Left out for cross-attention and for runs longer
+  than ``SCORES_MAX_TOKENS`` tokens.
+* ``predictions`` / ``predictions_kind``: ``run.extra["predictions"]`` as captured, and
+  ``predictions_stacks``, the stacks whose query rows the positions index.
+
+A diff page (``attnmap.viewer.diff_html``) carries two ordinary payloads, A and B, each a run
+restricted to the aligned tokens (so both have the same shape and row i of A faces row i of
+B); the viewer computes A − B from the two decoded layers, cell by cell (masked where either
+is masked). The ranking of heads travels in the options as ``diff`` (see ``html.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +61,7 @@ _PREFIX = struct.Struct("<4sII")  # magic, version, header length
 # Quantised attention is runs of small codes: zlib's run-length strategy deflates it as small
 # as the default strategy at level 6 (6.1 MB for 512 tokens × 72 heads) in a fifth of the time.
 COMPRESS_LEVEL = 6
+SCORES_MAX_TOKENS = 2048  # above this the census would slow every page (≈1 s per 1,024 tokens)
 
 
 def _deflate(data: bytes, level: int) -> bytes:
@@ -67,6 +85,32 @@ def _stack_info(run: Any, name: str) -> dict[str, Any]:
         "query_special": [bool(t.special) for t in q],
         "key_special": [bool(t.special) for t in k],
         "masked_cells": int(np.count_nonzero(st.masked)),
+        "query_offsets": [_offsets(t) for t in q],
+        "key_offsets": [_offsets(t) for t in k],
+        "scores": _scores(run, name),
+    }
+
+
+def _offsets(t: Any) -> list[int] | None:
+    if t.special or t.start is None or t.end is None:
+        return None
+    return [int(t.start), int(t.end)]
+
+
+def _scores(run: Any, name: str) -> dict[str, Any] | None:
+    """The head census of one self-attention stack, or None where it does not apply."""
+    from ..analysis.scores import SCORE_NAMES, head_scores
+    from ..run import STACK_SIDES
+
+    q_side, k_side = STACK_SIDES[name]
+    n = len(run.query_tokens(name))
+    if q_side != k_side or n == 0 or n > SCORES_MAX_TOKENS:
+        return None
+
+    rows = head_scores(run, stack=name)  # layer-major, as the viewer indexes them
+    return {
+        "names": list(SCORE_NAMES),
+        "values": [[r["scores"][n] for n in SCORE_NAMES] for r in rows],
     }
 
 
@@ -93,6 +137,16 @@ def _which_layers(run: Any, layers: Any) -> list[tuple[str, int]]:
 def header(run: Any, included: list[tuple[str, int]] | None = None) -> dict[str, Any]:
     """The JSON header of ``encode(run)`` as a dict (without the chunk list when None)."""
     model = {k: v for k, v in dict(run.model).items() if not isinstance(v, np.ndarray)}
+    extra: dict[str, Any] = {}
+    preds = (run.extra or {}).get("predictions")
+    if preds:
+        kind = run.extra.get("predictions_kind")
+        extra = {
+            "predictions": preds,
+            "predictions_kind": kind,
+            "predictions_stacks": ["decoder", "cross"] if kind == "decoder"
+            else [n for n in run.stacks if n in ("self", "encoder")],
+        }
     return {
         "format": "attnmap-payload",
         "version": PAYLOAD_VERSION,
@@ -103,6 +157,7 @@ def header(run: Any, included: list[tuple[str, int]] | None = None) -> dict[str,
         "encoding": ENCODING,
         "chunks": [],
         "included": [[s, i] for s, i in (included or [])],
+        **extra,
     }
 
 

@@ -237,6 +237,65 @@ function h(tag, cls, text) {
 
 function short(s, n = 16) { return s.length > n ? s.slice(0, n - 1) + "…" : s; }
 
+// --- census and relations -------------------------------------------------------------------
+// Short names for badges; a thumbnail's badge is its highest "mass" score (0..1) unless a
+// score is picked in the census bar. Distance and entropy are not masses, so they never win.
+const ABBR = { self: "self", previous_token: "prev", first_token: "first", duplicate_token: "dup", induction: "ind", locality: "local", mean_distance: "dist", entropy: "ent", entropy_norm: "ent/max", special: "spec" };
+const BADGE_SCORES = ["self", "previous_token", "first_token", "duplicate_token", "induction", "special"];
+
+function fmtScore(v) {
+  if (v === null || v === undefined) return "–";
+  return Math.abs(v) < 1 ? v.toFixed(2).replace(/^(-?)0\./, "$1.") : v.toFixed(1);
+}
+
+// Words of the text as attnmap.analysis.words.text_words finds them: runs of non-space,
+// punctuation and symbols stripped from both ends, case folded. Offsets count code points,
+// like Python's (and the payload's token offsets).
+const PUNCT = /^[\p{P}\p{S}]$/u;
+export function textWords(text) {
+  const cps = Array.from(text || ""), out = [];
+  let i = 0;
+  while (i < cps.length) {
+    if (/\s/u.test(cps[i])) { i++; continue; }
+    let e = i;
+    while (e < cps.length && !/\s/u.test(cps[e])) e++;
+    let a = i, b = e;
+    while (a < b && PUNCT.test(cps[a])) a++;
+    while (b > a && PUNCT.test(cps[b - 1])) b--;
+    if (b === a) { a = i; b = e; }
+    const word = cps.slice(a, b).join("");
+    out.push({ word, key: word.toLowerCase(), s: a, e: b });
+    i = e;
+  }
+  // Occurrence numbers make "mat#2" name the second "mat", as in attnmap relate.
+  const seen = new Map();
+  for (const w of out) { const n = (seen.get(w.key) || 0) + 1; seen.set(w.key, n); w.occurrence = n; }
+  for (const w of out) w.spec = seen.get(w.key) > 1 ? `${w.word}#${w.occurrence}` : w.word;
+  return out;
+}
+
+// Token indexes whose character span overlaps [s, e).
+function wordTokens(offsets, s, e) {
+  const out = [];
+  offsets.forEach((o, i) => { if (o && o[0] < e && o[1] > s) out.push(i); });
+  return out;
+}
+
+// Attention from `src` tokens to `dst` tokens in every head of one decoded layer: summed over
+// the keys, averaged over the queries (attnmap.relate's definition). → Float64Array [head]
+function relationMass(layer, src, dst) {
+  const out = new Float64Array(layer.heads), n = layer.q * layer.k;
+  for (let hd = 0; hd < layer.heads; hd++) {
+    let acc = 0;
+    for (const i of src) {
+      const f = layer.scales[hd * layer.q + i] / LEVELS, row = hd * n + i * layer.k;
+      for (const j of dst) { const c = layer.codes[row + j]; if (c !== MASKED) acc += c * f; }
+    }
+    out[hd] = acc / Math.max(1, src.length);
+  }
+  return out;
+}
+
 function timing(rec) {
   const w = typeof window !== "undefined" ? window : globalThis;
   (w.__attnmapTiming = w.__attnmapTiming || []).push(rec);
@@ -290,6 +349,14 @@ class Viewer {
       bar.append(b);
       this.ui[cls.slice(3)] = b;
     }
+    // Census: sort and filter head grids by a score (shown when the payload carries scores).
+    const census = h("div", "am-bar am-census");
+    const cfield = (label, ctl) => { const l = h("label", "am-field", label + " "); l.append(ctl); census.append(l); return ctl; };
+    this.ui.score = cfield("score", h("select", "am-score"));
+    this.ui.min = cfield("at least", h("input", "am-min"));
+    this.ui.min.type = "number"; this.ui.min.step = "0.05"; this.ui.min.placeholder = "any";
+    this.ui.min.style.width = "5em";
+    this.census = census;
     const main = h("div", "am-main");
     const stage = h("div", "am-stage");
     this.canvas = h("canvas", "am-canvas");
@@ -299,10 +366,20 @@ class Viewer {
     const side = h("div", "am-side");
     this.mini = h("canvas", "am-mini");
     this.info = h("div", "am-info");
-    side.append(this.mini, this.info);
+    // Relation panel: heads ranked by attention from one word to another (minus a third).
+    const rel = h("div", "am-rel");
+    rel.append(h("div", "am-k", "relation: heads ranked by to − vs"));
+    const rfield = (label, cls) => { const l = h("label", "am-field", label + " "), s = h("select", cls); l.append(s); rel.append(l); return s; };
+    this.ui.from = rfield("from", "am-rel-from");
+    this.ui.to = rfield("to", "am-rel-to");
+    this.ui.vs = rfield("vs", "am-rel-vs");
+    this.relOut = h("div", "am-rel-out");
+    rel.append(this.relOut);
+    this.relBox = rel;
+    side.append(this.mini, this.info, rel);
     main.append(stage, side);
     this.status = h("div", "am-status");
-    root.append(bar, main, this.status);
+    root.append(bar, census, main, this.status);
     this.root = root;
     this.el.append(root);
     this.offscreen = document.createElement("canvas");
@@ -322,6 +399,9 @@ class Viewer {
     this.listen(u["zoom-out"], "click", () => this.zoom(0.5));
     this.listen(u.fit, "click", () => this.set({ cs: null }));
     this.listen(u.png, "click", () => this.download());
+    this.listen(u.score, "change", () => this.set({ score: u.score.value || null }));
+    this.listen(u.min, "input", () => { const v = parseFloat(u.min.value); this.set({ min: Number.isFinite(v) ? v : null }); });
+    for (const s of [u.from, u.to, u.vs]) this.listen(s, "change", () => this.relate());
     this.listen(this.root, "keydown", (e) => this.key(e));
     this.listen(this.canvas, "mousemove", (e) => this.hover(e));
     this.listen(this.canvas, "mouseleave", () => { this.tip.hidden = true; });
@@ -367,8 +447,16 @@ class Viewer {
     this.st = {
       stack, layer: 0, head: 0, view: ["heads", "layers"].includes(o.view) ? o.view : "heatmap",
       scale: ["unit", "head", "log"].includes(o.scale) ? o.scale : "head",
-      ignoreFirst: !!o.ignore_first, cs: null, k0: 0, q0: 0, sel: null,
+      ignoreFirst: !!o.ignore_first, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null,
     };
+    this.words = textWords(this.header.text);
+    const wordOpts = (none) => [...(none ? [new Option("(none)", "")] : []), ...this.words.map((w, i) => new Option(w.spec, String(i)))];
+    this.ui.from.replaceChildren(...wordOpts(false));
+    this.ui.to.replaceChildren(...wordOpts(false));
+    this.ui.vs.replaceChildren(...wordOpts(true));
+    if (this.words.length > 1) this.ui.to.value = "1";
+    this.relation = null;
+    this.relOut.replaceChildren();
     const [L, H] = this.stackInfo(stack).shape;
     const wrap = (v, n) => (Number.isInteger(v) ? Math.min(n - 1, Math.max(0, v < 0 ? v + n : v)) : 0);
     this.st.layer = wrap(o.layer, L);
@@ -409,6 +497,97 @@ class Viewer {
     u.scale.value = st.scale;
     u.ignore.checked = st.ignoreFirst;
     for (const b of [u["zoom-in"], u["zoom-out"], u.fit]) b.disabled = st.view !== "heatmap";
+    const sc = this.stackInfo().scores;
+    this.census.hidden = !sc;
+    if (sc && u.score.options.length !== sc.names.length + 1) {
+      u.score.replaceChildren(new Option("top score", ""), ...sc.names.map((n) => new Option(n, n)));
+    }
+    if (sc) u.score.value = st.score || "";
+    this.relBox.hidden = !this.relationStack() || this.words.length === 0;
+  }
+
+  // --- census ---
+  scoreOf(layer, head, name) {
+    const sc = this.stackInfo().scores;
+    if (!sc) return null;
+    const H = this.stackInfo().shape[1], i = sc.names.indexOf(name);
+    return i < 0 ? null : sc.values[layer * H + head][i];
+  }
+
+  // The badge text of one head: the picked score, or the head's highest mass score.
+  badge(layer, head) {
+    const sc = this.stackInfo().scores;
+    if (!sc) return null;
+    if (this.st.score) return `${ABBR[this.st.score] || this.st.score} ${fmtScore(this.scoreOf(layer, head, this.st.score))}`;
+    let best = null, bv = -1;
+    for (const n of BADGE_SCORES) { const v = this.scoreOf(layer, head, n); if (v !== null && v > bv) { bv = v; best = n; } }
+    return best ? `${ABBR[best]} ${fmtScore(bv)}` : null;
+  }
+
+  // Heads that pass the census filter (score ≥ threshold); every head without a filter.
+  passes(layer, head) {
+    const st = this.st;
+    if (!st.score || st.min === null || !this.stackInfo().scores) return true;
+    const v = this.scoreOf(layer, head, st.score);
+    return v !== null && v >= st.min;
+  }
+
+  drawBadge(ctx, x, y, t, text) {
+    if (!text || t < 30) return;
+    ctx.font = "10px system-ui, sans-serif";
+    const w = ctx.measureText(text).width + 6;
+    ctx.fillStyle = "rgba(255,255,255,0.88)"; ctx.fillRect(x + t - w - 1, y + 1, w, 13);
+    ctx.fillStyle = "#7a3200"; ctx.textAlign = "right"; ctx.textBaseline = "top";
+    ctx.fillText(text, x + t - 4, y + 2);
+    ctx.font = FONT;
+  }
+
+  // --- relation panel ---
+  relationStack() {
+    const info = this.stackInfo();
+    return ["self", "encoder"].includes(info.name) && info.query_offsets ? info : null;
+  }
+
+  async relate() {
+    const info = this.relationStack(), u = this.ui;
+    if (!info) return null;
+    const pick = (sel) => (sel.value === "" ? null : this.words[+sel.value]);
+    const from = pick(u.from), to = pick(u.to), vs = pick(u.vs);
+    if (!from || !to) return null;
+    const toks = (w) => wordTokens(info.query_offsets, w.s, w.e);
+    const src = toks(from), dst = toks(to), alt = vs ? toks(vs) : null;
+    const seq = (this.relSeq = (this.relSeq || 0) + 1);
+    const [L] = info.shape, heads = [];
+    for (let li = 0; li < L; li++) {
+      let layer;
+      try { layer = await this.layer(info.name, li); } catch (err) { this.fail(err); return null; }
+      if (seq !== this.relSeq) return null; // a newer query took over
+      const a = relationMass(layer, src, dst), b = alt ? relationMass(layer, src, alt) : null;
+      for (let hd = 0; hd < layer.heads; hd++) {
+        const r = { layer: li, head: hd, to: a[hd] };
+        if (b) { r.vs = b[hd]; r.diff = a[hd] - b[hd]; }
+        heads.push(r);
+      }
+    }
+    const key = alt ? "diff" : "to";
+    heads.sort((p, q) => q[key] - p[key] || p.layer - q.layer || p.head - q.head);
+    this.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads };
+    this.showRelation();
+    return this.relation;
+  }
+
+  showRelation() {
+    const r = this.relation;
+    this.relOut.replaceChildren();
+    if (!r) return;
+    for (const x of r.heads.slice(0, 10)) {
+      const row = h("div", "am-row am-rel-row");
+      row.dataset.layer = String(x.layer); row.dataset.head = String(x.head);
+      row.title = r.vs ? `to ${x.to.toFixed(3)} · vs ${x.vs.toFixed(3)}` : `to ${x.to.toFixed(3)}`;
+      row.append(h("span", "am-k", `${x.layer}.${x.head}`), h("span", "am-num", (r.vs ? x.diff : x.to).toFixed(3)));
+      this.listen(row, "click", () => this.set({ layer: x.layer, head: x.head, view: "heatmap" }));
+      this.relOut.append(row);
+    }
   }
 
   async layer(stack, li) {
@@ -657,7 +836,14 @@ class Viewer {
   }
 
   paintHeads() {
-    const st = this.st, layer = this.cached(st.stack, st.layer), H = layer.heads, { w } = this.size();
+    const st = this.st, layer = this.cached(st.stack, st.layer), { w } = this.size();
+    // Census: best heads first when a score is picked, and only the heads above the threshold.
+    let order = Array.from({ length: layer.heads }, (_, i) => i).filter((hd) => this.passes(st.layer, hd));
+    if (st.score && this.stackInfo().scores) {
+      const v = (hd) => { const x = this.scoreOf(st.layer, hd, st.score); return x === null ? -Infinity : x; };
+      order = order.slice().sort((a, b) => v(b) - v(a) || a - b);
+    }
+    const H = Math.max(1, order.length);
     let best = null;
     for (let cols = 1; cols <= H; cols++) {
       const rows = Math.ceil(H / cols), lay = this.gridLayout(H, cols, rows, w, 10000, M.top, 0);
@@ -668,13 +854,19 @@ class Viewer {
     const ctx = this.setupCanvas(this.canvas, w, best.hh);
     this.title(ctx, `${this.header.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · every head (click one)`);
     this.hits = [];
-    for (let hd = 0; hd < H; hd++) {
-      const c = hd % best.cols, r = Math.floor(hd / best.cols);
+    order.forEach((hd, n) => {
+      const c = n % best.cols, r = Math.floor(n / best.cols);
       const x = best.gap + c * (best.t + best.gap), y = M.top + r * (best.t + best.gap + best.cap);
       this.thumb(ctx, layer, hd, x, y, best.t);
+      const badge = this.badge(st.layer, hd);
+      this.drawBadge(ctx, x, y, best.t, badge);
       ctx.fillStyle = hd === st.head ? "#e8590c" : "#333"; ctx.textAlign = "center"; ctx.textBaseline = "top";
       ctx.fillText(`head ${hd}`, x + best.t / 2, y + best.t + 2);
-      this.hits.push({ x, y, w: best.t, h: best.t, layer: st.layer, head: hd });
+      this.hits.push({ x, y, w: best.t, h: best.t, layer: st.layer, head: hd, badge });
+    });
+    if (!order.length) {
+      ctx.fillStyle = "#666"; ctx.textAlign = "left"; ctx.textBaseline = "top";
+      ctx.fillText(`no head of this layer has ${st.score} ≥ ${st.min}`, 8, M.top + 8);
     }
     this.mini.hidden = true;
   }
@@ -712,9 +904,11 @@ class Viewer {
         if (seq !== this.seq) return;
       }
       for (let hd = 0; hd < H; hd++) {
-        const x = left + hd * (t + gap);
+        const x = left + hd * (t + gap), badge = this.badge(li, hd), pass = this.passes(li, hd);
         this.thumb(ctx, layer, hd, x, y, t);
-        this.hits.push({ x, y, w: t, h: t, layer: li, head: hd });
+        if (!pass) { ctx.fillStyle = "rgba(255,255,255,0.8)"; ctx.fillRect(x, y, t, t); }
+        else this.drawBadge(ctx, x, y, t, badge);
+        this.hits.push({ x, y, w: t, h: t, layer: li, head: hd, badge, pass });
       }
     }
     this.status.textContent = "";
@@ -899,6 +1093,13 @@ class Viewer {
     return {
       get state() { return { ...self.st }; },
       get header() { return self.header; },
+      get thumbs() { return (self.hits || []).map((t) => ({ layer: t.layer, head: t.head, badge: t.badge ?? null, pass: t.pass ?? true })); },
+      get words() { return self.words.map((w) => w.spec); },
+      relate(from, to, vs) { // pick words by their spec ("mat", "mat#2") and rank the heads
+        const idx = (spec) => String(self.words.findIndex((w) => w.spec === spec));
+        self.ui.from.value = idx(from); self.ui.to.value = idx(to); self.ui.vs.value = vs ? idx(vs) : "";
+        return self.relate();
+      },
       get canvasSize() { return { w: self.canvas.width, h: self.canvas.height }; },
       cell(q, k) { const g = self.geom(); return at(g.x0 + (k - self.st.k0 + 0.5) * g.cs, g.y0 + (q - self.st.q0 + 0.5) * g.cs); },
       rowLabel(q) { const g = self.geom(); return at(g.x0 - 20, g.y0 + (q - self.st.q0 + 0.5) * g.cs); },
