@@ -117,3 +117,74 @@ def test_relation_panel_ranks_heads_like_relate(run4, page, tmp_path):
     st = hooks(page, "a.state")
     assert (st["view"], st["layer"], st["head"]) == ("heatmap", best["layer"], best["head"])
     clean(page)
+
+
+# --- predictions column ----------------------------------------------------------------------
+def short(s: str, n: int = 10) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def test_predictions_column_from_the_cli(page, tmp_path, gpt2_dir):
+    import subprocess
+    import sys
+
+    out = tmp_path / "pred.html"
+    r = subprocess.run([sys.executable, "-m", "attnmap", "html", TEXT, "--model", str(gpt2_dir),
+                        "--predictions", "--top", "3", "-o", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run = attnmap.capture(TEXT, model=gpt2_dir, predictions=True, top_k=3)
+    preds = run.predictions
+    page.goto(out.as_uri())
+    wait_js(page, f"document.querySelector('{ROOT}')?.dataset.draws >= 1")
+    rows = hooks(page, "a.predRows")
+    assert [r["q"] for r in rows] == list(range(len(run.tokens)))
+    for row, p in zip(rows, preds, strict=True):
+        top = p["top"][0]
+        assert row["text"] == f"{short(top['token'])} {fmt(top['p'])}"
+        assert row["miss"] == (p["next"] is not None and p["next"]["rank"] != 1)
+    assert any(r["miss"] for r in rows)  # a random tiny model misses somewhere
+    # Clicking a row's prediction shows its top-k as text, and the token that came next.
+    q = next(r["q"] for r in rows if r["miss"])
+    at = hooks(page, f"a.pred({q})")
+    page.mouse.click(at["x"], at["y"])
+    assert hooks(page, "a.state.sel") == {"q": q, "k": q}
+    items = page.locator(".am-pred-row .am-tok").all_text_contents()
+    assert items == [t["token"] for t in preds[q]["top"]]
+    nxt = page.locator(".am-pred-next")
+    assert "am-pred-miss" in nxt.get_attribute("class")
+    assert preds[q]["next"]["token"] in nxt.text_content()
+    assert f"rank {preds[q]['next']['rank']}" in nxt.text_content()
+    # The row label opens the same list.
+    page.keyboard.press("Escape")
+    lab = hooks(page, "a.rowLabel(0)")
+    page.mouse.click(lab["x"], lab["y"])
+    assert page.locator(".am-pred-row .am-tok").all_text_contents() == \
+        [t["token"] for t in preds[0]["top"]]
+    clean(page)
+
+
+def test_no_predictions_no_column(gpt2_run, page, tmp_path):
+    open_page(page, gpt2_run, tmp_path / "r.html")
+    assert hooks(page, "a.predRows") == []
+    assert hooks(page, "a.header.predictions") is None
+    clean(page)
+
+
+def test_hostile_prediction_tokens_are_text(page, tmp_path, hostile_gpt2_dir):
+    from .test_viewer import hostile_strings
+
+    bad = hostile_strings(hostile_gpt2_dir)
+    run = attnmap.capture("The cat " + " ".join(bad) + " sat.", model=hostile_gpt2_dir,
+                          predictions=True, top_k=len(bad))
+    # Whatever a random model predicts, put the markup-like strings in the top-k of row 1.
+    run.extra["predictions"][1]["top"] = [{"token": b, "p": 0.1} for b in bad]
+    run.extra["predictions"][1]["next"]["token"] = bad[0]
+    open_page(page, run, tmp_path / "h.html")
+    at = hooks(page, "a.pred(1)")
+    page.mouse.click(at["x"], at["y"])
+    assert page.locator(".am-pred-row .am-tok").all_text_contents() == bad
+    assert bad[0] in page.locator(".am-pred-next").text_content()
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.locator(".attnmap img").count() == 0
+    clean(page)

@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one head (default), every head of the layer, or layers × heads")
     p.add_argument("--ignore-first", action="store_true",
                    help="leave the first token out when scaling colours (attention sinks)")
+    p.add_argument("--predictions", action="store_true",
+                   help="also record the model's predictions and show them beside the rows "
+                   "(top-1 and its probability; click a row for the top-k)")
+    p.add_argument("--top", type=int, default=5, metavar="K",
+                   help="predictions per position with --predictions (default 5)")
     add_common(p)
     p.set_defaults(func=handle)
 
@@ -62,6 +67,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.run is not None:
         if args.text is not None or args.file is not None:
             raise AttnmapError("give either text (TEXT / --file) or --run PATH, not both")
+        if args.predictions:
+            raise AttnmapError("--predictions runs the model; a run file shows the predictions "
+                               "it was captured with (attnmap capture --predictions)")
         if args.model is not None or args.target is not None:
             raise AttnmapError("--model and --target do not apply to --run; the run file "
                                "already holds the model's attention")
@@ -71,13 +79,16 @@ def handle(args: argparse.Namespace) -> int:
         run = load(args.run)
     else:
         text = read_text(args)
+        if args.top < 1:
+            raise AttnmapError(f"--top must be at least 1 (not {args.top})")
         from ..capture import capture, get_model
 
         _say(args, f"loading model {args.model or 'all-MiniLM-L6-v2 (bundled)'}")
         loaded = get_model(args.model, trust_remote_code=args.trust_remote_code,
                            progress=not args.quiet)
         _say(args, "running the model")
-        run = capture(text, model=loaded, target=args.target, truncate=args.truncate)
+        pred = {"predictions": True, "top_k": args.top} if args.predictions else {}
+        run = capture(text, model=loaded, target=args.target, truncate=args.truncate, **pred)
     options = {
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
         "view": args.view, "ignore_first": args.ignore_first or None,

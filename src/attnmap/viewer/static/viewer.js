@@ -13,6 +13,7 @@ const MASKED = 255; // code of a cell the query cannot see
 const FONT = "11px system-ui, -apple-system, 'Segoe UI', sans-serif";
 const M = { top: 24, label: 110, bar: 88, pad: 6 }; // canvas margins in CSS pixels
 const LOG_DECADES = 3;
+const PRED_W = 128; // width of the predictions column right of the matrix
 
 // --- bytes ----------------------------------------------------------------------------------
 function toBytes(x) {
@@ -439,6 +440,7 @@ class Viewer {
       return;
     }
     this.layers.clear(); this.images.clear(); this.thumbs.clear();
+    this.predMap = null; this.predRows = [];
     const o = this.model.get("options") || {};
     const stacks = this.header.stacks.map((s) => s.name);
     const stack = stacks.includes(o.stack) ? o.stack : stacks[0];
@@ -641,7 +643,8 @@ class Viewer {
   geom() {
     const { w, h: hh } = this.size(), info = this.stackInfo();
     const [, , Q, K] = info.shape;
-    const x0 = M.label, y0 = M.top + M.label, pw = w - x0 - M.bar, ph = hh - y0 - M.pad;
+    const pred = this.predictions() ? PRED_W : 0;
+    const x0 = M.label, y0 = M.top + M.label, pw = w - x0 - M.bar - pred, ph = hh - y0 - M.pad;
     const fit = Math.min(pw / K, ph / Q);
     const st = this.st;
     const cs = st.cs && st.cs > fit ? st.cs : fit;
@@ -649,7 +652,15 @@ class Viewer {
     st.k0 = Math.max(0, Math.min(st.k0, K - vk));
     st.q0 = Math.max(0, Math.min(st.q0, Q - vq));
     if (cs === fit) { st.k0 = 0; st.q0 = 0; }
-    return { w, h: hh, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq };
+    return { w, h: hh, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq, pred };
+  }
+
+  // Predictions of the shown stack's query rows: Map position → record, or null.
+  predictions() {
+    const hd = this.header, st = this.st;
+    if (!hd || !hd.predictions || !(hd.predictions_stacks || []).includes(st.stack)) return null;
+    if (!this.predMap) this.predMap = new Map(hd.predictions.map((r) => [r.position, r]));
+    return this.predMap;
   }
 
   setupCanvas(c, w, hh) {
@@ -714,7 +725,7 @@ class Viewer {
   paintHeatmap(d) {
     const st = this.st, info = this.stackInfo(), g = this.geom();
     // The canvas hugs the matrix (plus labels and colour bar) so the side panel sits beside it.
-    const ctx = this.setupCanvas(this.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + M.bar)), g.h);
+    const ctx = this.setupCanvas(this.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), g.h);
     const { canvas: img, vmax } = this.image(d);
     this.title(ctx, `${this.header.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${this.headName()}`);
     // Matrix: whole source cells, scaled without smoothing so each cell stays a crisp square.
@@ -731,6 +742,7 @@ class Viewer {
     ctx.strokeStyle = "#888"; ctx.lineWidth = 1;
     ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
     this.labels(ctx, g, info);
+    if (g.pred) this.paintPredictions(ctx, g);
     this.colourBar(ctx, g, vmax);
     this.paintMini(img, g);
   }
@@ -798,8 +810,32 @@ class Viewer {
     ctx.font = FONT;
   }
 
+  // One line per query row: the top-1 next token and its probability; ✗ where the token
+  // that really came next was not the top-1. Token text is drawn with fillText (data).
+  paintPredictions(ctx, g) {
+    const st = this.st, preds = this.predictions(), sel = st.sel || {}, x = g.x0 + g.pw + 6;
+    const step = Math.max(1, Math.ceil(12 / g.cs));
+    const size = Math.max(7, Math.min(12, Math.floor(g.cs - 1)));
+    ctx.font = "bold 10px system-ui, sans-serif"; ctx.fillStyle = "#555"; ctx.textAlign = "left"; ctx.textBaseline = "bottom";
+    ctx.fillText("predicted (p)", x, g.y0 - 4);
+    ctx.font = `${size}px system-ui, sans-serif`; ctx.textBaseline = "middle";
+    this.predRows = [];
+    const q1 = Math.min(g.Q, Math.ceil(st.q0 + g.vq));
+    for (let i = Math.floor(st.q0); i < q1; i++) {
+      const r = preds.get(i), y = g.y0 + (i - st.q0 + 0.5) * g.cs;
+      if (!r || !r.top.length || (i % step && i !== sel.q) || y < g.y0 || y > g.y0 + g.ph) continue;
+      const top = r.top[0], miss = !!(r.next && r.next.rank !== 1);
+      const text = `${short(top.token, 10)} ${fmtScore(top.p)}`;
+      ctx.fillStyle = i === sel.q ? "#e8590c" : "#222";
+      ctx.fillText(text, x, y, PRED_W - 22);
+      if (miss) { ctx.fillStyle = "#c92a2a"; ctx.fillText("✗", x + PRED_W - 18, y); }
+      this.predRows.push({ q: i, text, miss });
+    }
+    ctx.font = FONT;
+  }
+
   colourBar(ctx, g, vmax) {
-    const x = g.x0 + g.pw + 14, y = g.y0, bh = Math.min(g.ph, 260), bw = 12, st = this.st;
+    const x = g.x0 + g.pw + g.pred + 14, y = g.y0, bh = Math.min(g.ph, 260), bw = 12, st = this.st;
     for (let p = 0; p < bh; p++) {
       const c = RGB[Math.round((1 - p / (bh - 1)) * 255)];
       ctx.fillStyle = `rgb(${c[0]},${c[1]},${c[2]})`;
@@ -939,6 +975,7 @@ class Viewer {
     const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
     if (inX && inY) return { kind: "cell", q, k };
     if (inY && x < g.x0 && x >= 0) return { kind: "row", q };
+    if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred && this.predictions().has(q)) return { kind: "pred", q };
     if (inX && y < g.y0 && y >= M.top) return { kind: "col", k };
     return null;
   }
@@ -956,6 +993,11 @@ class Viewer {
       tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
       tip.append(h("div", "am-val", v === null ? "masked (this query cannot see this key)" : `attention ${v.toFixed(4)}`));
       tip.dataset.q = t.q; tip.dataset.k = t.k; tip.dataset.value = v === null ? "masked" : v.toFixed(4);
+    } else if (t.kind === "pred") {
+      const r = this.predictions().get(t.q);
+      tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line("top-1 ", `${r.top[0].token}  p ${r.top[0].p.toFixed(3)}`));
+      if (r.next) tip.append(line("actual next ", `${r.next.token}  p ${r.next.p.toFixed(3)} · rank ${r.next.rank}`));
+      tip.append(h("div", "am-k", "click: top-k"));
     } else if (t.kind === "row") {
       tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), h("div", "am-k", "click: highlight"));
     } else if (t.kind === "col") {
@@ -992,7 +1034,7 @@ class Viewer {
       this.off.push(up);
       return;
     }
-    this.select(t.kind === "row" ? t.q : null, t.kind === "col" ? t.k : null);
+    this.select(t.kind === "row" || t.kind === "pred" ? t.q : null, t.kind === "col" ? t.k : null);
   }
 
   select(q, k) {
@@ -1021,6 +1063,24 @@ class Viewer {
     this.info.append(head);
     if (sel.q != null) list("attends most to", top(Array.from({ length: d.k }, (_, j) => [j, value(d, sel.q, j)])), info.key_tokens);
     if (sel.k != null) list("attended most by", top(Array.from({ length: d.q }, (_, i) => [i, value(d, i, sel.k)])), info.query_tokens);
+    const pred = sel.q != null && this.predictions() ? this.predictions().get(sel.q) : null;
+    if (pred) {
+      const box = h("div", "am-list am-pred");
+      box.append(h("div", "am-k", this.header.predictions_kind === "masked" ? "fill-in, top-k" : "next token, top-k"));
+      for (const t of pred.top) {
+        const r = h("div", "am-row am-pred-row");
+        if (pred.next && t.token === pred.next.token) r.classList.add("am-pred-true");
+        r.append(h("span", "am-tok", t.token), h("span", "am-num", t.p.toFixed(3)));
+        box.append(r);
+      }
+      if (pred.next) {
+        const r = h("div", "am-pred-next" + (pred.next.rank !== 1 ? " am-pred-miss" : ""));
+        r.append(h("span", "am-k", "actual "), h("span", "am-tok", pred.next.token),
+          h("span", "am-num", ` p ${pred.next.p.toFixed(3)} · rank ${pred.next.rank}`));
+        box.append(r);
+      }
+      this.info.append(box);
+    }
   }
 
   zoom(f, cx, cy) {
@@ -1094,6 +1154,8 @@ class Viewer {
       get state() { return { ...self.st }; },
       get header() { return self.header; },
       get thumbs() { return (self.hits || []).map((t) => ({ layer: t.layer, head: t.head, badge: t.badge ?? null, pass: t.pass ?? true })); },
+      get predRows() { return self.predRows || []; },
+      pred(q) { const g = self.geom(); return at(g.x0 + g.pw + 30, g.y0 + (q - self.st.q0 + 0.5) * g.cs); },
       get words() { return self.words.map((w) => w.spec); },
       relate(from, to, vs) { // pick words by their spec ("mat", "mat#2") and rank the heads
         const idx = (spec) => String(self.words.findIndex((w) => w.spec === spec));
