@@ -39,7 +39,8 @@ def register(sub: Any) -> None:
     d.add_argument("text_b", nargs="?", help="text B (omit with --against to compare models)")
     add_model_options(d)
     d.add_argument("--against", metavar="MODEL", help="model B: run text A through both")
-    d.add_argument("-o", "--output", help="picture of A, B and A−B for one head (.png/.svg/.pdf)")
+    d.add_argument("-o", "--output", help="picture of A, B and A−B for one head (.png/.svg/.pdf), "
+                   "or an interactive page of every head (.html)")
     d.add_argument("--layer", "-l", type=int, help="head to draw (default: the most changed)")
     d.add_argument("--head", type=int, help="head to draw (default: the most changed)")
     d.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoder models")
@@ -93,10 +94,17 @@ def _diff(args: argparse.Namespace) -> int:
     from ._io import check_writable
     from .capture import capture, check_text
 
+    html_out = bool(args.output) and str(args.output).lower().endswith((".html", ".htm"))
     if args.output:
-        from .plot import output_format
+        if not html_out:
+            from pathlib import Path
 
-        output_format(args.output)
+            from .plot import FORMATS
+
+            ext = Path(args.output).suffix.lower()
+            if ext not in FORMATS:
+                raise AttnmapError(f"output {args.output!r} must end in .html, .png, .svg or "
+                                   f".pdf (not {ext or 'no extension'!r})")
         check_writable(args.output)
     if args.text_b is None and args.against is None:
         raise AttnmapError("give a second text, or --against MODEL to compare two models")
@@ -119,7 +127,12 @@ def _diff(args: argparse.Namespace) -> int:
         print(json.dumps(d.ranking))
     else:
         _diff_table(d, args.top)
-    if args.output:
+    if html_out:
+        from .viewer.html import diff_html
+
+        html = diff_html(d, args.output, layer=args.layer, head=args.head)
+        _say(args, f"wrote {args.output} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
+    elif args.output:
         from .plot import save_figure
 
         fig = diffmod.figure(d, args.layer, args.head)

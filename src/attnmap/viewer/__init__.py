@@ -12,6 +12,7 @@ from typing import Any
 # Loaded on first use: `attnmap html` imports viewer._cmd, which must not pull in numpy.
 _LAZY = {
     "to_html": "html",
+    "diff_html": "html",
     "PAYLOAD_VERSION": "payload",
     "decode": "payload",
     "decode_layer": "payload",
@@ -32,6 +33,7 @@ __all__ = [
     "PAYLOAD_VERSION",
     "decode",
     "decode_layer",
+    "diff_html",
     "encode",
     "encode_layer",
     "mimebundle",

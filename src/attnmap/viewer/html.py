@@ -103,7 +103,7 @@ body {{ margin: 0; padding: 8px; background: #fff; }}
 <script type="application/x-attnmap-b85" id="attnmap-payload" data-length="{length}">
 {payload}
 </script>
-<script type="application/json" id="attnmap-options">{options}</script>
+{payload_b}<script type="application/json" id="attnmap-options">{options}</script>
 <script type="text/plain" id="attnmap-module">
 {module}
 </script>
@@ -115,7 +115,9 @@ URL.revokeObjectURL(url);
 const el = document.getElementById("attnmap-root");
 const payload = mod.b85decode(
   text("attnmap-payload"), Number(document.getElementById("attnmap-payload").dataset.length));
-const state = {{ payload, options: JSON.parse(text("attnmap-options")), layer_url: "" }};
+const pb = document.getElementById("attnmap-payload-b");
+const payload_b = pb ? mod.b85decode(pb.textContent, Number(pb.dataset.length)) : null;
+const state = {{ payload, payload_b, options: JSON.parse(text("attnmap-options")), layer_url: "" }};
 const model = {{ get: (k) => state[k], set() {{}}, save_changes() {{}}, on() {{}}, off() {{}} }};
 mod.default.render({{ model, el }});
 </script>
@@ -126,13 +128,20 @@ mod.default.render({{ model, el }});
 
 def page(run: Any, **options: Any) -> str:
     """The standalone page for `run` as a string."""
-    opts = check_options(run, options)
-    blob = encode(run)
+    return _page(encode(run), check_options(run, options))
+
+
+def _page(blob: bytes, opts: dict[str, Any], blob_b: bytes | None = None) -> str:
     opts_json = json.dumps(opts).replace("<", "\\u003c")  # never a `</script` inside JSON
+    extra = ""
+    if blob_b is not None:
+        extra = (f'<script type="application/x-attnmap-b85" id="attnmap-payload-b" '
+                 f'data-length="{len(blob_b)}">\n{b85encode(blob_b)}\n</script>\n')
     return _PAGE.format(
         css=_script_safe(static_text("viewer.css"), "viewer.css").replace("</", "<\\/"),
         length=len(blob),
         payload=b85encode(blob),
+        payload_b=extra,
         options=opts_json,
         module=_script_safe(static_text("viewer.js"), "viewer.js"),
     )
@@ -146,6 +155,77 @@ def to_html(run: Any, path: str | os.PathLike[str] | None = None, **options: Any
     ``ignore_first``. The page opens from ``file://`` with the network off.
     """
     html = page(run, **options)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(html, encoding="utf-8")
+    return html
+
+
+# --- the diff page ----------------------------------------------------------------------------
+DIFF_OPTION_KEYS = ("layer", "head", "view", "metric")
+
+
+def aligned_run(run: Any, stack: str, idx: np.ndarray) -> Any:
+    """`run` cut down to one stack and the aligned token positions `idx` (both axes)."""
+    import dataclasses
+
+    from ..run import STACK_SIDES, AttentionStack
+
+    st = run.stack(stack)
+    ix = np.asarray(idx, dtype=np.intp)
+    layers = [run.layer(i, stack)[:, ix][:, :, ix] for i in range(st.n_layers)]  # [head, q, k]
+    cut = AttentionStack(stack, layers, np.asarray(st.masked, dtype=bool)[np.ix_(ix, ix)])
+    toks = run.query_tokens(stack)
+    kept = [toks[i] for i in ix]
+    if STACK_SIDES[stack][0] == "target":
+        return dataclasses.replace(run, target_tokens=kept, stacks={stack: cut}, extra={})
+    return dataclasses.replace(run, tokens=kept, stacks={stack: cut}, extra={})
+
+
+def diff_page(d: Any, **options: Any) -> str:
+    """The standalone diff page for ``attnmap.diff.compare``'s result `d` as a string."""
+    unknown = sorted(set(options) - set(DIFF_OPTION_KEYS))
+    if unknown:
+        raise AttnmapError(
+            f"unknown diff view option {unknown[0]!r}; known: {', '.join(DIFF_OPTION_KEYS)}"
+        )
+    top = d.ranking[0] if d.ranking else {"layer": 0, "head": 0}
+    layer = options.get("layer")
+    head = options.get("head")
+    opts: dict[str, Any] = {
+        "stack": d.stack,
+        "layer": d.a.layer_index(layer if layer is not None else top["layer"], d.stack),
+        "head": d.a.head_index(head if head is not None else top["head"], d.stack),
+        "view": options.get("view") or "diff",
+        "metric": options.get("metric") or "js",
+    }
+    if opts["view"] not in ("diff", "change", "heatmap", "heads", "layers"):
+        raise AttnmapError(f"view must be 'diff', 'change', 'heatmap', 'heads' or 'layers' "
+                           f"(not {opts['view']!r})")
+    if opts["metric"] not in ("js", "mean_abs"):
+        raise AttnmapError(f"metric must be 'js' or 'mean_abs' (not {opts['metric']!r})")
+    ma, mb = d.a.model.get("id"), d.b.model.get("id")
+    same_model = ma == mb
+    opts["diff"] = {
+        "ranking": d.ranking,
+        "aligned": int(len(d.ia)),
+        "a": d.a.text if same_model else f"{ma}",
+        "b": d.b.text if same_model else f"{mb}",
+        "stack": d.stack,
+    }
+    ra, rb = aligned_run(d.a, d.stack, d.ia), aligned_run(d.b, d.stack, d.ib)
+    return _page(encode(ra), opts, encode(rb))
+
+
+def diff_html(d: Any, path: str | os.PathLike[str] | None = None, **options: Any) -> str:
+    """A self-contained page comparing the two runs of `d` (from ``attnmap.diff.compare``).
+
+    For any head it shows A, B and A − B on the aligned tokens (A − B on a diverging scale
+    centred on 0, symmetric limits), and a layers × heads grid coloured by change (JS
+    divergence or mean |A − B|); click a head to open it. Options: ``layer``, ``head`` (default:
+    the most changed head), ``view`` ('diff' or 'change'), ``metric`` ('js' or 'mean_abs').
+    """
+    html = diff_page(d, **options)
     if path is not None:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(html, encoding="utf-8")

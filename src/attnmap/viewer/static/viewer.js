@@ -102,6 +102,15 @@ for (let i = 0; i < 256; i++) {
   RGB.push(c);
   LUT[i] = (255 << 24) | (c[2] << 16) | (c[1] << 8) | c[0];
 }
+// Diverging map for A − B (blue < 0 < red, white at 0), index 0..255 ↔ −lim..+lim.
+const DIV_STOPS = [[5, 48, 97], [67, 147, 195], [209, 229, 240], [255, 255, 255], [253, 219, 199], [214, 96, 77], [103, 0, 31]];
+const DIV_RGB = [], DIV_LUT = new Uint32Array(256);
+for (let i = 0; i < 256; i++) {
+  const t = (i / 255) * (DIV_STOPS.length - 1), a = Math.min(Math.floor(t), DIV_STOPS.length - 2), f = t - a;
+  const c = DIV_STOPS[a].map((v, j) => Math.round(v + (DIV_STOPS[a + 1][j] - v) * f));
+  DIV_RGB.push(c);
+  DIV_LUT[i] = (255 << 24) | (c[2] << 16) | (c[1] << 8) | c[0];
+}
 const MASK_A = (255 << 24) | (200 << 16) | (200 << 8) | 200; // masked: grey checkerboard, never white
 const MASK_B = (255 << 24) | (226 << 16) | (226 << 8) | 226;
 
@@ -205,6 +214,36 @@ function paintImage(d, vmax, scale, target) {
   target.height = d.q;
   target.getContext("2d").putImageData(img, 0, 0);
   return target;
+}
+
+// A float matrix [query, key] (NaN = masked) → pixels through `lut`, t = (v - lo) / (hi - lo).
+function paintFloat(vals, q, k, lo, hi, lut) {
+  const img = new ImageData(k, q), px = new Uint32Array(img.data.buffer), span = hi - lo || 1;
+  for (let i = 0; i < q; i++) {
+    for (let j = 0; j < k; j++) {
+      const v = vals[i * k + j];
+      px[i * k + j] = Number.isNaN(v) ? ((i + j) & 1 ? MASK_A : MASK_B) : lut[Math.round(Math.max(0, Math.min(1, (v - lo) / span)) * 255)];
+    }
+  }
+  const c = document.createElement("canvas");
+  c.width = k; c.height = q;
+  c.getContext("2d").putImageData(img, 0, 0);
+  return c;
+}
+
+// A, B and A − B of one head as floats [query, key], NaN where either run masks the cell.
+function diffData(da, db) {
+  const n = da.q * da.k, a = new Float32Array(n), b = new Float32Array(n), d = new Float32Array(n);
+  let lim = 0, vmax = 0;
+  for (let i = 0; i < da.q; i++) {
+    for (let j = 0; j < da.k; j++) {
+      const x = value(da, i, j), y = value(db, i, j), p = i * da.k + j;
+      if (x === null || y === null) { a[p] = b[p] = d[p] = NaN; continue; }
+      a[p] = x; b[p] = y; d[p] = x - y;
+      lim = Math.max(lim, Math.abs(x - y)); vmax = Math.max(vmax, x, y);
+    }
+  }
+  return { q: da.q, k: da.k, a, b, d, lim: lim || 1, vmax: vmax || 1 };
 }
 
 // Block-max downsampling for thumbnails, at most `size` pixels a side.
@@ -336,7 +375,9 @@ class Viewer {
       head: field("head", h("select", "am-head")),
       view: field("view", h("select", "am-view")),
       scale: field("scale", h("select", "am-scale")),
+      metric: field("change", h("select", "am-metric")),
     };
+    for (const [v, t] of [["js", "JS divergence"], ["mean_abs", "mean |A − B|"]]) this.ui.metric.add(new Option(t, v));
     for (const [v, t] of [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]]) this.ui.view.add(new Option(t, v));
     for (const [v, t] of [["unit", "0 – 1"], ["head", "0 – head max"], ["log", "log"]]) this.ui.scale.add(new Option(t, v));
     const ign = h("label", "am-field am-check");
@@ -395,6 +436,7 @@ class Viewer {
     this.listen(u.head, "change", () => this.set({ head: /^\d+$/.test(u.head.value) ? +u.head.value : u.head.value }));
     this.listen(u.view, "change", () => this.set({ view: u.view.value }));
     this.listen(u.scale, "change", () => this.set({ scale: u.scale.value }));
+    this.listen(u.metric, "change", () => this.set({ metric: u.metric.value }));
     this.listen(u.ignore, "change", () => this.set({ ignoreFirst: u.ignore.checked }));
     this.listen(u["zoom-in"], "click", () => this.zoom(2));
     this.listen(u["zoom-out"], "click", () => this.zoom(0.5));
@@ -441,13 +483,26 @@ class Viewer {
     }
     this.layers.clear(); this.images.clear(); this.thumbs.clear();
     this.predMap = null; this.predRows = [];
+    // Diff mode: a second payload B on the same aligned tokens, and the ranking in the options.
+    const pb = this.model.get("payload_b"), od = (this.model.get("options") || {}).diff;
+    this.B = null; this.diff = null; this.layersB = new Map(); this.diffCache = new Map();
+    if (pb && od) {
+      try { this.B = parsePayload(pb); } catch (err) { this.fail(err); return; }
+      this.diff = od;
+      this.changeBy = new Map(od.ranking.map((r) => [`${r.layer}/${r.head}`, r]));
+    }
+    const views = [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]];
+    if (this.diff) views.push(["diff", "A, B, A − B"], ["change", "change per head"]);
+    this.ui.view.replaceChildren(...views.map(([v, t]) => new Option(t, v)));
+    this.ui.metric.parentElement.hidden = !this.diff;
     const o = this.model.get("options") || {};
     const stacks = this.header.stacks.map((s) => s.name);
     const stack = stacks.includes(o.stack) ? o.stack : stacks[0];
     this.ui.stack.replaceChildren(...stacks.map((s) => new Option(s, s)));
     this.ui.stack.parentElement.hidden = stacks.length < 2;
     this.st = {
-      stack, layer: 0, head: 0, view: ["heads", "layers"].includes(o.view) ? o.view : "heatmap",
+      stack, layer: 0, head: 0, metric: o.metric === "mean_abs" ? "mean_abs" : "js",
+      view: ["heads", "layers"].includes(o.view) || (this.diff && ["diff", "change"].includes(o.view)) ? o.view : "heatmap",
       scale: ["unit", "head", "log"].includes(o.scale) ? o.scale : "head",
       ignoreFirst: !!o.ignore_first, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null,
     };
@@ -497,6 +552,7 @@ class Viewer {
     u.head.value = String(st.head);
     u.view.value = st.view;
     u.scale.value = st.scale;
+    u.metric.value = st.metric;
     u.ignore.checked = st.ignoreFirst;
     for (const b of [u["zoom-in"], u["zoom-out"], u.fit]) b.disabled = st.view !== "heatmap";
     const sc = this.stackInfo().scores;
@@ -622,9 +678,29 @@ class Viewer {
 
   cached(stack, li) { return this.layers.get(`${stack}/${li}`); }
 
+  async layerB(stack, li) {
+    const key = `${stack}/${li}`;
+    if (!this.layersB.has(key)) {
+      const bytes = this.B.chunks.get(key);
+      if (!bytes) throw new Error(`attnmap: layer ${li} of ${stack} is not in payload B`);
+      const d = await decodeLayer(bytes);
+      this.layersB.set(key, d);
+      while (this.layersB.size > 6) this.layersB.delete(this.layersB.keys().next().value);
+    }
+    return this.layersB.get(key);
+  }
+
   async refresh(t0) {
     const seq = ++this.seq, st = this.st;
     if (st.view === "layers") return this.paintLayers(seq, t0);
+    if (st.view === "change") return this.paint(t0);
+    if (st.view === "diff") {
+      this.status.textContent = `decoding layer ${st.layer}…`;
+      try { await this.layer(st.stack, st.layer); await this.layerB(st.stack, st.layer); } catch (err) { if (seq === this.seq) this.fail(err); return; }
+      if (seq !== this.seq) return;
+      this.status.textContent = "";
+      return this.paint(t0);
+    }
     if (!this.cached(st.stack, st.layer)) {
       this.status.textContent = `decoding layer ${st.layer}…`;
       try { await this.layer(st.stack, st.layer); } catch (err) { if (seq === this.seq) this.fail(err); return; }
@@ -699,10 +775,16 @@ class Viewer {
   paint(t0 = performance.now()) {
     const st = this.st;
     if (st.view === "layers") return this.refresh(t0);
-    const d = this.current();
-    if (!d) return this.refresh(t0);
-    if (st.view === "heads") this.paintHeads();
-    else this.paintHeatmap(d);
+    if (st.view === "change") this.paintChange();
+    else if (st.view === "diff") {
+      if (!this.cached(st.stack, st.layer) || !this.layersB.has(`${st.stack}/${st.layer}`)) return this.refresh(t0);
+      this.paintDiff();
+    } else {
+      const d = this.current();
+      if (!d) return this.refresh(t0);
+      if (st.view === "heads") this.paintHeads();
+      else this.paintHeatmap(d);
+    }
     const ms = performance.now() - t0;
     this.draws++;
     this.root.dataset.draws = String(this.draws);
@@ -865,6 +947,101 @@ class Viewer {
     }
   }
 
+  // --- diff views ---
+  diffHead() {
+    const st = this.st, key = `${st.stack}/${st.layer}/${st.head}`;
+    if (!this.diffCache.has(key)) {
+      const da = headData(this.cached(st.stack, st.layer), st.head), db = headData(this.layersB.get(`${st.stack}/${st.layer}`), st.head);
+      const dd = diffData(da, db);
+      dd.images = [paintFloat(dd.a, dd.q, dd.k, 0, dd.vmax, LUT), paintFloat(dd.b, dd.q, dd.k, 0, dd.vmax, LUT), paintFloat(dd.d, dd.q, dd.k, -dd.lim, dd.lim, DIV_LUT)];
+      this.diffCache.set(key, dd);
+      while (this.diffCache.size > 8) this.diffCache.delete(this.diffCache.keys().next().value);
+    }
+    return this.diffCache.get(key);
+  }
+
+  paintDiff() {
+    const st = this.st, info = this.stackInfo(), dd = this.diffHead(), { w } = this.size();
+    const gap = 18, bar = 46, left = M.label, top = M.top + 18 + M.label;
+    const side = Math.max(60, Math.floor((w - left - 3 * (gap + bar)) / 3));
+    const cs = side / Math.max(dd.q, dd.k), pw = dd.k * cs, ph = dd.q * cs;
+    const ctx = this.setupCanvas(this.canvas, w, top + ph + 30);
+    const r = this.changeBy.get(`${st.layer}/${st.head}`);
+    const stats = r ? ` · mean |A−B| ${r.mean_abs.toFixed(4)} · JS ${r.js.toFixed(4)}` : "";
+    this.title(ctx, `${st.stack} · layer ${st.layer} · ${this.headName()}${stats}`);
+    const names = ["A: " + (this.diff.a || "A"), "B: " + (this.diff.b || "B"), "A − B"];
+    const x0s = [];
+    ctx.imageSmoothingEnabled = false;
+    for (let p = 0; p < 3; p++) {
+      const x = left + p * (pw + gap + bar);
+      x0s.push(x);
+      ctx.drawImage(dd.images[p], x, top, pw, ph);
+      ctx.strokeStyle = "#888"; ctx.lineWidth = 1; ctx.strokeRect(x - 0.5, top - 0.5, pw + 1, ph + 1);
+      ctx.fillStyle = "#222"; ctx.font = "bold 11px system-ui, sans-serif"; ctx.textAlign = "left"; ctx.textBaseline = "middle";
+      ctx.fillText(short(names[p], 40), x, M.top + 8, pw + bar);
+      ctx.font = FONT;
+      // Colour bar: A and B share 0..max of both; A − B is symmetric around 0.
+      const bx = x + pw + 6, bh = Math.min(ph, 200), lut = p < 2 ? RGB : DIV_RGB;
+      for (let y = 0; y < bh; y++) { const c = lut[Math.round((1 - y / Math.max(1, bh - 1)) * 255)]; ctx.fillStyle = `rgb(${c[0]},${c[1]},${c[2]})`; ctx.fillRect(bx, top + y, 8, 1); }
+      ctx.fillStyle = "#333"; ctx.textAlign = "left"; ctx.font = "10px system-ui, sans-serif";
+      const [hi, lo] = p < 2 ? [dd.vmax, 0] : [dd.lim, -dd.lim];
+      ctx.fillText(hi.toFixed(2), bx + 10, top + 4); ctx.fillText(lo.toFixed(2), bx + 10, top + bh - 4);
+      if (p === 2) ctx.fillText("0", bx + 10, top + bh / 2);
+      ctx.font = FONT;
+    }
+    // Token labels: rows on the left of A, columns above each panel when cells are big enough.
+    const size = Math.max(7, Math.min(11, Math.floor(cs - 1))), step = Math.max(1, Math.ceil(11 / cs));
+    ctx.font = `${size}px system-ui, sans-serif`; ctx.fillStyle = "#222";
+    ctx.textAlign = "right"; ctx.textBaseline = "middle";
+    for (let i = 0; i < dd.q; i += step) ctx.fillText(short(info.query_tokens[i]), left - 4, top + (i + 0.5) * cs, M.label - 8);
+    ctx.textAlign = "left";
+    for (const x of x0s) {
+      for (let j = 0; j < dd.k; j += step) {
+        ctx.save(); ctx.translate(x + (j + 0.5) * cs, top - 4); ctx.rotate(-Math.PI / 2);
+        ctx.fillText(short(info.key_tokens[j]), 0, 0, M.label - 8); ctx.restore();
+      }
+    }
+    ctx.font = FONT;
+    this.dgeom = { x0s, y0: top, cs, pw, ph, q: dd.q, k: dd.k };
+    this.hits = [];
+    this.mini.hidden = true;
+  }
+
+  // Layers × heads, each cell coloured by how much the head changed (JS or mean |A − B|).
+  paintChange() {
+    const st = this.st, [L, H] = this.stackInfo().shape, { w } = this.size(), m = st.metric;
+    const left = 58, top = M.top + 16, gap = 3;
+    const t = Math.max(10, Math.min(56, Math.floor((w - left - 60) / H) - gap));
+    const ctx = this.setupCanvas(this.canvas, w, top + L * (t + gap) + 20);
+    this.title(ctx, `${st.stack} · change per head: ${m === "js" ? "JS divergence (bits)" : "mean |A − B|"} · ${this.diff.aligned} aligned tokens (click one)`);
+    let vmax = 0;
+    for (const r of this.diff.ranking) vmax = Math.max(vmax, r[m]);
+    vmax = vmax || 1;
+    ctx.textAlign = "center"; ctx.textBaseline = "bottom"; ctx.fillStyle = "#333";
+    for (let hd = 0; hd < H; hd++) ctx.fillText(String(hd), left + hd * (t + gap) + t / 2, top - 2);
+    this.hits = [];
+    this.changeCells = [];
+    for (let li = 0; li < L; li++) {
+      const y = top + li * (t + gap);
+      ctx.fillStyle = "#333"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
+      ctx.fillText(`layer ${li}`, left - 6, y + t / 2);
+      for (let hd = 0; hd < H; hd++) {
+        const x = left + hd * (t + gap), r = this.changeBy.get(`${li}/${hd}`), v = r ? r[m] : 0;
+        const c = RGB[Math.round(Math.min(1, v / vmax) * 255)];
+        ctx.fillStyle = `rgb(${c[0]},${c[1]},${c[2]})`; ctx.fillRect(x, y, t, t);
+        const on = li === st.layer && hd === st.head;
+        ctx.strokeStyle = on ? "#e8590c" : "#bbb"; ctx.lineWidth = on ? 2 : 1; ctx.strokeRect(x - 0.5, y - 0.5, t + 1, t + 1);
+        if (t >= 30) {
+          ctx.fillStyle = v / vmax > 0.55 ? "#fff" : "#333"; ctx.textAlign = "center"; ctx.font = "10px system-ui, sans-serif";
+          ctx.fillText(fmtScore(v), x + t / 2, y + t / 2); ctx.font = FONT;
+        }
+        this.hits.push({ x, y, w: t, h: t, layer: li, head: hd });
+        this.changeCells.push({ layer: li, head: hd, value: v, rgb: c });
+      }
+    }
+    this.mini.hidden = true;
+  }
+
   gridLayout(n, cols, rows, w, hh, top, left) {
     const gap = 8, cap = 14;
     const t = Math.floor(Math.min((w - left - gap * (cols + 1)) / cols, (hh - top - (gap + cap) * rows) / rows));
@@ -966,6 +1143,15 @@ class Viewer {
   hit(x, y) {
     const st = this.st;
     if (!this.header) return null;
+    if (st.view === "diff") {
+      const g = this.dgeom;
+      if (!g) return null;
+      for (let p = 0; p < 3; p++) {
+        const x0 = g.x0s[p];
+        if (x >= x0 && x < x0 + g.pw && y >= g.y0 && y < g.y0 + g.ph) return { kind: "dcell", p, q: Math.floor((y - g.y0) / g.cs), k: Math.floor((x - x0) / g.cs) };
+      }
+      return null;
+    }
     if (st.view !== "heatmap") {
       const t = (this.hits || []).find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + b.h);
       return t ? { kind: "thumb", ...t } : null;
@@ -993,6 +1179,12 @@ class Viewer {
       tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
       tip.append(h("div", "am-val", v === null ? "masked (this query cannot see this key)" : `attention ${v.toFixed(4)}`));
       tip.dataset.q = t.q; tip.dataset.k = t.k; tip.dataset.value = v === null ? "masked" : v.toFixed(4);
+    } else if (t.kind === "dcell") {
+      const dd = this.diffHead(), p = t.q * dd.k + t.k;
+      tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
+      if (Number.isNaN(dd.d[p])) tip.append(h("div", "am-val", "masked"));
+      else tip.append(h("div", "am-val", `A ${dd.a[p].toFixed(4)} · B ${dd.b[p].toFixed(4)} · A − B ${dd.d[p] >= 0 ? "+" : ""}${dd.d[p].toFixed(4)}`));
+      tip.dataset.value = Number.isNaN(dd.d[p]) ? "masked" : dd.d[p].toFixed(4);
     } else if (t.kind === "pred") {
       const r = this.predictions().get(t.q);
       tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line("top-1 ", `${r.top[0].token}  p ${r.top[0].p.toFixed(3)}`));
@@ -1016,7 +1208,8 @@ class Viewer {
     this.root.focus({ preventScroll: true });
     const start = this.pos(e), t = this.hit(start.x, start.y), st = this.st;
     if (!t) return;
-    if (t.kind === "thumb") { this.set({ layer: t.layer, head: t.head, view: "heatmap" }); return; }
+    if (t.kind === "thumb") { this.set({ layer: t.layer, head: t.head, view: st.view === "change" ? "diff" : "heatmap" }); return; }
+    if (t.kind === "dcell") return;
     if (t.kind === "cell") {
       const g = this.geom();
       if (g.cs <= g.fit) return;
@@ -1154,6 +1347,10 @@ class Viewer {
       get state() { return { ...self.st }; },
       get header() { return self.header; },
       get thumbs() { return (self.hits || []).map((t) => ({ layer: t.layer, head: t.head, badge: t.badge ?? null, pass: t.pass ?? true })); },
+      get changeCells() { return self.changeCells || []; },
+      diffCell(p, q, k) { const g = self.dgeom; return at(g.x0s[p] + (k + 0.5) * g.cs, g.y0 + (q + 0.5) * g.cs); },
+      get diffHead() { const d = self.diffHead(); return { q: d.q, k: d.k, lim: d.lim, vmax: d.vmax, a: Array.from(d.a, (v) => (Number.isNaN(v) ? null : v)), b: Array.from(d.b, (v) => (Number.isNaN(v) ? null : v)), d: Array.from(d.d, (v) => (Number.isNaN(v) ? null : v)) }; },
+      diffPixel(p, q, k) { const g = self.dgeom, r = window.devicePixelRatio || 1; return Array.from(self.canvas.getContext("2d").getImageData(Math.floor((g.x0s[p] + (k + 0.5) * g.cs) * r), Math.floor((g.y0 + (q + 0.5) * g.cs) * r), 1, 1).data); },
       get predRows() { return self.predRows || []; },
       pred(q) { const g = self.geom(); return at(g.x0 + g.pw + 30, g.y0 + (q - self.st.q0 + 0.5) * g.cs); },
       get words() { return self.words.map((w) => w.spec); },

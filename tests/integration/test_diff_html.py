@@ -1,0 +1,79 @@
+"""`attnmap diff … -o diff.html` as a real process: one standalone page, two aligned payloads."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+import attnmap
+from attnmap.diff import compare
+from attnmap.viewer import decode
+from attnmap.viewer.html import B85
+
+A = "The keys to the cabinet are on the table."
+B = "The key to the cabinets is on the table."
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "attnmap", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def payload(html: str, ident: str) -> dict:
+    m = re.search(rf'id="{ident}" data-length="(\d+)">\s*([^<]*?)\s*</script>', html)
+    assert m, f"no {ident} element"
+    text, length = m.group(2), int(m.group(1))
+    out = bytearray()
+    for g in range(0, len(text), 5):
+        v = 0
+        for ch in text[g : g + 5]:
+            v = v * 85 + B85.index(ch)
+        out += v.to_bytes(4, "big")
+    return decode(bytes(out[:length]))
+
+
+def test_diff_html_page(tmp_path, gpt2_dir):
+    out = tmp_path / "diff.html"
+    r = cli("diff", A, B, "--model", gpt2_dir, "-o", out, "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    ranking = json.loads(r.stdout)
+    d = compare(attnmap.capture(A, model=gpt2_dir), attnmap.capture(B, model=gpt2_dir))
+    assert ranking == d.ranking
+    html = out.read_text("utf-8")
+    opts = json.loads(re.search(r'id="attnmap-options">(.*?)</script>', html).group(1))
+    top = d.ranking[0]
+    assert (opts["view"], opts["layer"], opts["head"]) == ("diff", top["layer"], top["head"])
+    assert opts["diff"]["ranking"] == d.ranking and opts["diff"]["aligned"] == len(d.ia)
+    pa, pb = payload(html, "attnmap-payload"), payload(html, "attnmap-payload-b")
+    toks = [t.text for t in d.tokens]
+    assert pa["header"]["stacks"][0]["query_tokens"] == toks
+    assert pb["header"]["stacks"][0]["query_tokens"] == toks  # aligned: same tokens both sides
+    for li in range(2):
+        for hd in range(2):
+            a, b, _, masked = d.matrices(li, hd)
+            ga = pa["layers"][("self", li)]["values"][hd]
+            gb = pb["layers"][("self", li)]["values"][hd]
+            assert np.all(np.abs(ga - np.where(masked, 0, a)) <= a.max(1, keepdims=True) / 255)
+            assert np.all(np.abs(gb - np.where(masked, 0, b)) <= b.max(1, keepdims=True) / 255)
+
+
+def test_diff_html_against_a_model_and_bad_outputs(tmp_path, gpt2_dir):
+    out = tmp_path / "models.html"
+    r = cli("diff", A, "--model", gpt2_dir, "--against", gpt2_dir, "-o", out, "--head", "1",
+            "--layer", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    opts = json.loads(re.search(r'id="attnmap-options">(.*?)</script>', out.read_text()).group(1))
+    assert (opts["layer"], opts["head"]) == (0, 1)
+    assert all(x["mean_abs"] == 0 and x["js"] == 0 for x in opts["diff"]["ranking"])
+    bad = cli("diff", A, B, "--model", gpt2_dir, "-o", tmp_path / "x.txt")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"attnmap: error: output '{tmp_path / 'x.txt'}' must end in .html, .png, .svg or .pdf "
+        "(not '.txt')")
+    r = cli("diff", A, B, "--model", gpt2_dir, "-o", tmp_path / "h.html", "--head", "7")
+    assert r.returncode == 2 and "head must be in 0..1" in r.stderr
+    assert not (tmp_path / "h.html").exists()
