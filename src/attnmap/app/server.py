@@ -88,6 +88,34 @@ class RunRequest(BaseModel):
 
 
 # --- models ------------------------------------------------------------------------------------
+class PerturbRequest(BaseModel):
+    """Run a stored run's text again with one token removed or masked."""
+
+    model_config = ConfigDict(extra="forbid")
+    position: int = Field(ge=0, description="the input token to change (0-based)")
+    mode: str = Field("remove", pattern="^(remove|mask)$",
+                      description="'remove' the token, or 'mask' it with the mask token")
+
+
+def perturbed_text(run: Any, position: int, mode: str, mask_token: str | None) -> str:
+    """`run.text` with the token at `position` cut out (or replaced by `mask_token`)."""
+    toks = run.tokens
+    if position >= len(toks):
+        raise ApiError(400, f"position must be in 0..{len(toks) - 1} (not {position})")
+    t = toks[position]
+    if t.special or t.start is None or t.end is None:
+        raise ApiError(400, f"token {position} ({_quote(t.text, 20)}) is a special token with "
+                       "no place in the text; pick a token of the text")
+    if mode == "mask":
+        if not mask_token:
+            raise ApiError(400, "this model's tokenizer has no mask token; use mode 'remove'")
+        return run.text[: t.start] + mask_token + run.text[t.end :]
+    text = run.text[: t.start] + run.text[t.end :]
+    if not text.strip():
+        raise ApiError(400, "removing that token leaves no text; pick another token")
+    return text
+
+
 class _Model:
     """One model named at start-up, loaded once, used by one forward at a time."""
 
@@ -545,6 +573,38 @@ def create_app(
         result = await state.work(lambda job: state.capture(m, text, target, job), "the run")
         run, seconds = result
         return _facts(state.store.add(run, seconds))
+
+    @app.post("/api/runs/{run_id}/perturb", status_code=201,
+              summary="Run the text again with one token removed or masked; diff the two")
+    async def perturb(run_id: str, req: PerturbRequest) -> dict[str, Any]:
+        entry = state.store.get(run_id)
+        run = entry.run
+        m = state.by_id.get(run.model.get("id")) or state.models[0]
+
+        def job_fn(job: _Job) -> Any:
+            try:
+                loaded = m.get()
+            except AttnmapError as exc:
+                raise ApiError(503, f"model {m.id!r} could not be loaded: {exc}") from None
+            text = perturbed_text(run, req.position, req.mode,
+                                  getattr(loaded.tokenizer, "mask_token", None))
+            return text, state.capture(m, text, run.target_text, job)
+
+        text, result = await state.work(job_fn, "the perturbed run")
+        new, seconds = result
+        new_entry = state.store.add(new, seconds)
+        from ..diff import compare
+
+        out: dict[str, Any] = {
+            "original": run_id, "position": req.position, "mode": req.mode, "text": text,
+            "run": _facts(new_entry), "ranking": None, "aligned": None, "diff_error": None,
+        }
+        try:
+            d = await state.work(lambda job: compare(run, new), "the diff")
+            out["ranking"], out["aligned"] = d.ranking, int(len(d.ia))
+        except AttnmapError as exc:
+            out["diff_error"] = str(exc)
+        return out
 
     @app.get("/api/runs", summary="The runs kept, newest first")
     async def list_runs() -> list[dict[str, Any]]:
