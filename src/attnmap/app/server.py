@@ -37,6 +37,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._errors import AttnmapError
+from . import _diff
 
 MB = 1024 * 1024
 STATIC = Path(__file__).parent / "static"
@@ -142,7 +143,14 @@ class _Model:
             info = self.loaded.info
             for k in ("architecture", "model_type", "layers", "heads", "causal", "max_length"):
                 out[k] = info.get(k)
+            out["mask_token"] = self.mask_token()
         return out
+
+    def mask_token(self) -> str | None:
+        """The tokenizer's mask token (what perturb's mode 'mask' puts in), if loaded and any."""
+        if self.loaded is None:
+            return None
+        return getattr(self.loaded.tokenizer, "mask_token", None) or None
 
 
 # --- runs --------------------------------------------------------------------------------------
@@ -492,6 +500,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.attnmap = state
+    alignments = _diff.AlignmentCache()
     hosts = None if host in ANY_HOST else {*LOOPBACK, host.strip("[]").lower()}
     app.add_middleware(_Guard, hosts=hosts, max_body=max_body)
 
@@ -542,6 +551,12 @@ def create_app(
             raise ApiError(404, f"no file {_quote(name)} under /static/")
         return _file(VIEWER_STATIC / name, VIEWER_FILES[name])
 
+    def facts(e: _Entry) -> dict[str, Any]:
+        out = _facts(e)
+        m = state.by_id.get(e.run.model.get("id"))
+        out["mask_token"] = m.mask_token() if m is not None else None
+        return out
+
     # --- API ---
     @app.get("/api/health", summary="Server status")
     async def health() -> dict[str, Any]:
@@ -572,7 +587,7 @@ def create_app(
         target = None if req.target is None else _check_text(req.target, "target")
         result = await state.work(lambda job: state.capture(m, text, target, job), "the run")
         run, seconds = result
-        return _facts(state.store.add(run, seconds))
+        return facts(state.store.add(run, seconds))
 
     @app.post("/api/runs/{run_id}/perturb", status_code=201,
               summary="Run the text again with one token removed or masked; diff the two")
@@ -597,11 +612,12 @@ def create_app(
 
         out: dict[str, Any] = {
             "original": run_id, "position": req.position, "mode": req.mode, "text": text,
-            "run": _facts(new_entry), "ranking": None, "aligned": None, "diff_error": None,
+            "run": facts(new_entry), "ranking": None, "aligned": None, "diff_error": None,
         }
         try:
             d = await state.work(lambda job: compare(run, new), "the diff")
             out["ranking"], out["aligned"] = d.ranking, int(len(d.ia))
+            alignments.remember(run_id, new_entry.id, d)
         except AttnmapError as exc:
             out["diff_error"] = str(exc)
         return out
@@ -612,7 +628,7 @@ def create_app(
 
     @app.get("/api/runs/{run_id}", summary="One run's facts: text, tokens, shapes")
     async def get_run(run_id: str) -> dict[str, Any]:
-        return _facts(state.store.get(run_id))
+        return facts(state.store.get(run_id))
 
     @app.get(
         "/api/runs/{run_id}/payload",
@@ -651,4 +667,5 @@ def create_app(
         return Response(data, media_type="application/octet-stream",
                         headers={"cache-control": "private, max-age=3600"})
 
+    _diff.register(app, state, alignments, ApiError)
     return app
