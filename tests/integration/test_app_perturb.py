@@ -38,8 +38,11 @@ def test_remove_a_token_and_diff(client, gpt2_dir):
     r = client.post(f"/api/runs/{orig['id']}/perturb", json={"position": pos, "mode": "remove"})
     assert r.status_code == 201, r.text
     out = r.json()
-    want_text = TEXT[: tok.start] + TEXT[tok.end :]
+    # " mat" is cut with its space, so the model sees the same tokens less that one.
+    assert TEXT[tok.start - 1 : tok.end] == " mat"
+    want_text = TEXT[: tok.start - 1] + TEXT[tok.end :]
     assert out["text"] == want_text and out["run"]["text"] == want_text
+    assert out["run"]["tokens"] == [t.text for i, t in enumerate(ref.tokens) if i != pos]
     assert out["original"] == orig["id"] and out["diff_error"] is None
     # The new run is stored like any other and its ranking is attnmap.diff.compare's.
     assert out["run"]["id"] in [e["id"] for e in client.get("/api/runs").json()]

@@ -111,7 +111,15 @@ def perturbed_text(run: Any, position: int, mode: str, mask_token: str | None) -
         if not mask_token:
             raise ApiError(400, "this model's tokenizer has no mask token; use mode 'remove'")
         return run.text[: t.start] + mask_token + run.text[t.end :]
-    text = run.text[: t.start] + run.text[t.end :]
+    start = t.start
+    # Offsets of word-initial tokens often leave out the space before the word (GPT-2's " mat"
+    # spans "mat"); cutting only those characters would leave a doubled space that reads as a
+    # new token. Take the space before with it when the token ends at a space or the end.
+    if start > 0 and run.text[start - 1].isspace() and (
+        t.end == len(run.text) or run.text[t.end].isspace()
+    ):
+        start -= 1
+    text = run.text[:start] + run.text[t.end :]
     if not text.strip():
         raise ApiError(400, "removing that token leaves no text; pick another token")
     return text

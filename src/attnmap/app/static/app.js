@@ -4,7 +4,13 @@
 import viewer from "/static/viewer.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], current: null, cleanup: null, busy: false };
+const state = {
+  models: [], current: null, cleanup: null, busy: false,
+  facts: null,        // the run whose tokens the strip shows (run A of a diff view)
+  diff: null,         // { a, b, position, mode } while the diff view is open
+  derived: new Map(), // perturbed run id → { original, position, mode, token }
+  seq: 0,             // the latest view asked for; older loads that finish late are dropped
+};
 
 // A minimal anywidget-style model: the viewer reads payload / options / layer_url from it.
 function makeModel(values) {
@@ -99,6 +105,8 @@ async function refreshRuns() {
     info.className = "app-run-info";
     const model = state.models.find((m) => m.id === r.model);
     info.textContent = `${model ? model.label : r.model} · ${r.n_tokens} tokens`;
+    const from = state.derived.get(r.id);
+    if (from) info.textContent += ` · ${describe(from)} of ${from.original}`;
     btn.append(info);
     btn.addEventListener("click", () => openRun(r.id).catch(showError));
     li.append(btn);
@@ -114,16 +122,144 @@ function showFacts(facts) {
     `${shape[0]} layers × ${shape[1]} heads · ${facts.stacks.join(", ")}`;
   const strip = $("tokens");
   strip.replaceChildren();
+  closeActions(false);
+  let first = true;
   facts.tokens.forEach((tok, i) => {
     const span = document.createElement("span");
     span.textContent = tok;
-    span.title = `token ${i}`;
-    if (facts.special && facts.special[i]) span.className = "app-special";
+    span.dataset.pos = String(i);
+    if (facts.special && facts.special[i]) {
+      span.className = "app-special";
+      span.title = `token ${i} (special: not part of the text)`;
+    } else {
+      // One tab stop for the whole strip; arrow keys move between tokens (roving tabindex).
+      span.className = "app-tok";
+      span.title = `token ${i}: click to remove or mask it and see what changes`;
+      span.setAttribute("role", "button");
+      span.setAttribute("aria-haspopup", "true");
+      span.setAttribute("aria-expanded", "false");
+      span.tabIndex = first ? 0 : -1;
+      first = false;
+    }
     strip.append(span);
   });
+  $("token-hint").hidden = first;  // no token can be changed: say nothing about it
+  markChanged();
 }
 
-async function mountViewer(runId, payload) {
+function markChanged() {
+  const pos = state.diff && state.diff.a === state.current ? state.diff.position : -1;
+  for (const span of $("tokens").querySelectorAll("span[data-pos]")) {
+    span.classList.toggle("app-changed", Number(span.dataset.pos) === pos);
+  }
+}
+
+function tokenSpans() {
+  return Array.from($("tokens").querySelectorAll("span.app-tok"));
+}
+
+function onStripKey(event) {
+  const span = event.target.closest("span.app-tok");
+  if (!span) return;
+  const spans = tokenSpans();
+  const at = spans.indexOf(span);
+  let next = null;
+  if (event.key === "ArrowRight" || event.key === "ArrowDown") next = spans[at + 1];
+  else if (event.key === "ArrowLeft" || event.key === "ArrowUp") next = spans[at - 1];
+  else if (event.key === "Home") next = spans[0];
+  else if (event.key === "End") next = spans[spans.length - 1];
+  else if (event.key === "Enter" || event.key === " ") {
+    event.preventDefault();
+    openActions(span);
+    return;
+  } else return;
+  event.preventDefault();
+  if (next) focusToken(next);
+}
+
+function focusToken(span) {
+  for (const s of tokenSpans()) s.tabIndex = s === span ? 0 : -1;
+  span.focus();
+}
+
+function describe(p) {
+  return `token ${p.position} «${p.token}» ${p.mode === "mask" ? "masked" : "removed"}`;
+}
+
+function openActions(span) {
+  if (!state.facts) return;
+  const pos = Number(span.dataset.pos);
+  const box = $("token-actions");
+  for (const s of tokenSpans()) s.setAttribute("aria-expanded", String(s === span));
+  for (const s of tokenSpans()) s.classList.toggle("app-picked", s === span);
+  focusToken(span);
+  box.dataset.pos = String(pos);
+  $("token-label").textContent = `token ${pos}: «${state.facts.tokens[pos]}»`;
+  const mask = state.facts.mask_token;
+  $("act-mask").hidden = !mask;
+  $("act-mask").textContent = mask ? `Mask with ${mask}` : "Mask";
+  box.hidden = false;
+  $("act-remove").focus();
+}
+
+function closeActions(refocus) {
+  const box = $("token-actions");
+  const pos = box.dataset.pos;
+  box.hidden = true;
+  delete box.dataset.pos;
+  for (const s of tokenSpans()) {
+    s.setAttribute("aria-expanded", "false");
+    s.classList.remove("app-picked");
+  }
+  if (refocus && pos !== undefined) {
+    const span = $("tokens").querySelector(`span[data-pos="${Number(pos)}"]`);
+    if (span) focusToken(span);
+  }
+}
+
+async function perturb(mode) {
+  const box = $("token-actions");
+  if (state.busy || !state.facts || box.dataset.pos === undefined) return;
+  const position = Number(box.dataset.pos);
+  const original = state.facts.id;
+  const token = state.facts.tokens[position];
+  closeActions(false);
+  state.busy = true;
+  setBusy(true);
+  showError(null);
+  say(`running again with token ${position} ${mode === "mask" ? "masked" : "removed"}…`);
+  try {
+    const resp = await api(`/api/runs/${encodeURIComponent(original)}/perturb`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ position, mode }),
+    });
+    const out = await resp.json();
+    const info = { original, position, mode, token };
+    state.derived.set(out.run.id, info);
+    if (out.diff_error) {
+      // The new run exists but cannot be compared: show it alone and say why.
+      await openRun(out.run.id);
+      showError(`${describe(info)}: ${out.diff_error}`);
+      return;
+    }
+    await openDiff(original, out.run.id, info);
+  } catch (err) {
+    say("");
+    showError(err);
+  } finally {
+    state.busy = false;
+    setBusy(false);
+  }
+}
+
+function setBusy(on) {
+  $("run").disabled = on;
+  $("act-remove").disabled = on;
+  $("act-mask").disabled = on;
+}
+
+async function mountViewer(values) {
   if (state.cleanup) {
     try {
       state.cleanup();
@@ -134,27 +270,109 @@ async function mountViewer(runId, payload) {
   }
   const el = $("viewer");
   el.replaceChildren();
-  const model = makeModel({
-    payload,
-    options: {},
-    layer_url: `/api/runs/${encodeURIComponent(runId)}/layers`,
-  });
+  const model = makeModel(values);
   const cleanup = await viewer.render({ model, el });
   state.cleanup = typeof cleanup === "function" ? cleanup : null;
+  state.model = model;
 }
 
 async function openRun(runId) {
+  const seq = ++state.seq;
   showError(null);
   say("loading…");
-  const facts = await (await api(`/api/runs/${encodeURIComponent(runId)}`)).json();
-  const payload = await (await api(`/api/runs/${encodeURIComponent(runId)}/payload`))
-    .arrayBuffer();
+  const id = encodeURIComponent(runId);
+  const [facts, payload] = await Promise.all([
+    api(`/api/runs/${id}`).then((r) => r.json()),
+    api(`/api/runs/${id}/payload`).then((r) => r.arrayBuffer()),
+  ]);
+  if (seq !== state.seq) return;  // another view was asked for meanwhile
   state.current = runId;
+  state.facts = facts;
+  state.diff = null;
+  showDiffBar(null);
   showFacts(facts);
-  await mountViewer(runId, payload);
+  await mountViewer({ payload, options: {}, layer_url: `/api/runs/${id}/layers` });
   document.body.dataset.run = runId;  // lets scripts (and tests) see which run is shown
+  document.body.dataset.view = "run";
+  delete document.body.dataset.diff;
   say(`run ${runId}`);
   await refreshRuns();
+}
+
+// Run A (the original) against run B (the perturbed one): the viewer's diff mode on the two
+// runs cut to their aligned tokens, as the standalone diff page builds it.
+async function openDiff(a, b, info) {
+  const seq = ++state.seq;
+  say("comparing…");
+  const base = `/api/diff/${encodeURIComponent(a)}/${encodeURIComponent(b)}`;
+  const [d, pa, pb, facts] = await Promise.all([
+    api(base).then((r) => r.json()),
+    api(`${base}/payload/a`).then((r) => r.arrayBuffer()),
+    api(`${base}/payload/b`).then((r) => r.arrayBuffer()),
+    state.facts && state.facts.id === a
+      ? state.facts : api(`/api/runs/${encodeURIComponent(a)}`).then((r) => r.json()),
+  ]);
+  if (seq !== state.seq) return;
+  const top = d.ranking[0] || { layer: 0, head: 0 };
+  state.current = a;
+  state.facts = facts;
+  state.diff = { a, b, ...info };
+  showFacts(facts);
+  showDiffBar(d, info);
+  await mountViewer({
+    payload: pa,
+    payload_b: pb,
+    layer_url: "",  // both payloads carry every layer
+    options: {
+      stack: d.stack, layer: top.layer, head: top.head, view: "diff", metric: "js",
+      diff: { ranking: d.ranking, aligned: d.aligned, a: d.labels.a, b: d.labels.b,
+              stack: d.stack },
+    },
+  });
+  document.body.dataset.run = a;
+  document.body.dataset.view = "diff";
+  document.body.dataset.diff = `${a} ${b}`;
+  // The action that led here is gone from the page: keep keyboard focus on the changed token.
+  const changed = $("tokens").querySelector("span.app-changed");
+  if (changed && (document.activeElement === document.body || !document.activeElement)) {
+    focusToken(changed);
+  }
+  say(`A − B: ${describe(info)}`);
+  await refreshRuns();
+}
+
+const RANKED = 5;  // heads listed beside the diff view
+
+function showDiffBar(d, info) {
+  const bar = $("diff-bar");
+  if (!d) {
+    bar.hidden = true;
+    $("ranking").replaceChildren();
+    return;
+  }
+  $("diff-title").textContent =
+    `A: run ${d.a} · B: run ${d.b}, ${describe(info)} · ${d.aligned} aligned tokens`;
+  const list = $("ranking");
+  list.replaceChildren();
+  for (const r of d.ranking.slice(0, RANKED)) {
+    const li = document.createElement("li");
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.dataset.layer = String(r.layer);
+    btn.dataset.head = String(r.head);
+    btn.textContent = `layer ${r.layer} · head ${r.head}: JS ${r.js.toFixed(4)} · ` +
+      `mean |A − B| ${r.mean_abs.toFixed(4)}`;
+    btn.addEventListener("click", () => showHead(r.layer, r.head));
+    li.append(btn);
+    list.append(li);
+  }
+  bar.hidden = false;
+}
+
+function showHead(layer, head) {
+  if (!state.model) return;
+  const options = state.model.get("options") || {};
+  state.model.set("options", { ...options, layer, head, view: "diff" });
 }
 
 async function submit(event) {
@@ -164,7 +382,7 @@ async function submit(event) {
   const target = $("target").value;
   if (!$("target-row").hidden && target.trim()) body.target = target;
   state.busy = true;
-  $("run").disabled = true;
+  setBusy(true);
   showError(null);
   say("running…");
   try {
@@ -181,13 +399,30 @@ async function submit(event) {
     showError(err);
   } finally {
     state.busy = false;
-    $("run").disabled = false;
+    setBusy(false);
   }
 }
 
 async function start() {
   $("run-form").addEventListener("submit", submit);
   $("model").addEventListener("change", updateTargetRow);
+  $("tokens").addEventListener("click", (e) => {
+    const span = e.target.closest("span.app-tok");
+    if (span) openActions(span);
+  });
+  $("tokens").addEventListener("keydown", onStripKey);
+  $("act-remove").addEventListener("click", () => perturb("remove"));
+  $("act-mask").addEventListener("click", () => perturb("mask"));
+  $("act-cancel").addEventListener("click", () => closeActions(true));
+  $("token-actions").addEventListener("keydown", (e) => {
+    if (e.key === "Escape") closeActions(true);
+  });
+  $("diff-back").addEventListener("click", () => {
+    if (state.diff) openRun(state.diff.a).catch(showError);
+  });
+  $("diff-open-b").addEventListener("click", () => {
+    if (state.diff) openRun(state.diff.b).catch(showError);
+  });
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("run-form").requestSubmit();
   });
