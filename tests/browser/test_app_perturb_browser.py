@@ -37,7 +37,9 @@ def wait_diff(page, a: str) -> str:
     page.wait_for_function(
         "(a) => document.body.dataset.view === 'diff' && "
         "document.body.dataset.diff.startsWith(a + ' ')", arg=a)
-    page.wait_for_function(f"{HOOKS}.state.view === 'diff'")
+    # Functions, not expressions: Playwright polls an expression with eval, which the app's
+    # CSP forbids.
+    page.wait_for_function(f"() => {HOOKS}?.state.view === 'diff'")
     wait_drawn(page)
     return page.evaluate("document.body.dataset.diff.split(' ')[1]")
 
@@ -89,8 +91,9 @@ def test_click_remove_opens_the_diff_and_back(page, server, gpt2_dir):
     assert (last["layer"], last["head"]) != (st["layer"], st["head"])
     page.click(f"#ranking button[data-layer='{last['layer']}'][data-head='{last['head']}']")
     page.wait_for_function(
-        f"{HOOKS}.state.layer === {last['layer']} && {HOOKS}.state.head === {last['head']}"
-        f" && {HOOKS}.state.view === 'diff'")
+        f"([l, h]) => {{ const s = {HOOKS}.state;"
+        " return s.layer === l && s.head === h && s.view === 'diff'; }",
+        arg=[last["layer"], last["head"]])
     wait_drawn(page)
 
     # Back to the single run A.

@@ -343,6 +343,11 @@ async function openDiff(a, b, info) {
 
 const RANKED = 5;  // heads listed beside the diff view
 
+// Small changes are the usual case (one token of many): 0.0000 would read as "no change".
+function num(x) {
+  return x !== 0 && Math.abs(x) < 1e-3 ? x.toExponential(2) : x.toFixed(4);
+}
+
 function showDiffBar(d, info) {
   const bar = $("diff-bar");
   if (!d) {
@@ -360,8 +365,8 @@ function showDiffBar(d, info) {
     btn.type = "button";
     btn.dataset.layer = String(r.layer);
     btn.dataset.head = String(r.head);
-    btn.textContent = `layer ${r.layer} · head ${r.head}: JS ${r.js.toFixed(4)} · ` +
-      `mean |A − B| ${r.mean_abs.toFixed(4)}`;
+    btn.textContent = `layer ${r.layer} · head ${r.head}: JS ${num(r.js)} · ` +
+      `mean |A − B| ${num(r.mean_abs)}`;
     btn.addEventListener("click", () => showHead(r.layer, r.head));
     li.append(btn);
     list.append(li);
