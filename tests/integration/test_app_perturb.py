@@ -18,8 +18,9 @@ MAX_RUNS = 6
 
 
 @pytest.fixture(scope="module")
-def server(gpt2_dir, bert_dir):
-    s = start("--model", str(gpt2_dir), "--model", str(bert_dir), "--max-runs", str(MAX_RUNS))
+def server(gpt2_dir, bert_dir, t5_dir):
+    s = start("--model", str(gpt2_dir), "--model", str(bert_dir), "--model", str(t5_dir),
+              "--max-runs", str(MAX_RUNS))
     yield s
     s.stop()
 
@@ -191,3 +192,23 @@ def test_runs_and_models_say_which_have_a_mask_token(client, gpt2_dir, bert_dir)
             out = client.post(f"/api/runs/{run['id']}/perturb",
                               json={"position": 1, "mode": "mask"}).json()
             assert want in out["text"]
+
+
+def test_encoder_decoder_diff_is_on_the_encoder(client, t5_dir):
+    # The decoder text is kept, the input loses a token: the diff compares encoder attention.
+    orig = client.post("/api/runs", json={"text": TEXT, "model": str(t5_dir),
+                                          "target": "Die Katze"}).json()
+    ref = attnmap.capture(TEXT, model=t5_dir, target="Die Katze")
+    pos = next(i for i, t in enumerate(ref.tokens) if t.text.strip("␣▁") == "mat")
+    out = client.post(f"/api/runs/{orig['id']}/perturb", json={"position": pos}).json()
+    assert out["diff_error"] is None and out["run"]["target_text"] == "Die Katze"
+    new = attnmap.capture(out["text"], model=t5_dir, target="Die Katze")
+    d = compare(ref, new)
+    got = client.get(f"/api/diff/{orig['id']}/{out['run']['id']}").json()
+    assert got["stack"] == d.stack == "encoder"
+    assert got["positions"] == {"a": d.ia.tolist(), "b": d.ib.tolist()}
+    blob = client.get(f"/api/diff/{orig['id']}/{out['run']['id']}/payload/b").content
+    check_payload(blob, new, d.ib, stack="encoder")
+    dec = client.get(f"/api/diff/{orig['id']}/{out['run']['id']}",
+                     params={"stack": "decoder"}).json()
+    assert dec["aligned"] == len(ref.target_tokens)  # same decoder text: every token aligns

@@ -5,7 +5,7 @@ import viewer from "/static/viewer.js";
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  models: [], current: null, cleanup: null, busy: false,
+  models: [], current: null, cleanup: null, busy: false, model: null,
   facts: null,        // the run whose tokens the strip shows (run A of a diff view)
   diff: null,         // { a, b, position, mode } while the diff view is open
   derived: new Map(), // perturbed run id → { original, position, mode, token }
