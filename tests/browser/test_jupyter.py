@@ -74,6 +74,11 @@ def test_notebook_shows_the_heatmap(page, lab, gpt2_run):
     page.goto(f"{lab}/lab/tree/view.ipynb")
     editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
     editor.wait_for(state="visible")
+    # Run the cell only once the kernel says it is idle: on a busy machine its start can
+    # take long, and a cell sent before that may never run.
+    page.wait_for_function(
+        "(document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar')?.innerText || '')"
+        ".includes('Idle')", timeout=90000)
     editor.click()
     page.keyboard.press("Shift+Enter")
     page.wait_for_function("document.querySelector('.jp-OutputArea .attnmap')?.dataset.draws >= 1",
