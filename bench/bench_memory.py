@@ -4,7 +4,8 @@
 
 Each length runs in a fresh process (so peaks don't mix); the model is built from a config
 (hidden size 768, like GPT-2 small) with a byte-level BPE tokenizer trained on the spot.
-Reported: peak resident memory of the whole process (ru_maxrss) and of the capture alone.
+Reported: peak resident memory (VmHWM) of the whole process, after the capture and after
+reading one layer.
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[4])
 import attnmap, numpy as np
+
+def peak_mb():
+    # VmHWM starts afresh with each exec; ru_maxrss would carry the parent's peak over.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 from attnmap.capture import get_model
 n, store, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 loaded = get_model(path)
@@ -28,14 +35,14 @@ ids_text = ("the cat sat on the mat " * n)
 tok = loaded.tokenizer
 ids = tok(ids_text)["input_ids"][:n]
 text = tok.decode(ids)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = peak_mb()
 t0 = time.perf_counter()
 run = attnmap.capture(text, model=loaded, store=store, truncate=True)
 t1 = time.perf_counter()
-capture_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+capture_peak = peak_mb()
 one = run.layer(5)  # reading one layer computes it on demand in qk mode
 t2 = time.perf_counter()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_mb()
 print(json.dumps({"tokens": len(run.tokens), "store": "qk" if run.stack().lazy else "weights",
                   "capture_s": t1 - t0, "layer_s": t2 - t1, "peak_mb": peak,
                   "capture_peak_mb": capture_peak,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from .cli import add_common, add_model_options, add_text_input
+from .cli import add_common, add_model_options, add_text_input, say
 
 
 def register(sub: Any) -> None:
@@ -50,11 +49,6 @@ def register(sub: Any) -> None:
     d.add_argument("--json", action="store_true", help="print the ranking as JSON")
     add_common(d)
     d.set_defaults(func=_diff)
-
-
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not args.quiet:
-        print(f"attnmap: {msg}", file=sys.stderr, flush=True)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -131,13 +125,13 @@ def _diff(args: argparse.Namespace) -> int:
         from .viewer.html import diff_html
 
         html = diff_html(d, args.output, layer=args.layer, head=args.head)
-        _say(args, f"wrote {args.output} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
+        say(args, f"wrote {args.output} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
     elif args.output:
         from .plot import save_figure
 
         fig = diffmod.figure(d, args.layer, args.head)
         save_figure(fig, args.output)
-        _say(args, f"wrote {args.output}")
+        say(args, f"wrote {args.output}")
     return 0
 
 

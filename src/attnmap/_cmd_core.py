@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
-from .cli import add_common, add_model_options, add_text_input, read_text
+from .cli import add_common, add_model_options, add_text_input, read_text, say
 
 
 def register(sub: Any) -> None:
@@ -78,33 +77,39 @@ def register(sub: Any) -> None:
     i.set_defaults(func=_info)
 
 
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not args.quiet:
-        print(f"attnmap: {msg}", file=sys.stderr, flush=True)
-
-
 def obtain_run(args: argparse.Namespace) -> Any:
     """The run a command works on: loaded from --run, or captured from the text."""
     from ._errors import AttnmapError
 
     text = read_text(args)
+    predictions = bool(getattr(args, "predictions", False))
     if getattr(args, "run", None):
         if text is not None:
             raise AttnmapError("give either a text or --run FILE, not both")
+        if getattr(args, "model", None) is not None or getattr(args, "target", None):
+            raise AttnmapError("--model and --target do not apply to --run; the run file "
+                               "already holds the model's attention")
         from .run import load
 
-        return load(args.run)
+        say(args, f"reading {args.run}")
+        run = load(args.run)
+        if predictions and run.predictions is None:
+            raise AttnmapError("this run file has no predictions; capture it with "
+                               "`attnmap capture --predictions`")
+        return run
     if text is None:
         raise AttnmapError("no text given; pass TEXT, --file PATH, --run FILE, or pipe text in")
+    top_k = int(getattr(args, "top_k", 5))
+    if predictions and top_k < 1:
+        raise AttnmapError(f"--top must be at least 1 (not {top_k})")
     from .capture import capture
 
     t0 = time.perf_counter()
     run = capture(text, args.model, target=args.target, truncate=args.truncate,
                   trust_remote_code=args.trust_remote_code, progress=not args.quiet,
-                  store=getattr(args, "store", "auto"),
-                  predictions=getattr(args, "predictions", False))
-    _say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
-         f"heads in {time.perf_counter() - t0:.1f}s")
+                  store=getattr(args, "store", "auto"), predictions=predictions, top_k=top_k)
+    say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
+        f"heads in {time.perf_counter() - t0:.1f}s")
     return run
 
 
@@ -147,7 +152,7 @@ def _render(args: argparse.Namespace) -> int:
                            values=args.values, scale=args.scale, cmap=args.cmap,
                            predictions=True if args.predictions else None)
     plot.save_figure(fig, args.output, dpi=args.dpi)
-    _say(args, f"wrote {args.output}")
+    say(args, f"wrote {args.output}")
     return 0
 
 
@@ -157,7 +162,7 @@ def _capture(args: argparse.Namespace) -> int:
     check_writable(args.output)
     run = obtain_run(args)
     run.save(args.output, dtype=args.dtype)
-    _say(args, f"wrote {args.output}")
+    say(args, f"wrote {args.output}")
     return 0
 
 

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say(args: argparse.Namespace, msg: str) -> None:
+    """A progress line on stderr, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        print(f"attnmap: {msg}", file=sys.stderr, flush=True)
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options every command has."""
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -101,15 +107,16 @@ def read_text(args: argparse.Namespace) -> str | None:
                 f"--file {path!r} is not UTF-8 text (bad byte at position {exc.start}); "
                 "convert it with `iconv -t UTF-8`"
             ) from None
-    if text == "-" or (text is None and not sys.stdin.isatty() and getattr(
-            args, "_text_required", True)):
+    implicit_stdin = (text is None and not getattr(args, "run", None)
+                      and getattr(args, "_text_required", True) and not sys.stdin.isatty())
+    if text == "-" or implicit_stdin:
         try:
             return sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as exc:
             raise AttnmapError(
                 f"standard input is not UTF-8 text (bad byte at position {exc.start})"
             ) from None
-    if text is None and getattr(args, "_text_required", True):
+    if text is None and getattr(args, "_text_required", True) and not getattr(args, "run", None):
         raise AttnmapError("no text given; pass TEXT, --file PATH, or pipe text to stdin")
     return text
 

@@ -16,7 +16,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 TEXT = "The cat that sat on the mat was black."
 
 
-def cli(*args, stdin=None, cwd=None):
+def cli(*args, stdin=b"", cwd=None):
+    # Standard input is an empty pipe by default, as under CI: never a terminal.
     return subprocess.run([sys.executable, "-m", "attnmap", *map(str, args)], input=stdin,
                           capture_output=True, env=ENV, cwd=cwd, timeout=300)
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from ..cli import add_common, add_model_options, add_text_input, read_text
+from ..cli import add_common, add_model_options, add_text_input, say
 
 
 def _head(value: str) -> int | str:
@@ -47,48 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", action="store_true",
                    help="also record the model's predictions and show them beside the rows "
                    "(top-1 and its probability; click a row for the top-k)")
-    p.add_argument("--top", type=int, default=5, metavar="K",
+    p.add_argument("--top", dest="top_k", type=int, default=5, metavar="K",
                    help="predictions per position with --predictions (default 5)")
     add_common(p)
     p.set_defaults(func=handle)
 
 
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not args.quiet:
-        print(f"attnmap: {msg}", file=sys.stderr, flush=True)
-
-
 def handle(args: argparse.Namespace) -> int:
-    from .._errors import AttnmapError
+    from .._cmd_core import obtain_run
     from .._io import check_writable
 
     t0 = time.perf_counter()
     out = check_writable(args.output)  # fail before the slow part
-    if args.run is not None:
-        if args.text is not None or args.file is not None:
-            raise AttnmapError("give either text (TEXT / --file) or --run PATH, not both")
-        if args.predictions:
-            raise AttnmapError("--predictions runs the model; a run file shows the predictions "
-                               "it was captured with (attnmap capture --predictions)")
-        if args.model is not None or args.target is not None:
-            raise AttnmapError("--model and --target do not apply to --run; the run file "
-                               "already holds the model's attention")
-        from ..run import load
-
-        _say(args, f"reading {args.run}")
-        run = load(args.run)
-    else:
-        text = read_text(args)
-        if args.top < 1:
-            raise AttnmapError(f"--top must be at least 1 (not {args.top})")
-        from ..capture import capture, get_model
-
-        _say(args, f"loading model {args.model or 'all-MiniLM-L6-v2 (bundled)'}")
-        loaded = get_model(args.model, trust_remote_code=args.trust_remote_code,
-                           progress=not args.quiet)
-        _say(args, "running the model")
-        pred = {"predictions": True, "top_k": args.top} if args.predictions else {}
-        run = capture(text, model=loaded, target=args.target, truncate=args.truncate, **pred)
+    run = obtain_run(args)
     options = {
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
         "view": args.view, "ignore_first": args.ignore_first or None,
@@ -96,9 +66,9 @@ def handle(args: argparse.Namespace) -> int:
     from .html import to_html
 
     shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
-    _say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
+    say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
     html = to_html(run, out, **{k: v for k, v in options.items() if v is not None})
     size = len(html.encode("utf-8"))
-    _say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     print(out)
     return 0
