@@ -91,8 +91,7 @@ def obtain_run(args: argparse.Namespace) -> Any:
                                "already holds the model's attention")
         from .run import load
 
-        say(args, f"reading {args.run}")
-        run = load(args.run)
+        run = load(args.run)  # quick: no progress line, so an error stays the only line
         if predictions and run.predictions is None:
             raise AttnmapError("this run file has no predictions; capture it with "
                                "`attnmap capture --predictions`")
