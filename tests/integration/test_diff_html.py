@@ -11,8 +11,8 @@ import numpy as np
 
 import attnmap
 from attnmap.diff import compare
-from attnmap.viewer import decode
-from attnmap.viewer.html import B85
+
+from .test_html_cli import payload_of
 
 A = "The keys to the cabinet are on the table."
 B = "The key to the cabinets is on the table."
@@ -24,16 +24,7 @@ def cli(*args):
 
 
 def payload(html: str, ident: str) -> dict:
-    m = re.search(rf'id="{ident}" data-length="(\d+)">\s*([^<]*?)\s*</script>', html)
-    assert m, f"no {ident} element"
-    text, length = m.group(2), int(m.group(1))
-    out = bytearray()
-    for g in range(0, len(text), 5):
-        v = 0
-        for ch in text[g : g + 5]:
-            v = v * 85 + B85.index(ch)
-        out += v.to_bytes(4, "big")
-    return decode(bytes(out[:length]))
+    return payload_of(html, ident)
 
 
 def test_diff_html_page(tmp_path, gpt2_dir):

@@ -18,9 +18,10 @@ def attnmap_cli(*args, stdin=None):
                           capture_output=True, text=True, timeout=300)
 
 
-def payload_of(html: str) -> dict:
-    m = re.search(r'id="attnmap-payload" data-length="(\d+)">\s*([^<]*?)\s*</script>', html)
-    assert m, "no payload element"
+def payload_of(html: str, ident: str = "attnmap-payload") -> dict:
+    """Decode the base-85 payload that a standalone page embeds in element `ident`."""
+    m = re.search(rf'id="{ident}" data-length="(\d+)">\s*([^<]*?)\s*</script>', html)
+    assert m, f"no {ident} element"
     text, length = m.group(2), int(m.group(1))
     out = bytearray()
     for g in range(0, len(text), 5):
