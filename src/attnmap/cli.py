@@ -108,9 +108,12 @@ def read_text(args: argparse.Namespace) -> str | None:
                 "convert it with `iconv -t UTF-8`"
             ) from None
     implicit_stdin = (text is None and not getattr(args, "run", None)
-                      and getattr(args, "_text_required", True) and not sys.stdin.isatty())
+                      and getattr(args, "_text_required", True) and sys.stdin is not None
+                      and not sys.stdin.isatty())
     if text == "-" or implicit_stdin:
         try:
+            if sys.stdin is None:  # started with standard input closed
+                raise AttnmapError("no text given; pass TEXT or --file PATH")
             return sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as exc:
             raise AttnmapError(
