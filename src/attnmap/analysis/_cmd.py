@@ -22,24 +22,24 @@ _TITLES = {"self": "self", "previous_token": "prev", "first_token": "first",
            "special": "special"}
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number (not {value!r})") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more (not {n})")
-    return n
+def _at_least(low: int) -> Any:
+    """An argparse type: a whole number no smaller than `low`."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number (not {value!r})") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more (not {n})")
+        return n
+
+    return parse
 
 
-def _natural(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number (not {value!r})") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (not {n})")
-    return n
+_positive = _at_least(1)
+_natural = _at_least(0)
 
 
 def _source(p: argparse.ArgumentParser) -> None:
