@@ -1,10 +1,18 @@
-"""Long inputs: keep each layer's queries and keys, compute a head's pattern when asked.
+"""Record what each attention layer really did: its mask and, for long inputs, its queries and keys.
 
-At 4,096 tokens a 12-layer × 12-head model has 2.4 billion attention weights (9.7 GB as
-float32). Queries and keys for the same run take 0.15 GB, and one layer's pattern is computed
-from them in well under a second. Capture installs an attention function that records
-``query``/``key`` (after rotary embeddings, before grouped keys are repeated) and the layer's
-mask, and returns no weights, so transformers never holds them all at once.
+transformers builds the right mask for every layer (causal, sliding window, chunked, local,
+bidirectional) and hands it to the attention function together with the layer's options
+(scaling, soft-capping, sink logits). attnmap registers two attention functions through
+transformers' ``AttentionInterface`` and reads all of that from the call itself instead of
+re-deriving it from the config:
+
+* ``attnmap_eager`` records the mask each layer used and then runs the model's own eager
+  attention, so the weights are exactly what ``output_attentions`` returns;
+* ``attnmap_qk`` (long inputs) records queries (after rotary embeddings), keys (before
+  grouped keys are repeated), the mask and the options, computes the layer's output without
+  keeping the weights, and returns none. A layer's weights are computed from queries and keys
+  when they are read (:class:`QKLayers`): at 4,096 tokens a 12 × 12 model has 2.4 billion
+  weights (9.7 GB as float32), its queries and keys 0.15 GB.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import numpy as np
 
 from ._errors import AttnmapError
 
-IMPL_NAME = "attnmap_qk"
+EAGER_IMPL = "attnmap_eager"
+QK_IMPL = "attnmap_qk"
+IMPL_NAME = QK_IMPL  # older name
 _STATE = threading.local()
 _registered = False
 
@@ -27,11 +37,24 @@ class QKLayers(Sequence[np.ndarray]):
     """A sequence of layers ``[head, query, key]`` computed on demand from queries and keys."""
 
     def __init__(self, q: list[np.ndarray], k: list[np.ndarray], scaling: list[float],
-                 masked: np.ndarray) -> None:
+                 masks: Sequence[np.ndarray] | np.ndarray, *,
+                 softcap: Sequence[float | None] | float | None = None,
+                 sinks: list[np.ndarray] | None = None) -> None:
         self.q = q  # each [head, query, dim]
         self.k = k  # each [kv_head, key, dim] (grouped-query models share keys across heads)
-        self.scaling = scaling
-        self.masked = masked  # [query, key] bool
+        self.scaling = [float(s) for s in scaling]
+        if isinstance(masks, np.ndarray) and masks.ndim == 2:
+            masks = [masks] * len(q)
+        self.masks = list(masks)  # each [query, key] bool, per layer
+        if softcap is None or isinstance(softcap, (int, float)):
+            softcap = [softcap] * len(q)
+        self.softcap = [None if c is None else float(c) for c in softcap]
+        self.sinks = sinks  # each [head] float32: a sink logit per head (gpt-oss), or None
+
+    @property
+    def masked(self) -> np.ndarray:
+        """The first layer's mask (older name; ask the stack for a layer's mask)."""
+        return self.masks[0]
 
     def __len__(self) -> int:
         return len(self.q)
@@ -51,9 +74,12 @@ class QKLayers(Sequence[np.ndarray]):
             yield self.compute(i)
 
     def compute(self, layer: int, heads: Sequence[int] | None = None) -> np.ndarray:
-        """Softmax(q kᵀ · scaling) with masked keys excluded → ``[head, query, key]`` float32."""
+        """softmax(q kᵀ · scaling) over the keys the layer's mask allows, with the layer's
+        soft-capping and sink logit → ``[head, query, key]`` float32."""
         q, k = self.q[layer], self.k[layer]
         rep = q.shape[0] // k.shape[0]
+        masked = self.masks[layer]
+        cap = self.softcap[layer]
         idx = range(q.shape[0]) if heads is None else heads
         out = np.empty((len(idx), q.shape[1], k.shape[1]), dtype=np.float32)
         for o, h in enumerate(idx):
@@ -61,53 +87,166 @@ class QKLayers(Sequence[np.ndarray]):
             np.matmul(q[h].astype(np.float32, copy=False),
                       k[h // rep].astype(np.float32, copy=False).T, out=s)
             s *= np.float32(self.scaling[layer])
-            s[self.masked] = -np.inf
-            s -= s.max(axis=-1, keepdims=True)
+            if cap is not None:
+                s /= np.float32(cap)
+                np.tanh(s, out=s)
+                s *= np.float32(cap)
+            s[masked] = -np.inf
+            top = s.max(axis=-1, keepdims=True)  # [query, 1]
+            sink = None
+            if self.sinks is not None:
+                sink = np.float32(self.sinks[layer][h])
+                top = np.maximum(top, sink)
+            top[~np.isfinite(top)] = 0.0  # a row with every key masked stays all 0
+            s -= top
             np.exp(s, out=s)
-            s /= s.sum(axis=-1, keepdims=True)
+            total = s.sum(axis=-1, keepdims=True)
+            if sink is not None:
+                total += np.exp(sink - top)
+            total[total == 0] = 1.0
+            s /= total
         return out
 
 
-def _record(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-            scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> Any:
+# --- recording ------------------------------------------------------------------------------
+
+class _Recording:
+    """What one forward pass left behind, call by call."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode  # "eager" (weights come back) or "qk"
+        self.masks: list[np.ndarray | None] = []  # per call: [query, key] bool, None = none
+        self.q: list[np.ndarray] = []
+        self.k: list[np.ndarray] = []
+        self.scaling: list[float] = []
+        self.softcap: list[float | None] = []
+        self.sinks: list[np.ndarray | None] = []
+        self._seen: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
+
+    def mask_of(self, module: Any, attention_mask: Any, nq: int, nk: int) -> np.ndarray:
+        """The cells this call hid ``[query, key]`` (True = hidden), read by dtype: a bool
+        mask hides False, a float mask hides what is pushed to the dtype's minimum."""
+        import torch
+
+        if attention_mask is None:
+            # what SDPA does with no mask: causal when the module says so
+            causal = nq > 1 and bool(getattr(module, "is_causal", False))
+            key = (0, int(causal), (nq, nk))
+            if key not in self._seen:
+                self._seen[key] = (np.triu(np.ones((nq, nk), bool), 1 + nk - nq) if causal
+                                   else np.zeros((nq, nk), bool))
+            return self._seen[key]
+        m = attention_mask
+        key = (id(m), m.data_ptr() if hasattr(m, "data_ptr") else 0, (nq, nk))
+        if key in self._seen:
+            return self._seen[key]
+        m = m[0, 0] if m.dim() == 4 else m[0] if m.dim() == 3 else m
+        m = m[-nq:, :nk]
+        if m.dtype == torch.bool:
+            hidden = ~m
+        else:
+            hidden = m <= torch.finfo(m.dtype).min / 2  # -inf or the dtype's minimum
+        out = hidden.cpu().numpy().astype(bool, copy=False)
+        self._seen[key] = out
+        return out
+
+
+def _eager_default(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                   scaling: float, softcap: float | None, sinks: Any,
+                   want_weights: bool) -> tuple[Any, Any]:
+    """Plain attention, one head at a time so the peak stays one ``[query, key]`` matrix."""
     import torch
 
-    rec = getattr(_STATE, "record", None)
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None or getattr(
-            module, "sinks", None) is not None:
-        raise AttnmapError(
-            "this model's attention has soft-capping or sink logits, which the long-input "
-            "mode does not reproduce; use a shorter text (store='weights')"
-        )
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
     rep = query.shape[1] // key.shape[1]
-    k_full = key.repeat_interleave(rep, dim=1) if rep > 1 else key
-    v_full = value.repeat_interleave(rep, dim=1) if rep > 1 else value
     out = torch.empty_like(query)  # [batch, head, query, dim]
-    for h in range(query.shape[1]):  # one head at a time keeps the peak to one [q, k] matrix
-        w = torch.matmul(query[:, h], k_full[:, h].transpose(-1, -2))  # [batch, query, key]
-        w.mul_(scaling)
+    weights = (torch.empty(query.shape[0], query.shape[1], query.shape[2], key.shape[2],
+                           dtype=query.dtype, device=query.device) if want_weights else None)
+    for h in range(query.shape[1]):
+        w = torch.matmul(query[:, h], key[:, h // rep].transpose(-1, -2)).float()
+        w.mul_(scaling)  # [batch, query, key]
+        if softcap is not None:
+            w.div_(softcap).tanh_().mul_(softcap)
         if attention_mask is not None:
-            w.add_(attention_mask[:, 0, :, : w.shape[-1]])
-        # softmax in place: no second [query, key] matrix
-        w.sub_(w.amax(dim=-1, keepdim=True)).exp_()
-        w.div_(w.sum(dim=-1, keepdim=True))
-        out[:, h] = torch.matmul(w.to(value.dtype), v_full[:, h])
+            am = attention_mask[:, 0, :, : w.shape[-1]]
+            if am.dtype == torch.bool:
+                w.masked_fill_(~am, float("-inf"))
+            else:
+                w.add_(am.float())
+        if sinks is not None:
+            sink = sinks[h].float().reshape(1, 1, 1).expand(w.shape[0], w.shape[1], 1)
+            w = torch.softmax(torch.cat([w, sink], dim=-1), dim=-1)[..., :-1]
+        else:
+            w = torch.softmax(w, dim=-1)
+        w = w.to(value.dtype)
+        out[:, h] = torch.matmul(w, value[:, h // rep])
+        if weights is not None:
+            weights[:, h] = w
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def _own_eager(module: Any) -> Any:
+    """The eager attention function of the module's own modelling file, if it has one."""
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+def _eager_record(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                  *args: Any, **kwargs: Any) -> Any:
+    rec: _Recording | None = getattr(_STATE, "record", None)
     if rec is not None:
-        if attention_mask is not None:
-            seen = attention_mask[0, 0, :, : key.shape[2]] < -1e30  # [query, key] bool
-            if not torch.equal(seen, _STATE.expected):
-                _STATE.mask_mismatch = True
-        rec.append((query[0].detach().float().cpu().numpy(),
-                    key[0].detach().float().cpu().numpy(), float(scaling)))
-    return out.transpose(1, 2).contiguous(), None
+        rec.masks.append(rec.mask_of(module, attention_mask, query.shape[2], key.shape[2]))
+    own = _own_eager(module)
+    if own is not None:
+        return own(module, query, key, value, attention_mask, *args, **kwargs)
+    scaling = kwargs.get("scaling")
+    if scaling is None:
+        scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+    return _eager_default(module, query, key, value, attention_mask, float(scaling),
+                          kwargs.get("softcap"), getattr(module, "sinks", None), True)
+
+
+def _qk_record(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+               scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> Any:
+    import torch
+
+    rec: _Recording | None = getattr(_STATE, "record", None)
+    if scaling is None:
+        scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+    softcap = kwargs.get("softcap")
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = getattr(module, "sinks", None)
+    if softcap is None and sinks is None:
+        mask = attention_mask
+        is_causal = False
+        if mask is None:
+            is_causal = query.shape[2] > 1 and bool(getattr(module, "is_causal", False))
+        elif mask.dtype != torch.bool:
+            mask = mask.to(query.dtype)
+        else:
+            mask = mask[:, :, :, : key.shape[2]]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, is_causal=is_causal, scale=float(scaling),
+            enable_gqa=query.shape[1] != key.shape[1])
+        out = out.transpose(1, 2).contiguous()
+    else:
+        out, _ = _eager_default(module, query, key, value, attention_mask, float(scaling),
+                                softcap, sinks, False)
+    if rec is not None:
+        rec.masks.append(rec.mask_of(module, attention_mask, query.shape[2], key.shape[2]))
+        rec.q.append(query[0].detach().float().cpu().numpy())
+        rec.k.append(key[0].detach().float().cpu().numpy())
+        rec.scaling.append(float(scaling))
+        rec.softcap.append(None if softcap is None else float(softcap))
+        rec.sinks.append(None if sinks is None else
+                         sinks.detach().float().reshape(-1).cpu().numpy())
+    return out, None
 
 
 def _release_freed_memory(setup: bool) -> None:
     """glibc keeps freed blocks of a few MB in its heaps, so a long forward leaves the process
     holding gigabytes it no longer uses. Serving big blocks from mmap (returned to the system
-    on free) and trimming afterwards keeps the peak near what is really live."""
+    on free) during the forward, and trimming afterwards, keeps the peak near what is live;
+    the default threshold is restored after."""
     import ctypes
     import ctypes.util
 
@@ -120,59 +259,82 @@ def _release_freed_memory(setup: bool) -> None:
             libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks of 1 MiB and up via mmap
         else:
             libc.malloc_trim(0)
+            libc.mallopt(-3, 128 * 1024)  # glibc's default threshold
     except (OSError, AttributeError):  # not glibc (musl, say): nothing to tune
         pass
 
 
 def register() -> None:
-    """Make ``attn_implementation="attnmap_qk"`` known to transformers (once)."""
+    """Make both attention functions known to transformers (once)."""
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-    AttentionInterface.register(IMPL_NAME, _record)
-    AttentionMaskInterface.register(IMPL_NAME, eager_mask)
+    AttentionInterface.register(EAGER_IMPL, _eager_record)
+    AttentionMaskInterface.register(EAGER_IMPL, eager_mask)
+    AttentionInterface.register(QK_IMPL, _qk_record)
+    AttentionMaskInterface.register(QK_IMPL, sdpa_mask)
     _registered = True
 
 
-def forward_qk(model: Any, input_ids: Any, causal: bool, *, logits: bool = False
-               ) -> tuple[QKLayers, Any]:
-    """Run `model` once, recording queries and keys instead of attention weights; also
-    return the logits when asked (else None)."""
-    import torch
+class recording:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Run `model` with one of attnmap's attention functions and collect what each call did.
 
-    register()
-    n = int(input_ids.shape[1])
-    expected = np.triu(np.ones((n, n), bool), 1) if causal else np.zeros((n, n), bool)
-    before = model.config._attn_implementation
-    _STATE.record = []
-    _STATE.expected = torch.from_numpy(expected)
-    _STATE.mask_mismatch = False
-    # The bare transformer (no LM head): logits over a 50k vocabulary at 4k tokens would
-    # cost more memory than all the queries and keys together.
-    body = model if logits else getattr(model, "base_model", model)
-    _release_freed_memory(setup=True)
-    try:
-        model.set_attn_implementation(IMPL_NAME)
-        with torch.no_grad():
-            out = body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-        rec = _STATE.record
-        mismatch = _STATE.mask_mismatch
-    finally:
-        _STATE.record = _STATE.expected = None
-        model.set_attn_implementation(before)
-        _release_freed_memory(setup=False)
-    if not rec:
-        raise AttnmapError(
-            "this model does not route attention through transformers' attention interface; "
-            "the long-input mode cannot capture it (use a shorter text)"
-        )
-    if mismatch:
-        raise AttnmapError(
-            "this model masks attention in a way the long-input mode does not reproduce "
-            "(sliding windows?); use a shorter text"
-        )
-    layers = QKLayers([r[0] for r in rec], [r[1] for r in rec], [r[2] for r in rec], expected)
-    return layers, (out.logits if logits else None)
+    ``with recording(model, "eager") as rec: model(...)`` — afterwards ``rec.masks`` holds the
+    mask of every attention call in order (and, in ``"qk"`` mode, queries, keys …). The
+    model's own attention setting is restored, whatever happens.
+    """
+
+    def __init__(self, model: Any, mode: str) -> None:
+        self.model = model
+        self.mode = mode
+        self.rec = _Recording(mode)
+
+    def __enter__(self) -> _Recording:
+        register()
+        self.before = getattr(self.model.config, "_attn_implementation", None)
+        _STATE.record = self.rec
+        if self.mode == "qk":
+            _release_freed_memory(setup=True)
+        try:
+            self.model.set_attn_implementation(EAGER_IMPL if self.mode == "eager" else QK_IMPL)
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            _STATE.record = None
+            self.failed = exc
+            raise _Unsupported(str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                               ) from exc
+        return self.rec
+
+    def __exit__(self, *exc: Any) -> None:
+        _STATE.record = None
+        try:
+            if self.before is not None:
+                self.model.set_attn_implementation(self.before)
+        finally:
+            if self.mode == "qk":
+                _release_freed_memory(setup=False)
+
+
+class _Unsupported(Exception):
+    """The model cannot switch to attnmap's attention functions."""
+
+
+def qk_layers(rec: _Recording) -> QKLayers:
+    """The recorded queries and keys as lazily computed layers."""
+    sinks = rec.sinks if any(s is not None for s in rec.sinks) else None
+    if sinks is not None:
+        sinks = [s if s is not None else np.full(q.shape[0], -np.inf, np.float32)
+                 for s, q in zip(sinks, rec.q)]
+    masks = [m if m is not None else np.zeros((q.shape[1], k.shape[1]), bool)
+             for m, q, k in zip(rec.masks, rec.q, rec.k)]
+    return QKLayers(rec.q, rec.k, rec.scaling, masks, softcap=rec.softcap, sinks=sinks)
+
+
+def bypass_error(model_name: str, cls: str, weights_limit: int) -> AttnmapError:
+    return AttnmapError(
+        f"model {model_name!r} ({cls}) computes attention outside transformers' attention "
+        "interface (ALiBi or relative positions, say), so the long-input mode (store='qk') "
+        f"cannot capture it; --store weights works up to {weights_limit:,} tokens"
+    )

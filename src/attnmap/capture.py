@@ -18,15 +18,23 @@ WEIGHTS_BUDGET = 1 << 30
 _CACHE: dict[tuple[str, bool], Any] = {}
 
 
-def get_model(model: Any = None, *, trust_remote_code: bool = False, progress: bool = False):
-    """A loaded model, kept for reuse in this process (the Python API calls capture often)."""
-    from .models import Loaded, load, resolve
+def get_model(model: Any = None, *, tokenizer: Any = None, trust_remote_code: bool = False,
+              progress: bool = False, device: str | None = "auto",
+              torch_dtype: str | None = "auto", device_map: str | None = None) -> Any:
+    """A loaded model, kept for reuse in this process (the Python API calls capture often).
+
+    `model` may also be a model already in memory (with its `tokenizer`) or a pipeline."""
+    from .models import Loaded, from_object, load, resolve
 
     if isinstance(model, Loaded):
         return model
-    key = (resolve(model)[1], trust_remote_code)
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        return from_object(model, tokenizer)
+    key = (resolve(model)[1], trust_remote_code, device or "auto", str(torch_dtype or "auto"),
+           device_map)
     if key not in _CACHE:
-        _CACHE[key] = load(model, trust_remote_code=trust_remote_code, progress=progress)
+        _CACHE[key] = load(model, trust_remote_code=trust_remote_code, progress=progress,
+                           device=device, torch_dtype=torch_dtype, device_map=device_map)
     return _CACHE[key]
 
 
@@ -40,81 +48,194 @@ def check_text(text: Any, what: str = "text") -> str:
     return text
 
 
+def weights_limit(info: dict[str, Any], budget: int = WEIGHTS_BUDGET) -> int:
+    """The longest input whose float32 weights fit `budget` bytes."""
+    per = 4 * int(info.get("layers") or 1) * int(info.get("heads") or 1)
+    return int((budget / per) ** 0.5)
+
+
 def capture(
-    text: str,
+    text: str | list[dict[str, str]],
     model: str | os.PathLike[str] | Any | None = None,
     *,
+    tokenizer: Any = None,
     target: str | None = None,
     max_new_tokens: int = 20,
     truncate: bool = False,
+    special_tokens: bool = True,
     trust_remote_code: bool = False,
     progress: bool = False,
     store: str = "auto",
     predictions: bool = False,
     top_k: int = 5,
+    device: str | None = "auto",
+    torch_dtype: str | None = "auto",
+    device_map: str | None = None,
 ) -> AttentionRun:
     """Run `model` on `text` once and return every layer's and head's attention.
 
-    `model` is a hub id, a local directory, a :class:`attnmap.models.Loaded`, or None for the
-    bundled all-MiniLM-L6-v2. For encoder-decoders the decoder reads `target`, or the model's
-    own greedy continuation (up to `max_new_tokens`) when none is given.
+    `text` is a string, or a list of chat messages (``{"role": …, "content": …}``) that go
+    through the tokenizer's own chat template (the ids are exactly what
+    ``apply_chat_template`` gives; each token records its message and role).
+
+    `model` is a hub id, a local directory, a model already in memory (pass its `tokenizer`
+    too; a transformers pipeline carries its own), or None for the bundled all-MiniLM-L6-v2.
+    For encoder-decoders the decoder reads `target`, or the model's own greedy continuation
+    (up to `max_new_tokens`) when none is given. `special_tokens=False` leaves out the
+    tokenizer's BOS/EOS/[CLS]… around plain text.
+
+    Every layer's mask is the one the model really used (causal, sliding window, chunk …):
+    ``run.mask(layer)``.
 
     `store` is ``"weights"`` (every layer's weights, as transformers returns them),
     ``"qk"`` (queries and keys; each layer's weights are computed when read, for long
     inputs) or ``"auto"``: weights unless they would pass ``WEIGHTS_BUDGET`` bytes.
 
+    `device` (auto, cpu, cuda, mps), `torch_dtype` (auto: float32 on the CPU, the checkpoint's
+    dtype on a GPU; float32, bfloat16, float16) and `device_map` ("auto", with accelerate)
+    choose where a model loaded here runs; a model in memory runs where it is.
+
     With `predictions`, the run also records what the model predicted at each position
     (``run.extra["predictions"]``, see :mod:`attnmap.predict`), top `top_k` each.
     """
-    check_text(text)
-    loaded = get_model(model, trust_remote_code=trust_remote_code, progress=progress)
+    if store not in ("auto", "weights", "qk"):
+        raise AttnmapError(f"store must be auto, weights or qk (not {store!r})")
+    messages = None
+    if isinstance(text, list):
+        from ._chat import check_messages
+
+        messages = check_messages(text)
+    else:
+        check_text(text)
+    loaded = get_model(model, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                       progress=progress, device=device, torch_dtype=torch_dtype,
+                       device_map=device_map)
     import torch
 
     tok = loaded.tokenizer
     info = loaded.info
-    enc = _encode(tok, text, info, truncate=truncate)
-    ids = enc["input_ids"]
-    tokens = make_tokens(tok, ids, enc.get("offset_mapping"))
-    input_ids = torch.tensor([ids])
-    if store not in ("auto", "weights", "qk"):
-        raise AttnmapError(f"store must be auto, weights or qk (not {store!r})")
+    extra: dict[str, Any] = {}
+    if messages is not None:
+        text, ids, tokens = _encode_chat(tok, messages, info, truncate=truncate)
+        extra["messages"] = messages
+    else:
+        enc = _encode(tok, text, info, truncate=truncate, special_tokens=special_tokens)
+        ids = enc["input_ids"]
+        tokens = make_tokens(tok, ids, enc.get("offset_mapping"))
+    dev = _input_device(loaded.model)
+    input_ids = torch.tensor([ids], device=dev)
     if info["architecture"] == "encoder-decoder":
         if store == "qk":
             raise AttnmapError("store='qk' is for encoder-only and decoder-only models")
         run = _capture_seq2seq(loaded, text, tokens, input_ids, target, max_new_tokens,
                                predictions=predictions, top_k=top_k)
+        run.extra.update(extra)
         return run
+    if target is not None:
+        warnings.warn(f"target is for encoder-decoder models; {info['id']!r} is "
+                      f"{info['architecture']}-only, so it was not used", AttnmapWarning,
+                      stacklevel=2)
     if predictions:
         _check_lm_head(loaded)
     n = len(ids)
     weight_bytes = 4 * n * n * int(info.get("layers") or 1) * int(info.get("heads") or 1)
     if store == "qk" or (store == "auto" and weight_bytes > WEIGHTS_BUDGET):
-        from ._qk import forward_qk
-
-        layers, logits = forward_qk(loaded.model, input_ids, bool(info["causal"]),
-                                    logits=predictions)
-        stacks = {"self": AttentionStack("self", layers, layers.masked)}
-        run = AttentionRun(text=text, tokens=tokens, stacks=stacks, model=dict(info))
+        stack, logits = _capture_qk(loaded, input_ids, predictions)
+        run = AttentionRun(text=text, tokens=tokens, stacks={"self": stack},
+                           model=_facts(info, stack), extra=extra)
         if predictions:
             _add_predictions(run, loaded, logits, top_k)
         return run
 
-    with torch.no_grad():
-        out = loaded.model(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            output_attentions=True,
-            return_dict=True,
-        )
-    layers = _layers(out.attentions, info)
-    masked = np.triu(np.ones((n, n), dtype=bool), k=1) if info["causal"] else np.zeros(
-        (n, n), dtype=bool
-    )
-    stacks = {"self": AttentionStack("self", layers, masked)}
-    run = AttentionRun(text=text, tokens=tokens, stacks=stacks, model=dict(info))
+    out, stack = forward_weights(loaded, input_ids)
+    run = AttentionRun(text=text, tokens=tokens, stacks={"self": stack},
+                       model=_facts(info, stack), extra=extra)
     if predictions:
         _add_predictions(run, loaded, out.logits, top_k)
     return run
+
+
+def forward_weights(loaded: Any, input_ids: Any) -> tuple[Any, AttentionStack]:
+    """One eager forward of a self-attention model: its output and the ``self`` stack, each
+    layer with the mask it used."""
+    import torch
+
+    from ._qk import _Unsupported, recording
+
+    info = loaded.info
+    kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                  output_attentions=True, return_dict=True)
+    rec = None
+    with torch.no_grad():
+        try:
+            with recording(loaded.model, "eager") as rec:
+                out = loaded.model(**kwargs)
+        except _Unsupported:  # the model computes attention its own way: run it as loaded
+            rec = None
+            out = loaded.model(**kwargs)
+    layers = _layers(out.attentions, info)
+    masks = _recorded_masks(rec, len(layers), int(input_ids.shape[1]), bool(info["causal"]))
+    return out, AttentionStack("self", layers, masks[0], masks)
+
+
+def _input_device(model: Any) -> Any:
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        try:
+            return next(model.parameters()).device
+        except StopIteration:
+            return "cpu"
+
+
+def _recorded_masks(rec: Any, n_layers: int, n: int, causal: bool) -> list[np.ndarray]:
+    """Each layer's mask as the model used it; where the model does not let attnmap see its
+    attention calls, the mask its kind implies (the causal future, or nothing)."""
+    if rec is not None and len(rec.masks) == n_layers and all(
+            m is not None and m.shape == (n, n) for m in rec.masks):
+        return list(rec.masks)
+    shared = np.triu(np.ones((n, n), dtype=bool), k=1) if causal else np.zeros((n, n), bool)
+    return [shared] * n_layers
+
+
+def _facts(info: dict[str, Any], stack: AttentionStack) -> dict[str, Any]:
+    """Model facts, with what the recorded masks show: causal or not, windowed layers."""
+    facts = dict(info)
+    masks, index = stack.distinct_masks()
+    n = masks[0].shape[0]
+    if n > 1:
+        future = np.triu(np.ones((n, n), dtype=bool), k=1)
+        facts["causal"] = all(bool(m[future].all()) for m in masks)
+        if facts["causal"] and facts.get("architecture") == "encoder":
+            facts["architecture"] = "decoder"
+    if not stack.uniform:
+        facts["layer_masks"] = index
+    return facts
+
+
+def _capture_qk(loaded: Any, input_ids: Any, predictions: bool) -> tuple[AttentionStack, Any]:
+    """Run the model once keeping queries and keys; each layer's mask comes with them."""
+    import torch
+
+    from ._qk import _Unsupported, bypass_error, qk_layers, recording
+
+    model, info = loaded.model, loaded.info
+    # The bare transformer (no LM head): logits over a 50k vocabulary at 4k tokens would
+    # cost more memory than all the queries and keys together.
+    body = model if predictions else getattr(model, "base_model", model)
+    limit = weights_limit(info)
+    try:
+        with torch.no_grad(), recording(model, "qk") as rec:
+            out = body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    except _Unsupported:
+        raise bypass_error(info["id"], type(model).__name__, limit) from None
+    n_layers = int(info.get("layers") or 0)
+    if not rec.q or (n_layers and len(rec.q) != n_layers):
+        raise bypass_error(info["id"], type(model).__name__, limit)
+    layers = qk_layers(rec)
+    stack = AttentionStack("self", layers, layers.masks[0], layers.masks)
+    layers.masks = stack.layer_masks  # the stack's deduplicated masks
+    return stack, (out.logits if predictions else None)
 
 
 def _check_lm_head(loaded: Any) -> None:
@@ -138,8 +259,29 @@ def _add_predictions(run: AttentionRun, loaded: Any, logits: Any, top_k: int) ->
         run.extra["predictions_kind"] = "masked"
 
 
-def _encode(tok: Any, text: str, info: dict[str, Any], *, truncate: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"add_special_tokens": True}
+def _encode_chat(tok: Any, messages: list[dict[str, str]], info: dict[str, Any], *,
+                 truncate: bool) -> tuple[str, list[int], list[Any]]:
+    from ._chat import encode_chat, tag_tokens
+
+    text, ids, offsets, spans = encode_chat(tok, messages)
+    limit = info.get("max_length")
+    if limit and len(ids) > limit:
+        if not truncate:
+            raise AttnmapError(
+                f"the chat is {len(ids)} tokens, longer than {info['id']}'s maximum of "
+                f"{limit}; shorten it or pass --truncate"
+            )
+        warnings.warn(f"the chat is {len(ids)} tokens; keeping the first {limit}",
+                      AttnmapWarning, stacklevel=3)
+        ids = ids[:limit]
+        offsets = offsets[:limit] if offsets is not None else None
+    tokens = tag_tokens(make_tokens(tok, ids, offsets), offsets, spans)
+    return text, ids, tokens
+
+
+def _encode(tok: Any, text: str, info: dict[str, Any], *, truncate: bool,
+            special_tokens: bool = True) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"add_special_tokens": special_tokens}
     if getattr(tok, "is_fast", False):
         kwargs["return_offsets_mapping"] = True
     enc = dict(tok(text, **kwargs))
@@ -208,7 +350,7 @@ def _capture_seq2seq(
         # Drop padding after the end of the sequence but keep the start token.
         while len(dec_ids) > 1 and pad is not None and dec_ids[-1] == pad and pad != start:
             dec_ids.pop()
-    decoder_input_ids = torch.tensor([dec_ids])
+    decoder_input_ids = torch.tensor([dec_ids], device=input_ids.device)
     with torch.no_grad():
         out = model(
             input_ids=input_ids,

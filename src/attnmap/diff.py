@@ -42,8 +42,8 @@ class Diff:
         la, ha = self.a.layer_index(layer, self.stack), self.a.head_index(head, self.stack)
         a = self.a.head(la, ha, self.stack)[np.ix_(self.ia, self.ia)]
         b = self.b.head(la, ha, self.stack)[np.ix_(self.ib, self.ib)]
-        masked = (self.a.stack(self.stack).masked[np.ix_(self.ia, self.ia)]
-                  | self.b.stack(self.stack).masked[np.ix_(self.ib, self.ib)])
+        masked = (self.a.stack(self.stack).mask(la)[np.ix_(self.ia, self.ia)]
+                  | self.b.stack(self.stack).mask(la)[np.ix_(self.ib, self.ib)])
         return a, b, a - b, masked
 
 
@@ -131,7 +131,7 @@ def compare(a: AttentionRun, b: AttentionRun, *, stack: str | None = None,
     for li in range(sa.n_layers):
         la = a.layer(li, name)[:, ia][:, :, ia]  # [head, query, key] on aligned tokens
         lb = b.layer(li, name)[:, ib][:, :, ib]
-        masked = sa.masked[np.ix_(ia, ia)] | sb.masked[np.ix_(ib, ib)]
+        masked = sa.mask(li)[np.ix_(ia, ia)] | sb.mask(li)[np.ix_(ib, ib)]  # this layer's
         keep = ~masked
         for h in range(sa.n_heads):
             diff = np.abs(la[h] - lb[h])[keep]

@@ -97,20 +97,124 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _is_causal(config: Any) -> bool:
+    """Whether the model's self-attention is causal, read from what the model is, not from the
+    class it was saved under: a base ``LlamaModel``, a ``Qwen2ForSequenceClassification`` and a
+    ``Gemma3ForConditionalGeneration`` are as causal as their language-model heads."""
     if getattr(config, "is_encoder_decoder", False):
         return False
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith(_CAUSAL_SUFFIXES) for a in archs):
+    if getattr(config, "is_decoder", False):
         return True
-    if archs:
-        return bool(getattr(config, "is_decoder", False))
     from transformers.models.auto import modeling_auto
 
-    mt = getattr(config, "model_type", "")
-    return (
-        mt in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and mt not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    ) or bool(getattr(config, "is_decoder", False))
+    causal_types = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    masked_types = modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    types = [getattr(config, "model_type", "")]
+    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text_cfg is not config:
+        types.append(getattr(text_cfg, "model_type", ""))
+    for mt in types:
+        if mt in causal_types and mt not in masked_types:
+            return True
+    archs = getattr(config, "architectures", None) or []
+    # families with both (BERT, RoBERTa …): only their causal-LM classes are causal
+    return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
+
+
+# What a model reads besides token ids, by its main input (images and audio come later).
+_NON_TEXT_INPUTS = {
+    "pixel_values": "images (pixel_values)",
+    "input_features": "audio features (input_features)",
+    "input_values": "audio (input_values)",
+}
+
+
+def check_text_model(ident: str, cls: Any) -> None:
+    """Refuse, in one line, a model that reads pixels or audio rather than token ids."""
+    main = getattr(cls, "main_input_name", "input_ids")
+    if main in _NON_TEXT_INPUTS:
+        raise AttnmapError(
+            f"model {ident!r} ({cls.__name__}) reads {_NON_TEXT_INPUTS[main]}, not text; "
+            "attnmap captures attention over text tokens — pick a text model"
+        )
+
+
+def saved_class(config: Any) -> Any:
+    """The transformers class the checkpoint was saved as, when transformers has it."""
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None and hasattr(cls, "from_pretrained"):
+            return cls
+    return None
+
+
+def is_seq2seq(model: Any) -> bool:
+    """True when the model runs an encoder and a decoder (``T5EncoderModel`` does not)."""
+    import inspect
+
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return False
+    try:
+        return "decoder_input_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def pick_device(device: str | None) -> str:
+    """``auto`` → cuda when present, else mps, else cpu; anything else is checked."""
+    import torch
+
+    device = device or "auto"
+    base = device.split(":", 1)[0]
+    if base not in DEVICES:
+        raise AttnmapError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if base == "cuda" and not torch.cuda.is_available():
+        raise AttnmapError(f"device {device!r} is not available here (no CUDA GPU); "
+                           "use --device cpu or auto")
+    if base == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise AttnmapError(f"device {device!r} is not available here (no Apple GPU); "
+                               "use --device cpu or auto")
+    return device
+
+
+def pick_dtype(torch_dtype: str | None, device: str, config: Any = None) -> Any:
+    """``auto`` → float32 on the CPU (exact row sums), the checkpoint's own dtype on a GPU."""
+    import torch
+
+    name = torch_dtype or "auto"
+    if not isinstance(name, str):
+        name = str(name).replace("torch.", "")
+    if name not in DTYPES:
+        raise AttnmapError(f"unknown dtype {torch_dtype!r}; use one of {', '.join(DTYPES)}")
+    if name == "auto":
+        if device.startswith("cpu") or config is None:
+            return torch.float32
+        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(saved, str):
+            saved = getattr(torch, saved, None)
+        return saved if isinstance(saved, torch.dtype) else torch.float32
+    dtype = getattr(torch, name)
+    try:  # the two operations attention needs, on that device
+        x = torch.ones(2, 2, dtype=dtype, device=device)
+        torch.softmax(x @ x, dim=-1)
+    except (RuntimeError, TypeError) as exc:
+        raise AttnmapError(
+            f"device {device!r} cannot compute in {name} ({str(exc).splitlines()[0][:80]}); "
+            "choose another --torch-dtype"
+        ) from None
+    return dtype
 
 
 def max_length(config: Any, tokenizer: Any) -> int | None:
@@ -138,8 +242,16 @@ def load(
     *,
     trust_remote_code: bool = False,
     progress: bool = False,
+    device: str | None = "auto",
+    torch_dtype: str | None = "auto",
+    device_map: str | None = None,
 ) -> Loaded:
-    """Load model and tokenizer with eager attention, so that weights come back."""
+    """Load model and tokenizer with eager attention, so that weights come back.
+
+    `device` is auto, cpu, cuda or mps; `torch_dtype` auto (float32 on the CPU, the
+    checkpoint's dtype on a GPU), float32, bfloat16 or float16; ``device_map="auto"`` spreads a
+    model too big for one GPU over several (needs accelerate).
+    """
     ident, source, local = resolve(model)
     t0 = time.perf_counter()
     _say(f"loading {ident} …", progress)
@@ -149,6 +261,13 @@ def load(
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        if importlib.util.find_spec("accelerate") is None:
+            raise AttnmapError("device_map needs the accelerate package; "
+                               "pip install accelerate (or leave --device-map out)")
+        dev = "auto"
+    else:
+        dev = pick_device(device)
     try:
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
@@ -164,8 +283,15 @@ def load(
             config = AutoConfig.from_pretrained(source, **kwargs)
             local_only = False
         kwargs["local_files_only"] = local_only
+        cls = saved_class(config)
+        if cls is not None:
+            check_text_model(ident, cls)
+        dtype = pick_dtype(torch_dtype, "cpu" if device_map else dev, config)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model_obj = _load_model(source, config, kwargs)
+        load_kwargs = dict(kwargs, dtype=dtype)
+        if device_map is not None:
+            load_kwargs["device_map"] = device_map
+        model_obj = _load_model(source, config, load_kwargs)
     except AttnmapError:
         raise
     except ValueError as exc:
@@ -182,28 +308,67 @@ def load(
             f"cannot load model {ident!r} ({msg}); check the hub id or pass a local directory "
             "with --model PATH"
         ) from exc
+    check_text_model(ident, type(model_obj))
     model_obj.eval()
+    if device_map is None and dev != "cpu":
+        model_obj.to(dev)
+    info = model_facts(model_obj, tokenizer, ident)
+    _say(f"loaded {ident} in {time.perf_counter() - t0:.1f}s", progress)
+    return Loaded(id=ident, source=source, model=model_obj, tokenizer=tokenizer, info=info)
+
+
+def model_facts(model_obj: Any, tokenizer: Any, ident: str) -> dict[str, Any]:
+    """The facts a run records about its model."""
     cfg = model_obj.config
-    enc_dec = bool(getattr(cfg, "is_encoder_decoder", False))
-    causal = _is_causal(cfg)
+    enc_dec = is_seq2seq(model_obj)
+    causal = _is_causal(cfg) and not enc_dec
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     n_layers = getattr(text_cfg, "num_hidden_layers", None) or getattr(text_cfg, "n_layer", None)
     n_heads = getattr(text_cfg, "num_attention_heads", None) or getattr(text_cfg, "n_head", None)
-    info = {
+    try:
+        param = next(model_obj.parameters())
+        dtype, device = str(param.dtype).replace("torch.", ""), str(param.device)
+    except (StopIteration, AttributeError):
+        dtype = device = None
+    return {
         "id": ident,
         "architecture": "encoder-decoder" if enc_dec else ("decoder" if causal else "encoder"),
         "model_type": getattr(cfg, "model_type", None),
         "class": type(model_obj).__name__,
         "layers": n_layers,
-        "decoder_layers": getattr(text_cfg, "decoder_layers", None)
-        or getattr(text_cfg, "num_decoder_layers", None),
+        "decoder_layers": (getattr(text_cfg, "decoder_layers", None)
+                           or getattr(text_cfg, "num_decoder_layers", None)) if enc_dec else None,
         "heads": n_heads,
+        "kv_heads": getattr(text_cfg, "num_key_value_heads", None),
         "causal": causal,
         "max_length": max_length(cfg, tokenizer),
         "vocab_size": getattr(text_cfg, "vocab_size", None),
+        "dtype": dtype,
+        "device": device,
     }
-    _say(f"loaded {ident} in {time.perf_counter() - t0:.1f}s", progress)
-    return Loaded(id=ident, source=source, model=model_obj, tokenizer=tokenizer, info=info)
+
+
+def from_object(model: Any, tokenizer: Any = None) -> Loaded:
+    """Wrap a model that is already in memory (a ``PreTrainedModel`` or a transformers
+    pipeline) for capture. It is used as it is: same device, same dtype."""
+    if tokenizer is None and hasattr(model, "model") and hasattr(model, "tokenizer"):
+        model, tokenizer = model.model, model.tokenizer  # a pipeline
+    if not hasattr(model, "config") or not hasattr(model, "forward"):
+        raise AttnmapError(
+            f"model must be a hub id, a directory or a transformers model (not "
+            f"{type(model).__name__})"
+        )
+    if tokenizer is None:
+        raise AttnmapError(
+            f"a model in memory ({type(model).__name__}) needs its tokenizer too: "
+            "capture(text, model=model, tokenizer=tokenizer)"
+        )
+    tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer  # a processor
+    ident = str(getattr(model.config, "name_or_path", "") or "") or type(model).__name__
+    check_text_model(ident, type(model))
+    model.eval()
+    return Loaded(id=ident, source=ident, model=model, tokenizer=tokenizer,
+                  info=model_facts(model, tokenizer, ident))
 
 
 def _load_model(source: str, config: Any, kwargs: dict[str, Any]) -> Any:
@@ -215,7 +380,12 @@ def _load_model(source: str, config: Any, kwargs: dict[str, Any]) -> Any:
     )
 
     archs = getattr(config, "architectures", None) or []
-    if getattr(config, "is_encoder_decoder", False):
+    saved = saved_class(config)
+    if saved is not None:
+        # the class it was saved as: a base model stays a base model, T5EncoderModel loads
+        # no decoder, a multimodal wrapper keeps its text model's weights where they are
+        candidates: list[Any] = [saved]
+    elif getattr(config, "is_encoder_decoder", False):
         candidates = [AutoModelForSeq2SeqLM, AutoModel]
     elif _is_causal(config):
         candidates = [AutoModelForCausalLM, AutoModel]
@@ -256,13 +426,20 @@ def describe(model: str | os.PathLike[str] | None = None, *,
                 ) from None
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
             local_only = False
+        cls = saved_class(config)
+        if cls is not None:
+            check_text_model(ident, cls)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only,
                                                   trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AttnmapError(f"cannot read model {ident!r}: {msg}") from exc
     enc_dec = bool(getattr(config, "is_encoder_decoder", False))
-    causal = _is_causal(config)
+    if enc_dec and cls is not None:
+        import inspect
+
+        enc_dec = "decoder_input_ids" in inspect.signature(cls.forward).parameters
+    causal = _is_causal(config) and not enc_dec
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     return {
         "id": ident,

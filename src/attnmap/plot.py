@@ -193,7 +193,7 @@ def heatmap(
         raise AttnmapError(f"head must be an integer or 'all' (not {head!r})")
     li = run.layer_index(layer, stack)
     matrix = head_matrix(run, li, head, stack=stack, aggregate=aggregate)
-    masked = run.stack(stack).masked
+    masked = run.stack(stack).mask(li)  # the mask this layer used
     qt, kt = run.query_tokens(stack), run.key_tokens(stack)
     nq, nk = matrix.shape
     cell = _cell_inches(nq, nk)
@@ -287,7 +287,8 @@ def grid(
     panel = 2.6
     labels = max(nq, nk) <= 24
     fig = _figure(cols * panel + 1.0, rows * (panel + (0.6 if labels else 0.25)) + 0.6)
-    vmax = max(_vmax(heads[h], st.masked, scale) for h in range(n_heads))
+    masked = st.mask(li)
+    vmax = max(_vmax(heads[h], masked, scale) for h in range(n_heads))
     img = None
     qt, kt = run.query_tokens(stack), run.key_tokens(stack)
     cell_pt = panel * 72.0 / max(nq, nk)
@@ -295,7 +296,7 @@ def grid(
         warnings.filterwarnings("ignore", message=r"Glyph .* missing")
         for h in range(n_heads):
             ax = fig.add_subplot(rows, cols, h + 1)
-            img = draw_matrix(ax, heads[h], st.masked, query_tokens=qt if labels else None,
+            img = draw_matrix(ax, heads[h], masked, query_tokens=qt if labels else None,
                               key_tokens=kt if labels else None, values=False, vmax=vmax,
                               cmap=cmap, cell_pt=cell_pt)
             ax.set_title(f"head {h}", fontsize=9)
@@ -320,10 +321,11 @@ def overview(
     img = None
     for li in range(n_layers):
         heads = run.layer(li, stack)
-        vmax = max(_vmax(heads[h], st.masked, scale) for h in range(n_heads))
+        masked = st.mask(li)
+        vmax = max(_vmax(heads[h], masked, scale) for h in range(n_heads))
         for h in range(n_heads):
             ax = fig.add_subplot(n_layers, n_heads, li * n_heads + h + 1)
-            img = draw_matrix(ax, heads[h], st.masked, values=False, vmax=vmax, cmap=cmap,
+            img = draw_matrix(ax, heads[h], masked, values=False, vmax=vmax, cmap=cmap,
                               cell_pt=1.0)
             if li == 0:
                 ax.set_title(f"h{h}", fontsize=7)

@@ -31,8 +31,9 @@ from ._qk import QKLayers
 from .tokens import Token
 
 # The newest format this version reads. Version 2 added queries/keys storage for long runs
-# and predictions; a run that uses neither is still written as version 1.
-FORMAT_VERSION = 2
+# and predictions; version 3 per-layer masks (sliding windows, alternating layer types). A run
+# that needs none of these is still written as version 1.
+FORMAT_VERSION = 3
 STACK_ORDER = ("self", "encoder", "decoder", "cross")
 # Which token sequence a stack's queries and keys come from.
 STACK_SIDES = {
@@ -43,15 +44,104 @@ STACK_SIDES = {
 }
 
 
-@dataclass
 class AttentionStack:
-    """All layers of one kind of attention (self, encoder, decoder or cross)."""
+    """All layers of one kind of attention (self, encoder, decoder or cross).
 
-    name: str
-    # each [head, query, key], float32 (or float16 when stored small); long runs hold a
-    # QKLayers that computes each layer from queries and keys when it is read
-    layers: Sequence[np.ndarray]
-    masked: np.ndarray  # [query, key] bool; True where the query cannot attend to the key
+    Each layer has the mask it really used (True where the query cannot see the key): the
+    causal future, a sliding window, a chunk … Layers of one model can differ (Gemma's
+    alternating local and global layers), so the mask is asked for per layer:
+    :meth:`mask`. ``masked`` is the one mask of a stack whose layers all share it.
+    """
+
+    def __init__(self, name: str, layers: Sequence[np.ndarray], masked: np.ndarray,
+                 layer_masks: Sequence[np.ndarray] | None = None) -> None:
+        self.name = name
+        # each [head, query, key], float32 (or float16 when stored small); long runs hold a
+        # QKLayers that computes each layer from queries and keys when it is read
+        self.layers = layers
+        shared = np.asarray(masked, dtype=bool)  # [query, key]
+        masks: list[np.ndarray] | None = None
+        if layer_masks is not None:
+            masks = [np.asarray(m, dtype=bool) for m in layer_masks]  # each [query, key]
+            if len(masks) != len(layers):
+                raise ValueError(f"{len(masks)} layer masks for {len(layers)} layers")
+            for m in masks:
+                if m.shape != shared.shape:
+                    raise ValueError(f"layer mask of shape {m.shape}, expected {shared.shape}")
+            if all(m is masks[0] or np.array_equal(m, masks[0]) for m in masks):
+                shared, masks = masks[0], None
+            else:
+                masks = _dedupe(masks)
+        self._shared = shared
+        self._layer_masks = masks
+
+    @property
+    def uniform(self) -> bool:
+        """True when every layer uses the same mask."""
+        return self._layer_masks is None
+
+    @property
+    def masked(self) -> np.ndarray:
+        """The mask ``[query, key]`` every layer shares (True = cannot attend)."""
+        if self._layer_masks is not None:
+            from ._errors import AttnmapError
+
+            raise AttnmapError(
+                f"the {self.name} layers use different masks (sliding windows, say); "
+                "ask for one layer's: run.mask(layer)"
+            )
+        return self._shared
+
+    @property
+    def layer_masks(self) -> list[np.ndarray]:
+        """One mask ``[query, key]`` per layer (layers that share one share the array)."""
+        if self._layer_masks is None:
+            return [self._shared] * len(self.layers)
+        return list(self._layer_masks)
+
+    def mask(self, layer: int) -> np.ndarray:
+        """The mask ``[query, key]`` that layer `layer` used (True = cannot attend)."""
+        if self._layer_masks is None:
+            return self._shared
+        return self._layer_masks[layer]
+
+    def masked_anywhere(self) -> np.ndarray:
+        """Cells masked in at least one layer ``[query, key]``."""
+        if self._layer_masks is None:
+            return self._shared
+        out = np.zeros_like(self._shared)
+        for m in {id(m): m for m in self._layer_masks}.values():
+            out |= m
+        return out
+
+    def masked_everywhere(self) -> np.ndarray:
+        """Cells masked in every layer ``[query, key]`` (a causal model's future)."""
+        if self._layer_masks is None:
+            return self._shared
+        out = np.ones_like(self._shared)
+        for m in {id(m): m for m in self._layer_masks}.values():
+            out &= m
+        return out
+
+    def distinct_masks(self) -> tuple[list[np.ndarray], list[int]]:
+        """The distinct masks and, per layer, the index of its mask among them."""
+        masks: list[np.ndarray] = []
+        index: list[int] = []
+        seen: dict[int, int] = {}
+        for m in self.layer_masks:
+            if id(m) not in seen:
+                seen[id(m)] = len(masks)
+                masks.append(m)
+            index.append(seen[id(m)])
+        return masks, index
+
+    def with_masks(self, fn: Any) -> list[np.ndarray] | None:
+        """``fn`` applied to each distinct layer mask (None for a uniform stack); layers that
+        shared a mask share the result."""
+        if self._layer_masks is None:
+            return None
+        done: dict[int, np.ndarray] = {}
+        return [done.setdefault(id(m), fn(m)) for m in self._layer_masks]
 
     @property
     def n_layers(self) -> int:
@@ -70,6 +160,22 @@ class AttentionStack:
     def lazy(self) -> bool:
         """True when layers are computed on demand from stored queries and keys."""
         return isinstance(self.layers, QKLayers)
+
+    def __repr__(self) -> str:
+        return f"AttentionStack({self.name!r}, shape={self.shape}, uniform_mask={self.uniform})"
+
+
+def _dedupe(masks: list[np.ndarray]) -> list[np.ndarray]:
+    """Equal masks become one array, so memory and files hold each distinct mask once."""
+    out: list[np.ndarray] = []
+    distinct: list[np.ndarray] = []
+    for m in masks:
+        same = next((d for d in distinct if d is m or np.array_equal(d, m)), None)
+        if same is None:
+            distinct.append(m)
+            same = m
+        out.append(same)
+    return out
 
 
 @dataclass
@@ -122,8 +228,14 @@ class AttentionRun:
 
     @property
     def masked(self) -> np.ndarray:
-        """The default stack's mask ``[query, key]`` (True = cannot attend)."""
+        """The default stack's mask ``[query, key]`` (True = cannot attend), for runs whose
+        layers all share one mask; otherwise ask per layer with :meth:`mask`."""
         return self.stack().masked
+
+    def mask(self, layer: int, stack: str | None = None) -> np.ndarray:
+        """The mask ``[query, key]`` that `layer` used (True = the query cannot see the key):
+        the causal future, a sliding window, a chunk, or nothing."""
+        return self.stack(stack).mask(self.layer_index(layer, stack))
 
     def query_tokens(self, stack: str | None = None) -> list[Token]:
         return self._side(STACK_SIDES[self.stack(stack).name][0])
@@ -187,14 +299,27 @@ class AttentionRun:
                 for i in range(st.n_layers):
                     tensors[f"{prefix}q.layer.{i}"] = np.ascontiguousarray(st.layers.q[i], dtype)
                     tensors[f"{prefix}k.layer.{i}"] = np.ascontiguousarray(st.layers.k[i], dtype)
+                    if st.layers.sinks is not None:
+                        tensors[f"{prefix}sinks.layer.{i}"] = np.ascontiguousarray(
+                            st.layers.sinks[i], np.float32)
             else:
                 for i, arr in enumerate(st.layers):
                     tensors[f"{prefix}layer.{i}"] = np.ascontiguousarray(arr, dtype=dtype)
-            tensors[f"{prefix}mask"] = np.ascontiguousarray(st.masked, dtype=np.uint8)
+            mask_index = None
+            if st.uniform:
+                tensors[f"{prefix}mask"] = np.ascontiguousarray(st.masked, dtype=np.uint8)
+            else:
+                version = max(version, 3)
+                masks, mask_index = st.distinct_masks()
+                for j, m in enumerate(masks):
+                    tensors[f"{prefix}mask.{j}"] = np.ascontiguousarray(m, dtype=np.uint8)
             q_side, k_side = STACK_SIDES[name]
             stacks_meta[name] = {
+                "layer_masks": mask_index,
                 "storage": "qk" if isinstance(st.layers, QKLayers) else "weights",
                 "scaling": list(st.layers.scaling) if isinstance(st.layers, QKLayers) else None,
+                "softcap": st.layers.softcap if isinstance(st.layers, QKLayers) else None,
+                "sinks": isinstance(st.layers, QKLayers) and st.layers.sinks is not None,
                 "layers": st.n_layers,
                 "heads": st.n_heads,
                 "query": q_side,
@@ -203,7 +328,7 @@ class AttentionRun:
                 "key_tokens": [t.text for t in self._side(k_side)],
             }
         if "predictions" in self.extra:
-            version = 2  # predictions came with format 2; readers of 1 would drop them
+            version = max(version, 2)  # predictions came with format 2
         for name, arr in self.extra_tensors().items():
             tensors[name] = np.ascontiguousarray(arr)
         meta: dict[str, Any] = {
@@ -301,12 +426,25 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
         qs, ks = _numbered(tensors, f"{prefix}q.layer."), _numbered(tensors, f"{prefix}k.layer.")
         if not layers and not qs:
             continue
-        mask = tensors[f"{prefix}mask"].astype(bool)
         q_side, k_side = STACK_SIDES[name]
         nq = len(target_tokens or []) if q_side == "target" else len(tokens)
         nk = len(target_tokens or []) if k_side == "target" else len(tokens)
-        if mask.shape != (nq, nk):
-            raise ValueError(f"{name} mask of shape {mask.shape} does not fit {nq}×{nk} tokens")
+        n_layers = len(qs) or len(layers)
+        smeta = (meta.get("stacks") or {}).get(name) or {}
+        index = smeta.get("layer_masks")
+        if index is None:
+            mask = tensors[f"{prefix}mask"].astype(bool)
+            layer_masks = None
+        else:
+            distinct = _numbered(tensors, f"{prefix}mask.")
+            if len(index) != n_layers or not distinct:
+                raise ValueError(f"{name}: {len(index)} layer masks for {n_layers} layers")
+            distinct = [m.astype(bool) for m in distinct]
+            layer_masks = [distinct[int(j)] for j in index]
+            mask = layer_masks[0]
+        for m in [mask, *(layer_masks or [])]:
+            if m.shape != (nq, nk):
+                raise ValueError(f"{name} mask of shape {m.shape} does not fit {nq}×{nk} tokens")
         if qs:
             scaling = meta["stacks"][name]["scaling"]
             if len(qs) != len(ks) or len(scaling) != len(qs):
@@ -315,12 +453,20 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
                 if q.ndim != 3 or k.ndim != 3 or q.shape[1] != nq or k.shape[1] != nk or (
                         q.shape[0] % k.shape[0]):
                     raise ValueError(f"{name}: queries {q.shape} / keys {k.shape} do not fit")
-            stacks[name] = AttentionStack(name, QKLayers(qs, ks, scaling, mask), mask)
+            sinks = _numbered(tensors, f"{prefix}sinks.layer.") or None
+            softcap = smeta.get("softcap")
+            if softcap is not None and (not isinstance(softcap, list) or len(softcap) != len(qs)
+                                        or any(not isinstance(c, (int, float, type(None)))
+                                               or isinstance(c, bool) for c in softcap)):
+                raise ValueError(f"{name}: softcap must be a number or null per layer")
+            qk = QKLayers(qs, ks, [float(x) for x in scaling], layer_masks or [mask] * len(qs),
+                          softcap=softcap, sinks=sinks)
+            stacks[name] = AttentionStack(name, qk, mask, layer_masks)
             continue
         for arr in layers:
             if arr.ndim != 3 or arr.shape[1:] != (nq, nk) or arr.shape[0] != layers[0].shape[0]:
                 raise ValueError(f"{name} layer of shape {arr.shape} does not fit {nq}×{nk} tokens")
-        stacks[name] = AttentionStack(name=name, layers=layers, masked=mask)
+        stacks[name] = AttentionStack(name, layers, mask, layer_masks)
     if not stacks:
         raise ValueError("no attention tensors")
     extra: dict[str, Any] = dict(meta.get("extra") or {})

@@ -27,9 +27,21 @@ class Token:
     special: bool = False  # [CLS], [SEP], <s>, </s>, <|endoftext|>, padding …
     start: int | None = None  # character offsets into the input text (None: no source span)
     end: int | None = None
+    # chat input: the message the token belongs to (index and role); template tokens are the
+    # chat template's own (role markers, turn ends), not the message's content
+    message: int | None = None
+    role: str | None = None
+    template: bool = False
+    generated: bool = False  # written by the model (attnmap.generate), not read
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        # fields added after format 1 are written only when set, so plain runs stay as before
+        for name, default in (("message", None), ("role", None), ("template", False),
+                              ("generated", False)):
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Token:
@@ -40,6 +52,10 @@ class Token:
             special=bool(d.get("special", False)),
             start=None if d.get("start") is None else int(d["start"]),
             end=None if d.get("end") is None else int(d["end"]),
+            message=None if d.get("message") is None else int(d["message"]),
+            role=None if d.get("role") is None else str(d["role"]),
+            template=bool(d.get("template", False)),
+            generated=bool(d.get("generated", False)),
         )
 
 

@@ -47,13 +47,13 @@ def rollout(run: AttentionRun, *, stack: str | None = None) -> np.ndarray:
             f"rollout multiplies self-attention through the layers; {st.name!r} is "
             "cross-attention (pick the encoder or decoder stack)"
         )
-    n = st.masked.shape[0]
+    n = st.mask(0).shape[0]
     eye = np.eye(n)
     out = np.empty((st.n_layers, n, n))  # [layer, query, key]
     joint = eye
     for li in range(st.n_layers):
         a = run.layer(li, st.name).astype(np.float64)  # [head, query, key]
-        a = np.where(st.masked, 0.0, a).mean(axis=0)  # [query, key]
+        a = np.where(st.mask(li), 0.0, a).mean(axis=0)  # [query, key]
         hat = _renorm(0.5 * a + 0.5 * eye)
         joint = hat @ joint
         out[li] = joint
@@ -287,7 +287,8 @@ def transform(
             if q_side != k_side:
                 continue  # rollout is defined for self-attention only
             r = rollout(run, stack=name).astype(np.float32)  # [layer, query, key]
-            stacks[name] = AttentionStack(name, [x[None] for x in r], st.masked.copy())
+            reach = _reach(st)
+            stacks[name] = AttentionStack(name, [x[None] for x in r], reach[0], reach)
         model["method_note"] = (
             "attention rollout (Abnar & Zuidema 2020): heads averaged, residual added, "
             "multiplied through the layers; layer l shows the result after layer l"
@@ -295,15 +296,16 @@ def transform(
         )
     elif key == "value-norm":
         vn = value_norm(run).astype(np.float32)  # [layer, head, query, key]
-        stacks["self"] = AttentionStack("self", list(vn), run.stack("self").masked.copy())
+        st = run.stack("self")
+        stacks["self"] = AttentionStack("self", list(vn), st.mask(0), st.layer_masks)
         model["method_note"] = (
             "norm-based attention ‖α·f(x)‖ (Kobayashi et al. 2020), rows scaled to sum to 1"
         )
     else:
         g, desc = _grad(run, target=target, model=None)
         g = g.astype(np.float32)
-        stacks["self"] = AttentionStack("self", [x[None] for x in g],
-                                        run.stack("self").masked.copy())
+        reach = _reach(run.stack("self"))
+        stacks["self"] = AttentionStack("self", [x[None] for x in g], reach[0], reach)
         model["method_note"] = (
             f"attention × gradient (Chefer et al. 2021) for the {desc}; layer l shows the "
             "relevance after layer l, rows scaled to sum to 1"
@@ -320,3 +322,20 @@ def _merge(run: AttentionRun) -> AttentionRun:
     from .words import merge_words
 
     return merge_words(run)
+
+
+def _reach(st: AttentionStack) -> list[np.ndarray]:
+    """Per layer, the cells no path through the layers so far can reach (True = masked).
+
+    Methods that multiply layers (rollout, attention × gradient) carry information past one
+    layer's window: after two layers of a 4-token window a query reaches 8 tokens back. A cell
+    is masked only where every path is blocked, as in a causal model's future."""
+    n = st.mask(0).shape[0]
+    eye = np.eye(n, dtype=bool)
+    reach = eye
+    out = []
+    for li in range(st.n_layers):
+        step = (~np.asarray(st.mask(li), dtype=bool)) | eye  # [query, key]
+        reach = (step.astype(np.float32) @ reach.astype(np.float32)) > 0
+        out.append(~reach)
+    return out

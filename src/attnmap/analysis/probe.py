@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import AttnmapError
-from ..run import AttentionRun, AttentionStack
+from ..run import AttentionRun
 
 
 def repeat_ids(loaded: Any, *, length: int = 50, seed: int = 0) -> list[int]:
@@ -41,7 +41,7 @@ def capture_ids(ids: list[int], model: Any = None) -> AttentionRun:
     """Run `model` on token ids directly (no text to tokenize) and return the run."""
     import torch
 
-    from ..capture import _layers, get_model
+    from ..capture import get_model
     from ..tokens import make_tokens
 
     loaded = get_model(model)
@@ -50,25 +50,11 @@ def capture_ids(ids: list[int], model: Any = None) -> AttentionRun:
         raise AttnmapError(
             f"probes need a decoder-only or encoder model; {info['id']!r} is an encoder-decoder"
         )
+    from ..capture import _facts, forward_weights
+
     input_ids = torch.tensor([list(ids)])
-    with torch.no_grad():
-        out = loaded.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                           output_attentions=True, return_dict=True)
-    layers = _layers(out.attentions, info)  # each [head, query, key]
-    n = len(ids)
-    masked = np.triu(np.ones((n, n), dtype=bool), k=1) if info["causal"] else np.zeros(
-        (n, n), dtype=bool)
+    _, stack = forward_weights(loaded, input_ids)  # each layer with the mask it used
     tokens = make_tokens(loaded.tokenizer, list(ids), None)
     text = loaded.tokenizer.decode(list(ids), skip_special_tokens=False)
-    return AttentionRun(text=text, tokens=tokens, stacks={"self": AttentionStack(
-        "self", layers, masked)}, model=dict(info))
-
-
-def repeat_probe(model: Any = None, *, length: int = 50, seed: int = 0) -> AttentionRun:
-    """Capture the repeated random sequence; ``run.extra['probe']`` says how it was made."""
-    from ..capture import get_model
-
-    loaded = get_model(model)
-    run = capture_ids(repeat_ids(loaded, length=length, seed=seed), loaded)
-    run.extra["probe"] = {"kind": "repeat", "length": int(length), "seed": int(seed)}
-    return run
+    return AttentionRun(text=text, tokens=tokens, stacks={"self": stack},
+                        model=_facts(info, stack))

@@ -48,23 +48,23 @@ def relate(
     for label, w in (("--to", dst), ("--vs", alt)):
         if w is None:
             continue
-        blocked = np.asarray(st.masked, dtype=bool)[np.ix_(q, np.asarray(w["tokens"]))]
+        blocked = st.masked_everywhere()[np.ix_(q, np.asarray(w["tokens"]))]
         if blocked.all():
             notes.append(
                 f"{w['word']!r} ({label}) comes after {src['word']!r} and this model cannot "
                 "attend forward, so its attention is 0 in every head"
             )
 
-    def mass(w: dict[str, Any], a: np.ndarray) -> np.ndarray:
+    def mass(w: dict[str, Any], a: np.ndarray, mask: np.ndarray) -> np.ndarray:
         k = np.asarray(w["tokens"])
-        cells = np.where(np.asarray(st.masked)[np.ix_(q, k)], 0.0, a[:, q][:, :, k])
+        cells = np.where(np.asarray(mask)[np.ix_(q, k)], 0.0, a[:, q][:, :, k])
         return cells.astype(np.float64).sum(axis=2).mean(axis=1)  # [head]
 
     rows: list[dict[str, Any]] = []
     for li in range(st.n_layers):
         a = run.layer(li, name)  # [head, query, key]
-        to_m = mass(dst, a)
-        vs_m = mass(alt, a) if alt is not None else None
+        to_m = mass(dst, a, st.mask(li))
+        vs_m = mass(alt, a, st.mask(li)) if alt is not None else None
         for hi in range(a.shape[0]):
             row: dict[str, Any] = {"layer": li, "head": hi, "to": float(to_m[hi])}
             if vs_m is not None:

@@ -108,36 +108,27 @@ def head_scores(
     st = run.stack(name)
     tokens = run.query_tokens(name)
     n = len(tokens)
-    masked = np.asarray(st.masked, dtype=bool)  # [query, key]
-    allowed = ~masked
     idx = np.arange(n)
-
     excluded = np.zeros((n, n), dtype=bool)  # [query, key] cells taken out of pattern scores
     if exclude_first:
         excluded[:, 0] = True
     if exclude_current:
         excluded[idx, idx] = True
-
-    dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)  # [query, key]
-    dist[masked] = 0.0
-    prev = _Targets(idx[1:], idx[1:] - 1, n, masked, excluded)
-    band_q, band_k = np.nonzero((dist <= locality_k) & allowed)
-    local = _Targets(band_q, band_k, n, masked, excluded)
-    early, late = copy_pairs(token_keys(tokens))
-    dup = _Targets(late, early, n, masked, excluded)
-    # Induction: query at a later copy attends to the token right after the earlier copy.
-    nxt = early + 1
-    induct = _Targets(late, nxt, n, masked, excluded)
     special_cols = np.array([t.special for t in tokens], dtype=bool)
-    n_allowed = allowed.sum(axis=1)  # [query]
-    broad_rows = n_allowed > 1  # entropy_norm is undefined where only one key is allowed
-    log_allowed = np.log(np.maximum(n_allowed, 1)).astype(np.float64)
-    self_rows = idx[allowed[idx, idx]]
-    first_ok = bool(allowed[:, 0].any())
-    blocks = _row_blocks(allowed)
+    pairs = copy_pairs(token_keys(tokens))
+    # Targets depend on the keys a layer may see: one setup per distinct layer mask.
+    setups: dict[int, _Setup] = {}
 
     out: list[dict[str, Any]] = []
     for li in range(st.n_layers):
+        mask = st.mask(li)
+        if id(mask) not in setups:
+            setups[id(mask)] = _Setup(np.asarray(mask, dtype=bool), excluded, pairs, locality_k)
+        su = setups[id(mask)]
+        allowed, dist, blocks = su.allowed, su.dist, su.blocks
+        prev, local, dup, induct = su.prev, su.local, su.dup, su.induct
+        self_rows, first_ok = su.self_rows, su.first_ok
+        broad_rows, log_allowed = su.broad_rows, su.log_allowed
         a = run.layer(li, name)  # [head, query, key] float32
         h = a.shape[0]
         # Mass left for the pattern scores once the excluded cells are taken out: [head, query]
@@ -168,6 +159,32 @@ def head_scores(
                 "scores": {k: _num(res[k][hi]) for k in SCORE_NAMES},
             })
     return out
+
+
+class _Setup:
+    """What the scores need to know about one layer mask: targets, distances, row blocks."""
+
+    def __init__(self, masked: np.ndarray, excluded: np.ndarray,
+                 pairs: tuple[np.ndarray, np.ndarray], locality_k: int) -> None:
+        n = masked.shape[0]
+        allowed = ~masked  # [query, key]
+        idx = np.arange(n)
+        dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)  # [query, key]
+        dist[masked] = 0.0
+        self.allowed, self.dist = allowed, dist
+        self.prev = _Targets(idx[1:], idx[1:] - 1, n, masked, excluded)
+        band_q, band_k = np.nonzero((dist <= locality_k) & allowed)
+        self.local = _Targets(band_q, band_k, n, masked, excluded)
+        early, late = pairs
+        self.dup = _Targets(late, early, n, masked, excluded)
+        # Induction: query at a later copy attends to the token right after the earlier copy.
+        self.induct = _Targets(late, early + 1, n, masked, excluded)
+        n_allowed = allowed.sum(axis=1)  # [query]
+        self.broad_rows = n_allowed > 1  # entropy_norm is undefined with one allowed key
+        self.log_allowed = np.log(np.maximum(n_allowed, 1)).astype(np.float64)
+        self.self_rows = idx[allowed[idx, idx]]
+        self.first_ok = bool(allowed[:, 0].any())
+        self.blocks = _row_blocks(allowed)
 
 
 def _row_blocks(allowed: np.ndarray, size: int = 128) -> list[tuple[int, int, int]]:

@@ -95,11 +95,17 @@ def merge_words(run: AttentionRun) -> AttentionRun:
         layers = []
         for li in range(st.n_layers):
             a = run.layer(li, name).astype(np.float64)  # [head, query, key]
-            a = np.where(st.masked, 0.0, a)
+            a = np.where(st.mask(li), 0.0, a)
             merged = mean_q @ (a @ gk)  # [head, query word, key word]
             layers.append(merged.astype(np.float32))
-        seen = gq.T @ (~np.asarray(st.masked, dtype=bool)).astype(np.float64) @ gk
-        stacks[name] = AttentionStack(name, layers, seen == 0)  # [query word, key word]
+
+        def word_mask(m: np.ndarray, gq: np.ndarray = gq, gk: np.ndarray = gk) -> np.ndarray:
+            # [query word, key word]: masked where every token cell is masked
+            return (gq.T @ (~np.asarray(m, dtype=bool)).astype(np.float64) @ gk) == 0
+
+        per_layer = st.with_masks(word_mask)
+        shared = word_mask(st.mask(0)) if per_layer is None else per_layer[0]
+        stacks[name] = AttentionStack(name, layers, shared, per_layer)
     tokens = [_word_token(run.tokens, g, run.text) for g in src_groups]
     target_tokens = None
     if run.target_tokens is not None and tgt_groups is not None:

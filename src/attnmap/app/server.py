@@ -174,7 +174,8 @@ class _Entry:
 def _run_bytes(run: Any) -> int:
     total = 0
     for st in run.stacks.values():
-        total += sum(int(a.nbytes) for a in st.layers) + int(st.masked.nbytes)
+        total += sum(int(a.nbytes) for a in st.layers)
+        total += sum(int(m.nbytes) for m in st.distinct_masks()[0])
     return total
 
 

@@ -174,7 +174,8 @@ def aligned_run(run: Any, stack: str, idx: np.ndarray) -> Any:
     st = run.stack(stack)
     ix = np.asarray(idx, dtype=np.intp)
     layers = [run.layer(i, stack)[:, ix][:, :, ix] for i in range(st.n_layers)]  # [head, q, k]
-    cut = AttentionStack(stack, layers, np.asarray(st.masked, dtype=bool)[np.ix_(ix, ix)])
+    masks = [np.asarray(m, dtype=bool)[np.ix_(ix, ix)] for m in st.layer_masks]  # per layer
+    cut = AttentionStack(stack, layers, masks[0], masks)
     toks = run.query_tokens(stack)
     kept = [toks[i] for i in ix]
     if STACK_SIDES[stack][0] == "target":

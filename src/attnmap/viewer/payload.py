@@ -84,7 +84,7 @@ def _stack_info(run: Any, name: str) -> dict[str, Any]:
         "key_tokens": [t.text for t in k],
         "query_special": [bool(t.special) for t in q],
         "key_special": [bool(t.special) for t in k],
-        "masked_cells": int(np.count_nonzero(st.masked)),
+        "masked_cells": int(np.count_nonzero(st.masked_anywhere())),
         "query_offsets": [_offsets(t) for t in q],
         "key_offsets": [_offsets(t) for t in k],
         "scores": _scores(run, name),
@@ -195,7 +195,7 @@ def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVE
     st = run.stack(stack)
     li = run.layer_index(layer, stack)
     weights = run.layer(li, stack)  # [head, query, key]
-    scales, codes = quantise(weights, np.asarray(st.masked, dtype=bool))
+    scales, codes = quantise(weights, np.asarray(st.mask(li), dtype=bool))  # this layer's mask
     body = _deflate(scales.astype("<f4").tobytes() + codes.tobytes(), level)
     head = {
         "stack": st.name,
