@@ -121,6 +121,7 @@ class _Recording:
         self.scaling: list[float] = []
         self.softcap: list[float | None] = []
         self.sinks: list[np.ndarray | None] = []
+        self.bias = False  # a float "mask" that also adds a position bias (T5)
         self._seen: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
 
     def mask_of(self, module: Any, attention_mask: Any, nq: int, nk: int) -> np.ndarray:
@@ -232,6 +233,11 @@ def _qk_record(module: Any, query: Any, key: Any, value: Any, attention_mask: An
         out, _ = _eager_default(module, query, key, value, attention_mask, float(scaling),
                                 softcap, sinks, False)
     if rec is not None:
+        if kwargs.get("position_bias") is not None or kwargs.get("alibi") is not None:
+            rec.bias = True  # scores get more than q·k: not reproducible from q and k
+        if attention_mask is not None and attention_mask.dtype != torch.bool and not rec.bias:
+            low = torch.finfo(attention_mask.dtype).min / 2
+            rec.bias = bool(((attention_mask != 0) & (attention_mask > low)).any())
         rec.masks.append(rec.mask_of(module, attention_mask, query.shape[2], key.shape[2]))
         rec.q.append(query[0].detach().float().cpu().numpy())
         rec.k.append(key[0].detach().float().cpu().numpy())
@@ -295,6 +301,9 @@ class recording:  # noqa: N801 - used as a context manager, like torch.no_grad
     def __enter__(self) -> _Recording:
         register()
         self.before = getattr(self.model.config, "_attn_implementation", None)
+        can = getattr(self.model, "_can_set_attn_implementation", None)
+        if can is not None and not can():
+            raise _Unsupported(f"{type(self.model).__name__} computes attention its own way")
         _STATE.record = self.rec
         if self.mode == "qk":
             _release_freed_memory(setup=True)
@@ -332,9 +341,12 @@ def qk_layers(rec: _Recording) -> QKLayers:
     return QKLayers(rec.q, rec.k, rec.scaling, masks, softcap=rec.softcap, sinks=sinks)
 
 
-def bypass_error(model_name: str, cls: str, weights_limit: int) -> AttnmapError:
+def bypass_error(model_name: str, cls: str, weights_limit: int, *, bias: bool = False
+                 ) -> AttnmapError:
+    why = ("adds a position bias to its attention scores (relative positions)" if bias else
+           "computes attention outside transformers' attention interface (ALiBi or relative "
+           "positions, say)")
     return AttnmapError(
-        f"model {model_name!r} ({cls}) computes attention outside transformers' attention "
-        "interface (ALiBi or relative positions, say), so the long-input mode (store='qk') "
-        f"cannot capture it; --store weights works up to {weights_limit:,} tokens"
+        f"model {model_name!r} ({cls}) {why}, so the long-input mode (store='qk') cannot "
+        f"capture it from queries and keys; --store weights works up to {weights_limit:,} tokens"
     )

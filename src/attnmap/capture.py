@@ -230,8 +230,8 @@ def _capture_qk(loaded: Any, input_ids: Any, predictions: bool) -> tuple[Attenti
     except _Unsupported:
         raise bypass_error(info["id"], type(model).__name__, limit) from None
     n_layers = int(info.get("layers") or 0)
-    if not rec.q or (n_layers and len(rec.q) != n_layers):
-        raise bypass_error(info["id"], type(model).__name__, limit)
+    if not rec.q or (n_layers and len(rec.q) != n_layers) or rec.bias:
+        raise bypass_error(info["id"], type(model).__name__, limit, bias=rec.bias)
     layers = qk_layers(rec)
     stack = AttentionStack("self", layers, layers.masks[0], layers.masks)
     layers.masks = stack.layer_masks  # the stack's deduplicated masks

@@ -58,3 +58,13 @@ def capture_ids(ids: list[int], model: Any = None) -> AttentionRun:
     text = loaded.tokenizer.decode(list(ids), skip_special_tokens=False)
     return AttentionRun(text=text, tokens=tokens, stacks={"self": stack},
                         model=_facts(info, stack))
+
+
+def repeat_probe(model: Any = None, *, length: int = 50, seed: int = 0) -> AttentionRun:
+    """Capture the repeated random sequence; ``run.extra['probe']`` says how it was made."""
+    from ..capture import get_model
+
+    loaded = get_model(model)
+    run = capture_ids(repeat_ids(loaded, length=length, seed=seed), loaded)
+    run.extra["probe"] = {"kind": "repeat", "length": int(length), "seed": int(seed)}
+    return run
