@@ -55,15 +55,14 @@ def _predict(args: argparse.Namespace) -> int:
     from . import predict
     from ._errors import AttnmapError
     from .capture import capture
-    from .cli import read_text
+    from .cli import capture_kwargs, model_input, read_text
 
     if args.top < 1:
         raise AttnmapError(f"--top must be at least 1 (not {args.top})")
     text = read_text(args)
     assert text is not None
-    run = capture(text, args.model, target=args.target, truncate=args.truncate,
-                  trust_remote_code=args.trust_remote_code, progress=not args.quiet,
-                  predictions=True, top_k=args.top)
+    run = capture(model_input(args, text), args.model, predictions=True, top_k=args.top,
+                  **capture_kwargs(args))
     preds = run.predictions or []
     if args.json:
         print(json.dumps(preds, ensure_ascii=False))
@@ -104,14 +103,15 @@ def _diff(args: argparse.Namespace) -> int:
         raise AttnmapError("give a second text, or --against MODEL to compare two models")
     if args.text_b is not None and args.against is not None:
         raise AttnmapError("compare two texts or two models, not both at once")
+    from .cli import capture_kwargs, model_input
+
     check_text(args.text)
-    kw = {"target": args.target, "truncate": args.truncate,
-          "trust_remote_code": args.trust_remote_code, "progress": not args.quiet}
-    run_a = capture(args.text, args.model, **kw)
+    kw = capture_kwargs(args)
+    run_a = capture(model_input(args, args.text), args.model, **kw)
     if args.text_b is not None:
-        run_b = capture(args.text_b, args.model, **kw)
+        run_b = capture(model_input(args, args.text_b), args.model, **kw)
     else:
-        run_b = capture(args.text, args.against, **kw)
+        run_b = capture(model_input(args, args.text), args.against, **kw)
     d = diffmod.compare(run_a, run_b, stack=args.stack, words=args.words)
     if args.layer is not None:
         run_a.layer_index(args.layer, d.stack)

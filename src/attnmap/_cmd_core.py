@@ -7,7 +7,15 @@ import json
 import time
 from typing import Any
 
-from .cli import add_common, add_model_options, add_text_input, read_text, say
+from .cli import (
+    add_common,
+    add_model_options,
+    add_text_input,
+    capture_kwargs,
+    model_input,
+    read_text,
+    say,
+)
 
 
 def register(sub: Any) -> None:
@@ -89,6 +97,9 @@ def obtain_run(args: argparse.Namespace) -> Any:
         if getattr(args, "model", None) is not None or getattr(args, "target", None):
             raise AttnmapError("--model and --target do not apply to --run; the run file "
                                "already holds the model's attention")
+        if getattr(args, "chat", False):
+            raise AttnmapError("--chat does not apply to --run; the run file already holds "
+                               "its tokens")
         from .run import load
 
         run = load(args.run)  # quick: no progress line, so an error stays the only line
@@ -104,9 +115,8 @@ def obtain_run(args: argparse.Namespace) -> Any:
     from .capture import capture
 
     t0 = time.perf_counter()
-    run = capture(text, args.model, target=args.target, truncate=args.truncate,
-                  trust_remote_code=args.trust_remote_code, progress=not args.quiet,
-                  store=getattr(args, "store", "auto"), predictions=predictions, top_k=top_k)
+    run = capture(model_input(args, text), args.model, store=getattr(args, "store", "auto"),
+                  predictions=predictions, top_k=top_k, **capture_kwargs(args))
     say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
         f"heads in {time.perf_counter() - t0:.1f}s")
     return run

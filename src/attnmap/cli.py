@@ -83,6 +83,44 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    "continuation)")
     p.add_argument("--truncate", action="store_true",
                    help="cut text longer than the model's maximum instead of failing")
+    p.add_argument("--chat", action="store_true",
+                   help='the text (or --file) is a JSON list of chat messages '
+                   '[{"role": "user", "content": "..."}], read through the tokenizer\'s chat '
+                   "template")
+    p.add_argument("--no-special-tokens", dest="special_tokens", action="store_false",
+                   help="plain text: leave out the tokenizer's BOS/EOS/[CLS]/[SEP]")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (default: cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--torch-dtype", default="auto", metavar="DTYPE",
+                   help="auto (default: float32 on the CPU, the checkpoint's dtype on a GPU), "
+                   "float32, bfloat16 or float16")
+    p.add_argument("--device-map", metavar="MAP",
+                   help="'auto' spreads a model too big for one GPU over several (needs "
+                   "accelerate)")
+
+
+def capture_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options every capturing command passes on to :func:`attnmap.capture`."""
+    return {
+        "target": getattr(args, "target", None),
+        "truncate": bool(getattr(args, "truncate", False)),
+        "trust_remote_code": bool(getattr(args, "trust_remote_code", False)),
+        "progress": not getattr(args, "quiet", False),
+        "special_tokens": bool(getattr(args, "special_tokens", True)),
+        "device": getattr(args, "device", "auto"),
+        "torch_dtype": getattr(args, "torch_dtype", "auto"),
+        "device_map": getattr(args, "device_map", None),
+    }
+
+
+def model_input(args: argparse.Namespace, text: str) -> Any:
+    """The text itself, or with --chat the messages its JSON holds."""
+    if not getattr(args, "chat", False):
+        return text
+    from ._chat import parse_messages
+
+    where = f"--file {args.file!r}" if getattr(args, "file", None) else "the --chat text"
+    return parse_messages(text, where)
 
 
 def read_text(args: argparse.Namespace) -> str | None:

@@ -147,6 +147,68 @@ def draw_matrix(
     return img
 
 
+ROLE_COLORS = {"system": "#9e9e9e", "user": "#4c78a8", "assistant": "#f58518",
+               "tool": "#54a24b"}
+OTHER_ROLE_COLOR = "#b279a2"
+
+
+def role_segments(tokens: list[Token]) -> list[tuple[int, int, str]]:
+    """(first, end, role) runs of tokens of one chat message; none for plain text."""
+    out: list[tuple[int, int, str]] = []
+    i = 0
+    while i < len(tokens):
+        msg = tokens[i].message
+        j = i + 1
+        while j < len(tokens) and tokens[j].message == msg:
+            j += 1
+        if msg is not None:
+            out.append((i, j, str(tokens[i].role)))
+        i = j
+    return out
+
+
+def role_bands(ax: Any, query_tokens: list[Token], key_tokens: list[Token], *,
+               cell_pt: float) -> None:
+    """Thin coloured bands along both axes of a chat run: which message (and role) each
+    query and key token belongs to; template tokens are drawn paler than message content."""
+    from matplotlib.patches import Rectangle
+
+    q_seg, k_seg = role_segments(query_tokens), role_segments(key_tokens)
+    if not q_seg and not k_seg:
+        return
+    nq, nk = len(query_tokens), len(key_tokens)
+    thick = max(7.0, min(12.0, 0.8 * cell_pt))  # points
+    x0, x1 = ax.get_xlim()
+    width_cells = x1 - x0
+    top = ax.inset_axes((0.0, 1.0 + 1.0 / (nq * cell_pt), 1.0, thick / (nq * cell_pt)))
+    left = ax.inset_axes((-(thick + 1.0) / (width_cells * cell_pt), 0.0,
+                          thick / (width_cells * cell_pt), 1.0))
+    size = float(min(7.0, max(4.0, thick * 0.7)))
+    top.set_xlim(-0.5, ax.get_xlim()[1])
+    top.set_ylim(0, 1)
+    left.set_ylim(nq - 0.5, -0.5)
+    left.set_xlim(0, 1)
+    for axis, segs, toks, along_x in ((top, k_seg, key_tokens, True),
+                                      (left, q_seg, query_tokens, False)):
+        axis.set_axis_off()
+        for a, b, role in segs:
+            color = ROLE_COLORS.get(role, OTHER_ROLE_COLOR)
+            for t in range(a, b):
+                alpha = 0.4 if toks[t].template else 1.0
+                xy = (t - 0.5, 0) if along_x else (0, t - 0.5)
+                wh = (1, 1) if along_x else (1, 1)
+                axis.add_patch(Rectangle(xy, *wh, facecolor=color, alpha=alpha,
+                                         edgecolor="none"))
+            if (b - a) * cell_pt >= 6 * size:
+                mid = (a + b - 1) / 2
+                kw = dict(fontsize=size, color="black", ha="center", va="center", clip_on=True)
+                if along_x:
+                    axis.text(mid, 0.5, role, **kw)
+                else:
+                    axis.text(0.5, mid, role, rotation=90, **kw)
+    ax.tick_params(axis="y", pad=thick + 3)
+
+
 def _vmax(matrix: np.ndarray, masked: np.ndarray, scale: str) -> float:
     if scale == "unit":
         return 1.0
@@ -222,6 +284,9 @@ def heatmap(
     ax.set_title(title or _title(run, stack, what), fontsize=11)
     if preds:
         _predictions_column(ax, preds, nq, nk, pred_width / cell, cell * 72.0)
+    if any(t.message is not None for t in [*qt, *kt]):
+        role_bands(ax, qt, kt, cell_pt=cell * 72.0)
+        ax.title.set_y(1.06)
     cb = fig.colorbar(img, ax=ax, shrink=min(1.0, max(0.3, 4.0 / max(nq * cell, 1e-6))))
     cb.set_label("attention")
     return fig
