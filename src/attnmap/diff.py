@@ -161,9 +161,9 @@ def figure(d: Diff, layer: int | None = None, head: int | None = None, *,
     li, hi = d.a.layer_index(layer, d.stack), d.a.head_index(head, d.stack)
     toks = d.tokens
     n = len(toks)
-    cell = plot._cell_inches(n, n)
+    cell = plot.cell_inches(n, n)
     side = n * cell + 1.8
-    fig = plot._figure(3 * side + 1.5, side + 1.0)
+    fig = plot.new_figure(3 * side + 1.5, side + 1.0)
     lim = float(np.abs(np.where(masked, 0, delta)).max()) or 1.0
     panels = [(a, "A", "Blues", 0.0, 1.0), (b, "B", "Blues", 0.0, 1.0),
               (delta, "A − B", "RdBu_r", -lim, lim)]
