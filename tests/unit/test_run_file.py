@@ -135,8 +135,8 @@ def test_run_module_does_not_load_the_viewer():
     import subprocess
     import sys
 
-    code = ("import sys, attnmap.run; "
-            "print(sorted(m for m in sys.modules if m.startswith(('attnmap.viewer', 'anywidget'))))")
+    code = ("import sys, attnmap.run; print(sorted(m for m in sys.modules "
+            "if m.startswith(('attnmap.viewer', 'anywidget'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
