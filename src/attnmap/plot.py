@@ -3,6 +3,12 @@
 Query tokens run down the y axis, key tokens along the x axis; darker = more attention; each
 score printed in its cell when cells are big enough; masked cells (a causal model's future)
 hatched grey, never drawn as 0.
+
+Figures are made for papers: saved PDFs embed TrueType fonts (``pdf.fonttype`` 42, not
+Type 3) and SVG text stays ``<text>`` (``svg.fonttype`` 'none', not outlines). The settings
+apply only while one of our figures is saved (``paper_fonts``), so the user's rcParams stay
+as they are; see docs/figures.md. Other figures built from these pieces (``attnmap.diff``)
+use the public helpers ``new_figure``, ``cell_inches``, ``draw_matrix`` and ``save_figure``.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +63,55 @@ def head_matrix(
     raise AttnmapError(f"aggregate must be mean or max (not {aggregate!r})")
 
 
-def _figure(width: float, height: float) -> Any:
+# Fonts a paper's PDF/SVG can use: TrueType (Type 42) in PDF and PostScript, text as text in SVG.
+PAPER_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}
+
+
+@contextmanager
+def paper_fonts() -> Iterator[None]:
+    """Inside this block, saved figures embed TrueType fonts (PDF) and keep text as text
+    (SVG); the global rcParams are back as they were afterwards."""
+    import matplotlib as mpl
+
+    with mpl.rc_context(PAPER_RC):
+        yield
+
+
+def __getattr__(name: str) -> Any:
+    # PaperFigure subclasses matplotlib's Figure, made on first use so that importing this
+    # module does not import matplotlib (the CLI checks an output name before that).
+    if name == "PaperFigure":
+        return _paper_figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _paper_figure_class() -> Any:
+    cls = globals().get("PaperFigure")
+    if cls is not None:
+        return cls
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    class PaperFigure(Figure):
+        """A Figure whose ``savefig`` uses ``paper_fonts``, also when the user calls it."""
+
+        def savefig(self, *args: Any, **kwargs: Any) -> Any:
+            with paper_fonts():
+                return super().savefig(*args, **kwargs)
+
+    PaperFigure.__module__ = __name__  # pickled as attnmap.plot.PaperFigure
+    PaperFigure.__qualname__ = "PaperFigure"
+    globals()["PaperFigure"] = PaperFigure
+    return PaperFigure
 
 
-def _cell_inches(nq: int, nk: int) -> float:
+def new_figure(width: float, height: float) -> Any:
+    """An empty figure of `width` × `height` inches, constrained layout, saved with
+    ``paper_fonts``: the canvas every attnmap figure starts from."""
+    return _paper_figure_class()(figsize=(width, height), layout="constrained")
+
+
+def cell_inches(nq: int, nk: int) -> float:
+    """The side of one heatmap cell in inches for `nq` query × `nk` key tokens."""
     # Big readable cells for a sentence, shrinking so a long text still fits ~14 inches.
     return float(min(0.5, max(0.012, 14.0 / max(nq, nk, 1))))
 
@@ -176,7 +226,7 @@ def role_bands(ax: Any, query_tokens: list[Token], key_tokens: list[Token], *,
     q_seg, k_seg = role_segments(query_tokens), role_segments(key_tokens)
     if not q_seg and not k_seg:
         return
-    nq, nk = len(query_tokens), len(key_tokens)
+    nq = len(query_tokens)
     thick = max(7.0, min(12.0, 0.8 * cell_pt))  # points
     x0, x1 = ax.get_xlim()
     width_cells = x1 - x0
@@ -258,7 +308,7 @@ def heatmap(
     masked = run.stack(stack).mask(li)  # the mask this layer used
     qt, kt = run.query_tokens(stack), run.key_tokens(stack)
     nq, nk = matrix.shape
-    cell = _cell_inches(nq, nk)
+    cell = cell_inches(nq, nk)
     label_room = 0.25 + 0.075 * max((len(t.text) for t in [*qt, *kt]), default=1)
     label_room = min(label_room, 2.5)
     preds = _row_predictions(run, stack) if predictions is not False else None
@@ -266,7 +316,7 @@ def heatmap(
         raise AttnmapError("this run has no predictions for these rows; capture it with "
                            "--predictions (causal, masked or encoder-decoder LMs)")
     pred_width = 2.2 if preds else 0.0
-    fig = _figure(nk * cell + label_room + 1.3 + pred_width, nq * cell + label_room + 0.8)
+    fig = new_figure(nk * cell + label_room + 1.3 + pred_width, nq * cell + label_room + 0.8)
     ax = fig.add_subplot()
     vmax = _vmax(matrix, masked, scale)
     what = (
@@ -351,7 +401,7 @@ def grid(
     rows = math.ceil(n_heads / cols)
     panel = 2.6
     labels = max(nq, nk) <= 24
-    fig = _figure(cols * panel + 1.0, rows * (panel + (0.6 if labels else 0.25)) + 0.6)
+    fig = new_figure(cols * panel + 1.0, rows * (panel + (0.6 if labels else 0.25)) + 0.6)
     masked = st.mask(li)
     vmax = max(_vmax(heads[h], masked, scale) for h in range(n_heads))
     img = None
@@ -382,7 +432,7 @@ def overview(
     st = run.stack(stack)
     n_layers, n_heads = st.n_layers, st.n_heads
     panel = float(min(1.2, 14.0 / n_heads))
-    fig = _figure(n_heads * panel + 1.2, n_layers * panel + 0.8)
+    fig = new_figure(n_heads * panel + 1.2, n_layers * panel + 0.8)
     img = None
     for li in range(n_layers):
         heads = run.layer(li, stack)
@@ -409,7 +459,7 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 150) -> Pa
     fmt = output_format(path)
     if not 10 <= dpi <= 1200:
         raise AttnmapError(f"dpi must be in 10..1200 (not {dpi})")
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), paper_fonts():
         warnings.filterwarnings("ignore", message=r"Glyph .* missing")
         fig.savefig(tmp, format=fmt, dpi=dpi)
     return Path(path)

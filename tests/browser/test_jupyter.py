@@ -20,10 +20,12 @@ def free_port() -> int:
 
 
 def notebook(run_path) -> dict:
-    src = f"import attnmap\nrun = attnmap.load({str(run_path)!r})\nattnmap.show(run, layer=1)"
+    show = f"import attnmap\nrun = attnmap.load({str(run_path)!r})\nattnmap.show(run, layer=1)"
+    bare = "# a run left last in a cell displays itself\nrun"
     return {
-        "cells": [{"cell_type": "code", "execution_count": None, "id": "show-run",
-                   "metadata": {}, "outputs": [], "source": src}],
+        "cells": [{"cell_type": "code", "execution_count": None, "id": cid,
+                   "metadata": {}, "outputs": [], "source": src}
+                  for cid, src in (("show-run", show), ("bare-run", bare))],
         "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                     "name": "python3"}},
         "nbformat": 4, "nbformat_minor": 5,
@@ -68,33 +70,46 @@ def lab(tmp_path, gpt2_run):
         log.close()
 
 
+def _viewer(cell: int) -> str:
+    """JS for the viewer element in the output of the notebook's `cell`-th code cell."""
+    return (f"document.querySelectorAll('.jp-Notebook .jp-CodeCell')[{cell}]"
+            "?.querySelector('.jp-OutputArea .attnmap')")
+
+
+def _check_heatmap(page, cell: int, layer: int, n: int) -> None:
+    page.wait_for_function(f"{_viewer(cell)}?.dataset.draws >= 1", timeout=60000)
+    st = page.evaluate(f"{_viewer(cell)}.__attnmap.state")
+    assert (st["layer"], st["head"], st["view"]) == (layer, 0, "heatmap")
+    # The canvas holds a real heatmap: the causal first cell is dark blue, its masked
+    # neighbour grey, and the cells differ from one another.
+    cells = page.evaluate(
+        f"(() => {{ const a = {_viewer(cell)}.__attnmap;"
+        " return [a.pixel(0, 0), a.pixel(0, 1), a.pixel(5, 2), a.pixel(9, 7)]; })()")
+    first, masked, *others = cells
+    assert first[2] > first[0] + 40 and sum(first[:3]) < 3 * 120
+    assert masked[0] == masked[1] == masked[2] != 255
+    assert len({tuple(c) for c in cells}) >= 3
+    header = page.evaluate(f"{_viewer(cell)}.__attnmap.header")
+    assert header["stacks"][0]["shape"] == [2, 2, n, n]
+
+
 @pytest.mark.slow
 def test_notebook_shows_the_heatmap(page, lab, gpt2_run):
     page.set_default_timeout(60000)
     page.goto(f"{lab}/lab/tree/view.ipynb")
     editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
     editor.wait_for(state="visible")
-    # Run the cell only once the kernel says it is idle: on a busy machine its start can
+    # Run the cells only once the kernel says it is idle: on a busy machine its start can
     # take long, and a cell sent before that may never run.
     page.wait_for_function(
         "(document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar')?.innerText || '')"
         ".includes('Idle')", timeout=90000)
     editor.click()
-    page.keyboard.press("Shift+Enter")
-    page.wait_for_function("document.querySelector('.jp-OutputArea .attnmap')?.dataset.draws >= 1",
-                           timeout=60000)
-    st = page.evaluate("document.querySelector('.jp-OutputArea .attnmap').__attnmap.state")
-    assert (st["layer"], st["head"], st["view"]) == (1, 0, "heatmap")
-    # The canvas holds a real heatmap: the causal first cell is dark blue, its masked
-    # neighbour grey, and the cells differ from one another.
-    cells = page.evaluate(
-        "(() => { const a = document.querySelector('.jp-OutputArea .attnmap').__attnmap;"
-        " return [a.pixel(0, 0), a.pixel(0, 1), a.pixel(5, 2), a.pixel(9, 7)]; })()")
-    first, masked, *others = cells
-    assert first[2] > first[0] + 40 and sum(first[:3]) < 3 * 120
-    assert masked[0] == masked[1] == masked[2] != 255
-    assert len({tuple(c) for c in cells}) >= 3
+    page.keyboard.press("Shift+Enter")  # attnmap.show(run, layer=1); moves to the next cell
+    page.keyboard.press("Shift+Enter")  # the bare `run`
     n = len(gpt2_run.tokens)
-    header = page.evaluate("document.querySelector('.jp-OutputArea .attnmap').__attnmap.header")
-    assert header["stacks"][0]["shape"] == [2, 2, n, n]
+    _check_heatmap(page, 0, 1, n)
+    # the run's own display: the same viewer, at its default view
+    _check_heatmap(page, 1, 0, n)
+    assert page.evaluate(f"{_viewer(1)} !== {_viewer(0)}")
     assert not [e for e in page.errors if "attnmap" in e]

@@ -67,6 +67,25 @@ def test_diff_cli_json_and_picture(planted, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_diff_figure_for_papers(planted, tmp_path):
+    import re
+
+    from attnmap import diff as diffmod
+    from attnmap.plot import save_figure
+
+    from ..unit.test_plot import _pdf_fonts
+
+    a_dir, b_dir = planted
+    d = compare(attnmap.capture(TEXT, model=a_dir), attnmap.capture(TEXT, model=b_dir))
+    fig = diffmod.figure(d)
+    assert _pdf_fonts(save_figure(fig, tmp_path / "d.pdf").read_bytes()) == (True, False)
+    svg = save_figure(fig, tmp_path / "d.svg").read_text("utf-8")
+    texts = re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)
+    # each token labels the rows and columns of the three panels
+    assert texts.count(d.tokens[2].text) >= 6
+    assert "A − B" in texts
+
+
 def test_align_two_texts():
     ia, ib = align([5, 1, 2, 3, 9], [5, 1, 7, 3, 9])
     assert ia.tolist() == [0, 1, 3, 4] and ib.tolist() == [0, 1, 3, 4]

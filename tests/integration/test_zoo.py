@@ -59,8 +59,8 @@ def _eager(model, ids):
     try:
         with torch.no_grad():
             x = torch.tensor([ids])
-            return [a[0].float().numpy() for a in model(input_ids=x, attention_mask=torch.ones_like(x),
-                                                          output_attentions=True).attentions]
+            out = model(input_ids=x, attention_mask=torch.ones_like(x), output_attentions=True)
+            return [a[0].float().numpy() for a in out.attentions]
     finally:
         model.set_attn_implementation(before)
 

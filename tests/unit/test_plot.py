@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import pickle
+import re
+
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -141,3 +146,58 @@ def test_predictions_column_beside_rows():
     del run.extra["predictions"]
     with pytest.raises(AttnmapError, match="--predictions"):
         attnmap.heatmap(run, 0, 0, predictions=True)
+
+
+# --- figures for papers ----------------------------------------------------------------------
+def _pdf_fonts(data: bytes) -> tuple[bool, bool]:
+    """(TrueType embedded, Type 3 used) read from the PDF's font objects, which matplotlib
+    writes uncompressed."""
+    truetype = b"/FontFile2" in data and re.search(rb"/Subtype\s*/(TrueType|CIDFontType2)", data)
+    return bool(truetype), bool(re.search(rb"/Subtype\s*/Type3", data))
+
+
+def test_detector_sees_type3_in_a_plain_matplotlib_pdf():
+    # the check below can fail: matplotlib's own default is Type 3
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.text(0.5, 0.5, "cat")
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"pdf.fonttype": 3}):
+        fig.savefig(buf, format="pdf")
+    assert _pdf_fonts(buf.getvalue()) == (False, True)
+
+
+def test_pdf_embeds_truetype_and_leaves_rcparams_alone(tmp_path):
+    with matplotlib.rc_context({"pdf.fonttype": 3, "svg.fonttype": "path"}):
+        fig = attnmap.heatmap(_run(), 0, 0, values=True)
+        data = save_figure(fig, tmp_path / "h.pdf").read_bytes()
+        assert _pdf_fonts(data) == (True, False)
+        # the user's own fig.savefig gets the same fonts
+        buf = io.BytesIO()
+        fig.savefig(buf, format="pdf")
+        assert _pdf_fonts(buf.getvalue()) == (True, False)
+        assert matplotlib.rcParams["pdf.fonttype"] == 3
+        assert matplotlib.rcParams["svg.fonttype"] == "path"
+
+
+def test_svg_keeps_token_text_as_escaped_text(tmp_path):
+    run = _run()
+    run.tokens[3] = Token(text="<b>&", raw="<b>&", id=3)
+    fig = attnmap.heatmap(run, 0, 0, values=True)
+    svg = save_figure(fig, tmp_path / "h.svg").read_text("utf-8")
+    texts = re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)
+    assert texts.count("␣cat") == 2  # one label per axis
+    assert texts.count("&lt;b&gt;&amp;") == 2  # token text is data, never markup
+    assert "0.90" in texts
+    assert "<b>" not in svg
+    grid_svg = io.BytesIO()
+    grid(run, 0).savefig(grid_svg, format="svg")
+    assert "<text" in grid_svg.getvalue().decode()
+
+
+def test_paper_figures_pickle():
+    fig = attnmap.heatmap(_run(), 0, 0)
+    back = pickle.loads(pickle.dumps(fig))
+    assert type(back) is type(fig)
+    assert back.axes[0].get_title() == fig.axes[0].get_title()

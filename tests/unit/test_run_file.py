@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 import attnmap
@@ -97,7 +97,7 @@ def test_save_replaces_only_when_complete(tmp_path):
     p.write_bytes(b"old")
     run = _run()
     run.extra["broken"] = np.array([object()])  # safetensors cannot store it: fails mid-write
-    with pytest.raises(Exception):  # noqa: B017 - whatever safetensors raises
+    with pytest.raises(SafetensorError, match='Unknown dtype "object"'):
         run.save(p)
     assert p.read_bytes() == b"old"
     assert [x.name for x in tmp_path.iterdir()] == ["r.safetensors"]
@@ -110,6 +110,35 @@ def test_index_errors_name_the_range():
     with pytest.raises(AttnmapError, match=r"0\.\.2"):
         run.head(0, 3)
     np.testing.assert_array_equal(run.head(-1, -1), run.attention[1, 2])
+
+
+def test_a_run_displays_itself_as_the_widget():
+    pytest.importorskip("anywidget")
+    from ipywidgets.widgets.widget import _instances
+
+    from attnmap.viewer import encode
+
+    run = _run()
+    bundle = run._repr_mimebundle_()
+    assert isinstance(bundle, dict)
+    assert bundle["text/plain"] == repr(run)
+    view = bundle["application/vnd.jupyter.widget-view+json"]
+    assert view["version_major"] == 2
+    # the bundle names a live widget that carries this run
+    assert _instances[view["model_id"]].payload == encode(run)
+    # IPython passes include and exclude
+    again = run._repr_mimebundle_(include=None, exclude=None)
+    assert set(again) == set(bundle)
+
+
+def test_run_module_does_not_load_the_viewer():
+    import subprocess
+    import sys
+
+    code = ("import sys, attnmap.run; print(sorted(m for m in sys.modules "
+            "if m.startswith(('attnmap.viewer', 'anywidget'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_public_surface():

@@ -54,6 +54,14 @@ def show(run: Any, **options: Any) -> Any:
     return make_widget(run, **options)
 
 
-def mimebundle(run: Any, **kwargs: Any) -> Any:
-    """What a notebook displays for `run`: the widget's ``_repr_mimebundle_``."""
-    return show(run)._repr_mimebundle_(**kwargs)
+def mimebundle(run: Any, **kwargs: Any) -> dict[str, Any]:
+    """What a notebook displays for `run`: the widget's mime data, with the run's own repr
+    as its ``text/plain``.
+
+    anywidget answers ``(data, metadata)``; the metadata it sends is empty, so the data
+    alone is the bundle.
+    """
+    bundle = show(run)._repr_mimebundle_(**kwargs)
+    data = dict(bundle[0] if isinstance(bundle, tuple) else bundle or {})
+    data["text/plain"] = repr(run)
+    return data
