@@ -12,10 +12,9 @@ import pytest
 httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from _server import free_port  # noqa: E402
 from attnmap.app.server import create_app  # noqa: E402
 from attnmap.cli import main  # noqa: E402
-
-from _server import free_port  # noqa: E402
 
 
 def client_for(app) -> TestClient:

@@ -1,6 +1,7 @@
-"""`POST /api/runs/{id}/perturb` on the app (in process, FastAPI's TestClient): the text run again with one
-token removed (or masked), stored as a run, and diffed against the original; and the diff
-endpoints (`GET /api/diff/{a}/{b}` and its two aligned payloads) the page's diff view reads."""
+"""`POST /api/runs/{id}/perturb` on the app (in process, FastAPI's TestClient): the text run
+again with one token removed (or masked), stored as a run, and diffed against the original;
+and the diff endpoints (`GET /api/diff/{a}/{b}` and its two aligned payloads) the page's diff
+view reads."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import numpy as np
 import pytest
 
 import attnmap
-from attnmap.diff import compare
-
 from attnmap.app.server import create_app
+from attnmap.diff import compare
 
 from .test_app import assert_error, client_for
 
