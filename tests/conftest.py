@@ -66,3 +66,20 @@ def minilm_run():
     import attnmap
 
     return attnmap.capture("The cat that sat on the mat was black.")
+
+
+SERVER_MAX_RUNS = 32
+
+
+@pytest.fixture(scope="session")
+def app_server(gpt2_dir, hostile_gpt2_dir):
+    """The one real `attnmap serve` process of the test run (127.0.0.1, a free port): the tiny
+    GPT-2 (the default for requests that name no model) and the hostile one, 32 runs kept.
+    Tests that need real sockets or a browser share it; everything else uses the app in
+    process through FastAPI's TestClient."""
+    from _server import start
+
+    server = start("--model", str(gpt2_dir), "--model", str(hostile_gpt2_dir),
+                   "--max-runs", str(SERVER_MAX_RUNS))
+    yield server
+    server.stop()

@@ -1,17 +1,14 @@
-"""The app's page in headless Chromium, against a real `attnmap serve` process."""
+"""The app's page in headless Chromium, against the test run's one real `attnmap serve` process
+(``app_server`` in tests/conftest.py: the tiny GPT-2 and the hostile one)."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from test_app import start  # noqa: E402
 
 
 def _hostile() -> list[str]:
@@ -29,11 +26,13 @@ HOSTILE = _hostile()
 TEXT = "The cat that sat on the mat was black."
 
 
-@pytest.fixture(scope="module")
-def server(gpt2_dir, hostile_gpt2_dir):
-    s = start("--model", str(gpt2_dir), "--model", str(hostile_gpt2_dir))
-    yield s
-    s.stop()
+@pytest.fixture
+def server(app_server):
+    return app_server
+
+
+def api_run_ids(server) -> list[str]:
+    return [e["id"] for e in httpx.get(f"{server.url}/api/runs", timeout=30).json()]
 
 
 def api_run(server, run_id: str) -> dict:
@@ -109,8 +108,9 @@ def test_type_run_see_heatmap_and_runs_list(page, server, gpt2_dir):
     facts = api_run(server, run_id)
     assert strip_tokens(page) == facts["tokens"]
     assert page.text_content("#meta").count("2 layers × 2 heads") == 1
+    # the list is the server's (other tests share it), newest first: this run on top
     runs = page.eval_on_selector_all("#runs button", "bs => bs.map(b => b.dataset.runId)")
-    assert runs == [run_id]
+    assert runs[0] == run_id and runs == api_run_ids(server)
     assert TEXT in page.text_content("#runs")
 
     # another layer comes from the server on demand and is drawn
@@ -122,9 +122,8 @@ def test_type_run_see_heatmap_and_runs_list(page, server, gpt2_dir):
     # a second run, then reopen the first from the list
     second = run_text(page, "The dog ran in the park.")
     assert second != run_id
-    assert page.eval_on_selector_all("#runs button", "bs => bs.map(b => b.dataset.runId)") == [
-        second, run_id
-    ]
+    runs = page.eval_on_selector_all("#runs button", "bs => bs.map(b => b.dataset.runId)")
+    assert runs[:2] == [second, run_id] and runs == api_run_ids(server)
     page.click(f"#runs button[data-run-id='{run_id}']")
     page.wait_for_function("(id) => document.body.dataset.run === id", arg=run_id)
     wait_drawn(page)

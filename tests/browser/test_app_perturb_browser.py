@@ -1,12 +1,12 @@
 """Perturb and re-run in the app's page (headless Chromium, a real `attnmap serve` process):
 click a token, remove or mask it, and the viewer opens the diff of the original against the
-new run; a button goes back to the single run."""
+new run; a button goes back to the single run. The server is the test run's shared one."""
 
 from __future__ import annotations
 
 import pytest
 
-from .test_app_browser import HOSTILE, canvas_ink, open_app, run_text, start, wait_drawn
+from .test_app_browser import HOSTILE, api_run_ids, canvas_ink, open_app, run_text, wait_drawn
 
 httpx = pytest.importorskip("httpx")
 
@@ -14,11 +14,9 @@ TEXT = "The cat that sat on the mat was black."
 HOOKS = "document.querySelector('#viewer .attnmap').__attnmap"
 
 
-@pytest.fixture(scope="module")
-def server(gpt2_dir, hostile_gpt2_dir):
-    s = start("--model", str(gpt2_dir), "--model", str(hostile_gpt2_dir))
-    yield s
-    s.stop()
+@pytest.fixture
+def server(app_server):
+    return app_server
 
 
 def api(server, path: str):
@@ -63,8 +61,9 @@ def test_click_remove_opens_the_diff_and_back(page, server, gpt2_dir):
     b_facts = api(server, f"/api/runs/{b}")
     assert tok_text == " mat" and b_facts["text"] == TEXT.replace(" mat", "", 1)
     assert b_facts["tokens"] == facts["tokens"][:pos] + facts["tokens"][pos + 1:]
-    assert page.eval_on_selector_all("#runs button", "bs => bs.map(b => b.dataset.runId)") \
-        == [b, a]
+    # The page's list is complete once the diff view is signalled: B then A on top.
+    runs = page.eval_on_selector_all("#runs button", "bs => bs.map(b => b.dataset.runId)")
+    assert runs[:2] == [b, a] and runs == api_run_ids(server)
     # The viewer shows A, B and A − B on the aligned tokens, at the most changed head.
     d = api(server, f"/api/diff/{a}/{b}")
     st = page.evaluate(f"{HOOKS}.state")

@@ -1,99 +1,40 @@
-"""`attnmap serve` as a real process on a free port: the API, its errors and its limits."""
+"""The app's API in process (FastAPI's TestClient): its answers, errors and limits; and the
+few things only a real `attnmap serve` process shows (sockets, Host header, the command line),
+on the one server the test run shares."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 httpx = pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from _server import free_port  # noqa: E402
+from attnmap.app.server import create_app  # noqa: E402
+from attnmap.cli import main  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m attnmap serve`` in a subprocess; always killed by ``stop``."""
-
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "attnmap", "serve", "--no-browser", "--port",
-             str(self.port), *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
-        )
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def wait(self, timeout: float = 180) -> Server:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n"
-                                     f"{self.output()}")
-            try:
-                if httpx.get(self.url + "/api/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"server did not answer within {timeout}s:\n{self.output()}")
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-
-
-def start(*args: str) -> Server:
-    server = Server(*args)
-    try:
-        return server.wait()
-    except BaseException:
-        server.stop()
-        raise
+def client_for(app) -> TestClient:
+    """A client of `app` in this process, sending the Host header a browser would send."""
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 TEXT = "The cat that sat on the mat was black.\nIt was."
 
 
 @pytest.fixture(scope="module")
-def server(gpt2_dir):
-    s = start("--model", str(gpt2_dir), "--max-runs", "3")
-    yield s
-    s.stop()
+def client(gpt2_dir):
+    with client_for(create_app([str(gpt2_dir)], max_runs=3)) as c:
+        yield c
 
 
 @pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+def real(app_server):
+    """A client of the shared real server (real sockets)."""
+    with httpx.Client(base_url=app_server.url, timeout=60) as c:
         yield c
 
 
@@ -214,16 +155,19 @@ def test_huge_bodies_are_refused(client):
     big = b'{"text": "' + b"a" * 2_000_000 + b'"}'
     r = client.post("/api/runs", content=big, headers={"content-type": "application/json"})
     assert_error(r, 413, "1,048,576 bytes")
+    assert client.get("/api/health").json()["status"] == "ok"
 
+
+def test_streamed_huge_body_is_refused_on_the_socket(real):
     def chunks():  # no Content-Length: the limit must hold while streaming too
         yield b'{"text": "'
         for _ in range(40):
             yield b"a" * 65536
         yield b'"}'
 
-    r = client.post("/api/runs", content=chunks(), headers={"content-type": "application/json"})
+    r = real.post("/api/runs", content=chunks(), headers={"content-type": "application/json"})
     assert_error(r, 413, "limit")
-    assert client.get("/api/health").json()["status"] == "ok"
+    assert real.get("/api/health").json()["status"] == "ok"
 
 
 def test_unknown_run_stack_layer(client):
@@ -250,10 +194,11 @@ def test_lru_evicts_oldest_and_says_so(client):
     assert_error(client.get(f"/api/runs/{prefix}-999999"), 404, "no run")
 
 
-def test_foreign_host_header_is_refused(client):
+def test_foreign_host_header_is_refused(real):
     # DNS rebinding: a web page whose domain resolves to 127.0.0.1 sends its own Host
-    assert_error(client.get("/api/health", headers={"host": "evil.example"}), 400, "Host")
-    assert client.get("/api/health", headers={"host": "localhost"}).status_code == 200
+    assert_error(real.get("/api/health", headers={"host": "evil.example"}), 400, "Host")
+    assert real.get("/api/health", headers={"host": "localhost"}).status_code == 200
+    assert real.get("/api/health").status_code == 200  # 127.0.0.1:port, as httpx sends it
 
 
 def test_page_and_static_files(client):
@@ -266,40 +211,38 @@ def test_page_and_static_files(client):
 
 
 def test_timeout_answers_504_and_server_lives_on(gpt2_dir):
-    s = start("--model", str(gpt2_dir), "--timeout", "0.001")
-    try:
-        with httpx.Client(base_url=s.url, timeout=30) as c:
-            detail = assert_error(c.post("/api/runs", json={"text": TEXT * 3}), 504, "0.001 s")
-            assert "--timeout" in detail
-            assert c.get("/api/health").json()["status"] == "ok"
-    finally:
-        s.stop()
+    with client_for(create_app([str(gpt2_dir)], timeout=0.001)) as c:
+        detail = assert_error(c.post("/api/runs", json={"text": TEXT * 3}), 504, "0.001 s")
+        assert "--timeout" in detail
+        assert c.get("/api/health").json()["status"] == "ok"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "attnmap", "serve", "--no-browser", *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """`attnmap serve` in this process: its exit code and standard error."""
+    capsys.readouterr()
+    code = main(["serve", "--no-browser", *args])
+    return code, capsys.readouterr().err
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    r = _cli("--port", str(free_port()), "--model", str(tmp_path / "missing"))
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("attnmap: error: model directory")
-    assert "Traceback" not in r.stderr
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code, err = _cli(capsys, "--port", str(free_port()), "--model", str(tmp_path / "missing"))
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("attnmap: error: model directory")
+    assert "Traceback" not in err
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
-        r = _cli("--port", str(busy.getsockname()[1]))
-    assert r.returncode == 2 and "already in use" in r.stderr and "Traceback" not in r.stderr
+        code, err = _cli(capsys, "--port", str(busy.getsockname()[1]))
+    assert code == 2 and "already in use" in err and "Traceback" not in err
 
-    r = _cli("--port", str(free_port()), "--max-runs", "0")
-    assert r.returncode == 2 and "--max-runs" in r.stderr
+    code, err = _cli(capsys, "--port", str(free_port()), "--max-runs", "0")
+    assert code == 2 and "--max-runs" in err
 
 
-def test_other_host_warns(tmp_path):
+def test_other_host_warns(tmp_path, capsys):
     # 127.0.0.2 is still this machine, but not the default address: the warning must show
-    r = _cli("--host", "127.0.0.2", "--port", str(free_port()), "--model", str(tmp_path / "no"))
-    assert "attnmap: warning: serving on 127.0.0.2" in r.stderr
-    assert r.returncode == 2
+    code, err = _cli(capsys, "--host", "127.0.0.2", "--port", str(free_port()),
+                     "--model", str(tmp_path / "no"))
+    assert "attnmap: warning: serving on 127.0.0.2" in err
+    assert code == 2

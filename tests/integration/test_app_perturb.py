@@ -1,6 +1,7 @@
-"""`POST /api/runs/{id}/perturb` on a real `attnmap serve` process: the text run again with one
-token removed (or masked), stored as a run, and diffed against the original; and the diff
-endpoints (`GET /api/diff/{a}/{b}` and its two aligned payloads) the page's diff view reads."""
+"""`POST /api/runs/{id}/perturb` on the app (in process, FastAPI's TestClient): the text run
+again with one token removed (or masked), stored as a run, and diffed against the original;
+and the diff endpoints (`GET /api/diff/{a}/{b}` and its two aligned payloads) the page's diff
+view reads."""
 
 from __future__ import annotations
 
@@ -8,26 +9,19 @@ import numpy as np
 import pytest
 
 import attnmap
+from attnmap.app.server import create_app
 from attnmap.diff import compare
 
-from .test_app import assert_error, start
+from .test_app import assert_error, client_for
 
-httpx = pytest.importorskip("httpx")
 TEXT = "The cat that sat on the mat was black."
 MAX_RUNS = 6
 
 
 @pytest.fixture(scope="module")
-def server(gpt2_dir, bert_dir, t5_dir):
-    s = start("--model", str(gpt2_dir), "--model", str(bert_dir), "--model", str(t5_dir),
-              "--max-runs", str(MAX_RUNS))
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as c:
+def client(gpt2_dir, bert_dir, t5_dir):
+    app = create_app([str(gpt2_dir), str(bert_dir), str(t5_dir)], max_runs=MAX_RUNS)
+    with client_for(app) as c:
         yield c
 
 
@@ -69,7 +63,18 @@ def test_mask_a_token_with_the_tokenizers_mask(client, bert_dir):
     out = r.json()
     assert out["text"] == TEXT[: tok.start] + mask + TEXT[tok.end :]
     assert out["run"]["model"] == str(bert_dir)
-    assert out["ranking"] is not None or "align" in out["diff_error"]
+    # The mask is one token in the token's place: the runs align on every other token, and
+    # the ranking is attnmap.diff.compare's.
+    assert out["run"]["tokens"] == [mask if i == pos else t.text
+                                    for i, t in enumerate(ref.tokens)]
+    assert out["diff_error"] is None
+    d = compare(ref, attnmap.capture(out["text"], model=bert_dir))
+    assert pos not in d.ia
+    assert out["aligned"] == len(d.ia) == len(ref.tokens) - 1
+    assert [(x["layer"], x["head"]) for x in out["ranking"]] == \
+        [(x["layer"], x["head"]) for x in d.ranking]
+    for got, want in zip(out["ranking"], d.ranking, strict=True):
+        assert got["js"] == pytest.approx(want["js"], abs=1e-6)
 
 
 def test_bad_perturb_requests(client, gpt2_dir):

@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", "-p", type=int, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (default: cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--torch-dtype", default="auto", metavar="DTYPE",
+                   help="auto (default: float32 on the CPU, the checkpoint's dtype on a GPU), "
+                   "float32, bfloat16 or float16")
     p.add_argument("--max-runs", type=int, default=32, metavar="N",
                    help="runs kept in memory, oldest evicted first (default 32)")
     p.add_argument("--max-mb", type=float, default=1024, metavar="MB",
@@ -111,6 +116,8 @@ def serve(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             trust_remote_code=args.trust_remote_code,
             host=args.host,
+            device=args.device,
+            torch_dtype=args.torch_dtype,
         )
         port = sock.getsockname()[1]
         shown = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi import APIRouter
 
 from .._errors import AttnmapError
+from ._deps import AlignmentsDep, OctetStream, RunnerDep
+from ._errors import ApiError
+from ._jobs import Runner
+from ._schemas import BINARY, DiffResult, errors
 
 # Stored runs cannot change under an id, so an alignment for (a, b, stack) stays valid.
 CACHE_SIZE = 32
@@ -72,62 +75,66 @@ def labels(run_a: Any, run_b: Any) -> dict[str, str]:
     return {"a": str(ma), "b": str(mb)}
 
 
-def register(app: FastAPI, state: Any, cache: AlignmentCache, api_error: type) -> None:
-    """Add the diff endpoints to `app`; `state` is the server's `_State`."""
+router = APIRouter(prefix="/api/diff")
 
-    async def alignment(id_a: str, id_b: str, stack: str | None) -> tuple[Any, Any, Alignment]:
-        run_a = state.store.get(id_a).run  # 404 for unknown or evicted ids, as elsewhere
-        run_b = state.store.get(id_b).run
-        key = (id_a, id_b, stack)
-        hit = cache.get(key)
-        if hit is not None:
-            return run_a, run_b, hit
 
-        def job(_: Any) -> Alignment:
-            from ..diff import compare
+async def alignment(runner: Runner, cache: AlignmentCache, id_a: str, id_b: str,
+                    stack: str | None) -> tuple[Any, Any, Alignment]:
+    run_a = runner.store.get(id_a).run  # 404 for unknown or evicted ids, as elsewhere
+    run_b = runner.store.get(id_b).run
+    key = (id_a, id_b, stack)
+    hit = cache.get(key)
+    if hit is not None:
+        return run_a, run_b, hit
 
-            try:
-                d = compare(run_a, run_b, stack=stack)
-            except AttnmapError as exc:
-                raise api_error(400, str(exc)) from None
-            return cache.remember(id_a, id_b, d, stack)
+    def job(_: Any) -> Alignment:
+        from ..diff import compare
 
-        return run_a, run_b, await state.work(job, "the diff")
+        try:
+            d = compare(run_a, run_b, stack=stack)
+        except AttnmapError as exc:
+            raise ApiError(400, str(exc)) from None
+        return cache.remember(id_a, id_b, d, stack)
 
-    @app.get("/api/diff/{id_a}/{id_b}",
-             summary="Compare two runs: heads ranked by change, and the aligned token positions")
-    async def get_diff(id_a: str, id_b: str, stack: str | None = None) -> dict[str, Any]:
-        run_a, run_b, al = await alignment(id_a, id_b, stack)
-        return {
-            "a": id_a,
-            "b": id_b,
-            "stack": al.stack,
-            "aligned": int(al.ia.size),
-            # positions in each run's query tokens of the stack, pairwise equal tokens
-            "positions": {"a": al.ia.tolist(), "b": al.ib.tolist()},
-            "labels": labels(run_a, run_b),
-            "ranking": al.ranking,
-        }
+    return run_a, run_b, await runner.work(job, "the diff")
 
-    @app.get(
-        "/api/diff/{id_a}/{id_b}/payload/{side}",
-        summary="Run a or b cut to the aligned tokens, as a viewer payload with every layer "
-        "(application/octet-stream)",
-        response_class=Response,
-    )
-    async def get_diff_payload(id_a: str, id_b: str, side: str,
-                               stack: str | None = None) -> Response:
-        if side not in ("a", "b"):
-            raise api_error(404, f"no payload {side[:20]!r}: ask for payload/a or payload/b")
-        run_a, run_b, al = await alignment(id_a, id_b, stack)
-        run, idx = (run_a, al.ia) if side == "a" else (run_b, al.ib)
 
-        def job(_: Any) -> bytes:
-            from ..viewer.html import aligned_run
-            from ..viewer.payload import encode
+@router.get("/{id_a}/{id_b}",
+            summary="Compare two runs: heads ranked by change, and the aligned token positions",
+            response_model=DiffResult, responses=errors(404, 422, 504))
+async def get_diff(id_a: str, id_b: str, runner: RunnerDep, cache: AlignmentsDep,
+                   stack: str | None = None) -> dict[str, Any]:
+    run_a, run_b, al = await alignment(runner, cache, id_a, id_b, stack)
+    return {
+        "a": id_a,
+        "b": id_b,
+        "stack": al.stack,
+        "aligned": int(al.ia.size),
+        # positions in each run's query tokens of the stack, pairwise equal tokens
+        "positions": {"a": al.ia.tolist(), "b": al.ib.tolist()},
+        "labels": labels(run_a, run_b),
+        "ranking": al.ranking,
+    }
 
-            return encode(aligned_run(run, al.stack, idx))  # type: ignore[no-any-return]
 
-        data = await state.work(job, "encoding the diff")
-        return Response(data, media_type="application/octet-stream",
-                        headers={"cache-control": "private, max-age=3600"})
+@router.get(
+    "/{id_a}/{id_b}/payload/{side}",
+    summary="Run a or b cut to the aligned tokens, as a viewer payload with every layer "
+    "(application/octet-stream)",
+    response_class=OctetStream,
+    responses={200: BINARY, **errors(404, 422, 504, binary=True)},
+)
+async def get_diff_payload(id_a: str, id_b: str, side: str, runner: RunnerDep,
+                           cache: AlignmentsDep, stack: str | None = None) -> OctetStream:
+    if side not in ("a", "b"):
+        raise ApiError(404, f"no payload {side[:20]!r}: ask for payload/a or payload/b")
+    run_a, run_b, al = await alignment(runner, cache, id_a, id_b, stack)
+    run, idx = (run_a, al.ia) if side == "a" else (run_b, al.ib)
+
+    def job(_: Any) -> bytes:
+        from ..viewer.html import aligned_run
+        from ..viewer.payload import encode
+
+        return encode(aligned_run(run, al.stack, idx))  # type: ignore[no-any-return]
+
+    return OctetStream(await runner.work(job, "encoding the diff"))

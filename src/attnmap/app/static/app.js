@@ -292,11 +292,20 @@ async function openRun(runId) {
   showDiffBar(null);
   showFacts(facts);
   await mountViewer({ payload, options: {}, layer_url: `/api/runs/${id}/layers` });
-  document.body.dataset.run = runId;  // lets scripts (and tests) see which run is shown
-  document.body.dataset.view = "run";
-  delete document.body.dataset.diff;
   say(`run ${runId}`);
   await refreshRuns();
+  if (seq !== state.seq) return;
+  settled({ run: runId, view: "run" });
+}
+
+// The page's view is complete (viewer mounted, runs list refreshed): only now say which run
+// and view are shown, so that scripts (and tests) that wait on these flags read a whole page.
+function settled({ run, view, diff }) {
+  const data = document.body.dataset;
+  data.run = run;
+  data.view = view;
+  if (diff) data.diff = diff;
+  else delete data.diff;
 }
 
 // Run A (the original) against run B (the perturbed one): the viewer's diff mode on the two
@@ -329,9 +338,6 @@ async function openDiff(a, b, info) {
               stack: d.stack },
     },
   });
-  document.body.dataset.run = a;
-  document.body.dataset.view = "diff";
-  document.body.dataset.diff = `${a} ${b}`;
   // The action that led here is gone from the page: keep keyboard focus on the changed token.
   const changed = $("tokens").querySelector("span.app-changed");
   if (changed && (document.activeElement === document.body || !document.activeElement)) {
@@ -339,6 +345,8 @@ async function openDiff(a, b, info) {
   }
   say(`A − B: ${describe(info)}`);
   await refreshRuns();
+  if (seq !== state.seq) return;
+  settled({ run: a, view: "diff", diff: `${a} ${b}` });
 }
 
 const RANKED = 5;  // heads listed beside the diff view
