@@ -142,7 +142,8 @@ def head_scores(
         res: dict[str, np.ndarray] = {
             "self": _mean(a[:, self_rows, self_rows]),
             "previous_token": _pattern(prev, a, kept),
-            "first_token": _mean(a[:, :, 0]) if first_ok else _none(h),
+            # only rows that could see the first token (a window hides it from later rows)
+            "first_token": _mean(a[:, su.first_rows, 0]) if first_ok else _none(h),
             "duplicate_token": _pattern(dup, a, kept),
             "induction": _pattern(induct, a, kept),
             "locality": _pattern(local, a, kept),
@@ -183,7 +184,8 @@ class _Setup:
         self.broad_rows = n_allowed > 1  # entropy_norm is undefined with one allowed key
         self.log_allowed = np.log(np.maximum(n_allowed, 1)).astype(np.float64)
         self.self_rows = idx[allowed[idx, idx]]
-        self.first_ok = bool(allowed[:, 0].any())
+        self.first_rows = np.nonzero(allowed[:, 0])[0]
+        self.first_ok = bool(len(self.first_rows))
         self.blocks = _row_blocks(allowed)
 
 
