@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", "-p", type=int, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--cmap", default="Blues", metavar="NAME",
+                   help="matplotlib colormap of the heatmaps (default Blues, as `render`)")
     p.add_argument("--max-runs", type=int, default=32, metavar="N",
                    help="runs kept in memory, oldest evicted first (default 32)")
     p.add_argument("--max-mb", type=float, default=1024, metavar="MB",
@@ -95,6 +97,9 @@ def serve(args: argparse.Namespace) -> int:
             AttnmapWarning,
             stacklevel=1,
         )
+    from ..viewer.colours import check_cmap
+
+    check_cmap(args.cmap)  # a misspelt name fails before the port is taken
     sock = _bind(args.host, args.port)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"attnmap: {m}", file=sys.stderr,
                                                                   flush=True))
@@ -111,6 +116,7 @@ def serve(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             trust_remote_code=args.trust_remote_code,
             host=args.host,
+            cmap=args.cmap,
         )
         port = sock.getsockname()[1]
         shown = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"

@@ -475,15 +475,20 @@ def create_app(
     preload: bool = True,
     trust_remote_code: bool = False,
     host: str = "127.0.0.1",
+    cmap: str = "Blues",
 ) -> FastAPI:
     """The app for `models` (hub ids, local directories, None for the bundled model).
 
     Only these models can be used. `preload` loads them now (errors surface at start-up);
     otherwise each loads on first use. `max_runs`/`max_bytes` bound the runs kept,
     `max_body` request bodies, `timeout` (seconds) each request's work; `host` is the
-    address served (its name is accepted in the Host header besides loopback).
+    address served (its name is accepted in the Host header besides loopback); `cmap` is the
+    matplotlib colormap the viewer paints with.
     """
     from ..models import resolve
+    from ..viewer.colours import check_cmap
+
+    check_cmap(cmap)
 
     if max_runs < 1:
         raise AttnmapError(f"max_runs must be at least 1 (not {max_runs!r})")
@@ -646,7 +651,8 @@ def create_app(
     async def get_payload(run_id: str) -> Response:
         entry = state.store.get(run_id)
         payload = _payload_module()
-        data = await state.work(lambda job: payload.encode(entry.run, layers="none"), "encoding")
+        data = await state.work(lambda job: payload.encode(entry.run, layers="none", cmap=cmap),
+                                "encoding")
         return Response(data, media_type="application/octet-stream",
                         headers={"cache-control": "private, max-age=3600"})
 
