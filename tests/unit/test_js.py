@@ -1,6 +1,6 @@
 """The viewer's JS sources: type check (tsc), unit tests (node --test), and the shipped bundle.
 
-``src/attnmap/viewer/static/viewer.js`` is built from ``src/attnmap/viewer/js/`` by esbuild; these
+``src/attnmap/viewer/static/viewer.js`` is built from ``js/`` by esbuild; these
 tests need the pinned dev tools from ``package-lock.json``: run ``npm ci`` at the repository root.
 """
 
@@ -21,7 +21,7 @@ from attnmap.viewer.colours import lut_entry
 from attnmap.viewer.html import b85encode
 
 ROOT = Path(__file__).resolve().parents[2]
-JS = ROOT / "src" / "attnmap" / "viewer" / "js"
+JS = ROOT / "js"
 SHIPPED = ROOT / "src" / "attnmap" / "viewer" / "static" / "viewer.js"
 
 
