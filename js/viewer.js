@@ -175,10 +175,9 @@ export class Viewer {
       this.changeBy = new Map(od.ranking.map((/** @type {Change} */ r) => [`${r.layer}/${r.head}`, r]));
     }
     this.words = textWords(header.text);
-    this.st = initialState(header, o, !!this.diff);
     syncControls(this, true);
     resetRelation(this);
-    this.set({});
+    this.set(initialState(header, o, !!this.diff)); // every key: a fresh start
   }
 
   /** @param {unknown} err */

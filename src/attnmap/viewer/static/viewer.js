@@ -1671,10 +1671,9 @@ var Viewer = class {
       this.changeBy = new Map(od.ranking.map((r) => [`${r.layer}/${r.head}`, r]));
     }
     this.words = textWords(header.text);
-    this.st = initialState(header, o, !!this.diff);
     syncControls(this, true);
     resetRelation(this);
-    this.set({});
+    this.set(initialState(header, o, !!this.diff));
   }
   /** @param {unknown} err */
   fail(err) {
