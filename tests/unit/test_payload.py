@@ -175,7 +175,7 @@ def test_quantise_error_bound(heads, q, k, seed):
 
 # --- Python and the JS module agree --------------------------------------------------------
 def _js_const(name: str) -> str:
-    pattern = rf"^(?:export )?const {name} = (.+?);(?:\s*//.*)?$"
+    pattern = rf"^(?:export )?(?:const|var|let) {name} = (.+?);(?:\s*//.*)?$"
     m = re.search(pattern, JS.read_text("utf-8"), re.MULTILINE)
     assert m, f"viewer.js defines no {name}"
     return m.group(1)

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--torch-dtype", default="auto", metavar="DTYPE",
                    help="auto (default: float32 on the CPU, the checkpoint's dtype on a GPU), "
                    "float32, bfloat16 or float16")
+    p.add_argument("--cmap", default="Blues", metavar="NAME",
+                   help="matplotlib colormap of the heatmaps (default Blues, as `render`)")
     p.add_argument("--max-runs", type=int, default=32, metavar="N",
                    help="runs kept in memory, oldest evicted first (default 32)")
     p.add_argument("--max-mb", type=float, default=1024, metavar="MB",
@@ -100,6 +102,9 @@ def serve(args: argparse.Namespace) -> int:
             AttnmapWarning,
             stacklevel=1,
         )
+    from ..viewer.colours import check_cmap
+
+    check_cmap(args.cmap)  # a misspelt name fails before the port is taken
     sock = _bind(args.host, args.port)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"attnmap: {m}", file=sys.stderr,
                                                                   flush=True))
@@ -118,6 +123,7 @@ def serve(args: argparse.Namespace) -> int:
             host=args.host,
             device=args.device,
             torch_dtype=args.torch_dtype,
+            cmap=args.cmap,
         )
         port = sock.getsockname()[1]
         shown = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"

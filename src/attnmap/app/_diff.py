@@ -135,6 +135,7 @@ async def get_diff_payload(id_a: str, id_b: str, side: str, runner: RunnerDep,
         from ..viewer.html import aligned_run
         from ..viewer.payload import encode
 
-        return encode(aligned_run(run, al.stack, idx))  # type: ignore[no-any-return]
+        return encode(aligned_run(run, al.stack, idx),  # type: ignore[no-any-return]
+                      cmap=runner.cmap)
 
     return OctetStream(await runner.work(job, "encoding the diff"))

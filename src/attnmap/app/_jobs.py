@@ -104,6 +104,7 @@ class Runner:
         self.by_id = {m.id: m for m in models}
         self.store = store
         self.timeout = timeout
+        self.cmap = "Blues"  # the viewer's colormap (set by create_app)
         self.limiter = anyio.CapacityLimiter(WORKERS)
 
     def pick(self, name: str | None) -> Model:

@@ -155,7 +155,8 @@ async def get_run(run_id: str, runner: RunnerDep) -> dict[str, Any]:
 async def get_payload(run_id: str, runner: RunnerDep) -> OctetStream:
     entry = runner.store.get(run_id)
     payload = payload_module()
-    data = await runner.work(lambda job: payload.encode(entry.run, layers="none"), "encoding")
+    data = await runner.work(
+        lambda job: payload.encode(entry.run, layers="none", cmap=runner.cmap), "encoding")
     return OctetStream(data)
 
 

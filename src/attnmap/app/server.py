@@ -48,6 +48,7 @@ def create_app(
     host: str = "127.0.0.1",
     device: str | None = "auto",
     torch_dtype: str | None = "auto",
+    cmap: str = "Blues",
 ) -> FastAPI:
     """The app for `models` (hub ids, local directories, None for the bundled model).
 
@@ -55,9 +56,13 @@ def create_app(
     otherwise each loads on first use. `max_runs`/`max_bytes` bound the runs kept,
     `max_body` request bodies, `timeout` (seconds) each request's work; `host` is the
     address served (its name is accepted in the Host header besides loopback);
-    `device`/`torch_dtype` where and in what precision the models run (as in capture).
+    `device`/`torch_dtype` where and in what precision the models run (as in capture);
+    `cmap` is the matplotlib colormap the viewer paints with.
     """
     from ..models import resolve
+    from ..viewer.colours import check_cmap
+
+    check_cmap(cmap)
 
     if max_runs < 1:
         raise AttnmapError(f"max_runs must be at least 1 (not {max_runs!r})")
@@ -82,6 +87,7 @@ def create_app(
         docs_url=None,  # the interactive docs load scripts from a CDN; no network at view time
         redoc_url=None,
     )
+    runner.cmap = cmap
     app.state.attnmap = runner
     app.state.attnmap_alignments = _diff.AlignmentCache()
     # The last added runs first: security headers go on the guard's own refusals too.

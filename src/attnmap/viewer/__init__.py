@@ -46,7 +46,8 @@ def show(run: Any, **options: Any) -> Any:
     """A notebook widget showing `run` (display it, or leave it last in a cell).
 
     Options set the initial view: ``stack``, ``layer``, ``head`` (number, 'mean', 'max'),
-    ``scale`` ('unit', 'head', 'log'), ``view`` ('heatmap', 'heads', 'layers'), ``ignore_first``.
+    ``scale`` ('unit', 'head', 'log'), ``view`` ('heatmap', 'heads', 'layers'), ``ignore_first``;
+    ``cmap`` names the matplotlib colormap (default Blues).
     Needs anywidget (``pip install attnmap[widget]``).
     """
     from .widget import make_widget

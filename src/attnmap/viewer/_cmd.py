@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="colour scale: 0–1, 0–head max (default) or log")
     p.add_argument("--view", choices=["heatmap", "heads", "layers"],
                    help="one head (default), every head of the layer, or layers × heads")
+    p.add_argument("--cmap", default="Blues", metavar="NAME",
+                   help="matplotlib colormap (default Blues): the page colours a value as the "
+                   "PNG from `attnmap render --cmap NAME` does")
     p.add_argument("--ignore-first", action="store_true",
                    help="leave the first token out when scaling colours (attention sinks)")
     p.add_argument("--predictions", action="store_true",
@@ -57,7 +60,10 @@ def handle(args: argparse.Namespace) -> int:
     from .._io import check_writable
 
     t0 = time.perf_counter()
+    from .colours import check_cmap
+
     out = check_writable(args.output)  # fail before the slow part
+    check_cmap(args.cmap)
     run = obtain_run(args)
     options = {
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
@@ -67,7 +73,8 @@ def handle(args: argparse.Namespace) -> int:
 
     shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
     say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
-    html = to_html(run, out, **{k: v for k, v in options.items() if v is not None})
+    html = to_html(run, out, cmap=args.cmap,
+                   **{k: v for k, v in options.items() if v is not None})
     size = len(html.encode("utf-8"))
     say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     print(out)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .._errors import AttnmapError
 from .._io import atomic_path
+from .colours import DEFAULT_CMAP
 from .payload import encode
 
 # Same alphabet as viewer.js's b85decode: printable ASCII without < > & " ' \ ` / -
@@ -126,9 +127,10 @@ mod.default.render({{ model, el }});
 """
 
 
-def page(run: Any, **options: Any) -> str:
+def page(run: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> str:
     """The standalone page for `run` as a string."""
-    return _page(encode(run), check_options(run, options))
+    opts = check_options(run, options)
+    return _page(encode(run, cmap=cmap), opts)
 
 
 def _page(blob: bytes, opts: dict[str, Any], blob_b: bytes | None = None) -> str:
@@ -147,14 +149,19 @@ def _page(blob: bytes, opts: dict[str, Any], blob_b: bytes | None = None) -> str
     )
 
 
-def to_html(run: Any, path: str | os.PathLike[str] | None = None, **options: Any) -> str:
+def to_html(
+    run: Any, path: str | os.PathLike[str] | None = None, *, cmap: str = DEFAULT_CMAP,
+    **options: Any,
+) -> str:
     """A self-contained HTML page that shows `run`; written to `path` when given.
 
-    Options set the initial view: ``stack``, ``layer``, ``head`` (a number, 'mean' or 'max'),
-    ``scale`` ('unit', 'head', 'log'), ``view`` ('heatmap', 'heads', 'layers'),
-    ``ignore_first``. The page opens from ``file://`` with the network off.
+    `cmap` is a matplotlib colormap name (default Blues, as in ``attnmap.heatmap``): a value gets
+    the same colour on the page as in the PNG. Options set the initial view: ``stack``,
+    ``layer``, ``head`` (a number, 'mean' or 'max'), ``scale`` ('unit', 'head', 'log'), ``view``
+    ('heatmap', 'heads', 'layers'), ``ignore_first``. The page opens from ``file://`` with the
+    network off.
     """
-    html = page(run, **options)
+    html = page(run, cmap=cmap, **options)
     if path is not None:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(html, encoding="utf-8")
@@ -183,7 +190,7 @@ def aligned_run(run: Any, stack: str, idx: np.ndarray) -> Any:
     return dataclasses.replace(run, tokens=kept, stacks={stack: cut}, extra={})
 
 
-def diff_page(d: Any, **options: Any) -> str:
+def diff_page(d: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> str:
     """The standalone diff page for ``attnmap.diff.compare``'s result `d` as a string."""
     unknown = sorted(set(options) - set(DIFF_OPTION_KEYS))
     if unknown:
@@ -215,18 +222,22 @@ def diff_page(d: Any, **options: Any) -> str:
         "stack": d.stack,
     }
     ra, rb = aligned_run(d.a, d.stack, d.ia), aligned_run(d.b, d.stack, d.ib)
-    return _page(encode(ra), opts, encode(rb))
+    return _page(encode(ra, cmap=cmap), opts, encode(rb, cmap=cmap))
 
 
-def diff_html(d: Any, path: str | os.PathLike[str] | None = None, **options: Any) -> str:
+def diff_html(
+    d: Any, path: str | os.PathLike[str] | None = None, *, cmap: str = DEFAULT_CMAP,
+    **options: Any,
+) -> str:
     """A self-contained page comparing the two runs of `d` (from ``attnmap.diff.compare``).
 
     For any head it shows A, B and A − B on the aligned tokens (A − B on a diverging scale
     centred on 0, symmetric limits), and a layers × heads grid coloured by change (JS
     divergence or mean |A − B|); click a head to open it. Options: ``layer``, ``head`` (default:
     the most changed head), ``view`` ('diff' or 'change'), ``metric`` ('js' or 'mean_abs').
+    A and B use colormap `cmap`; A − B uses matplotlib's RdBu_r, as ``attnmap diff``'s PNG does.
     """
-    html = diff_page(d, **options)
+    html = diff_page(d, cmap=cmap, **options)
     if path is not None:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(html, encoding="utf-8")

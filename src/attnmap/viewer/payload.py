@@ -32,6 +32,12 @@ Optional header fields (a viewer that does not know them ignores them, so the ve
   than ``SCORES_MAX_TOKENS`` tokens.
 * ``predictions`` / ``predictions_kind``: ``run.extra["predictions"]`` as captured, and
   ``predictions_stacks``, the stacks whose query rows the positions index.
+* ``colormap`` / ``diverging``: ``{"name", "lut"}``, the sequential map (``cmap``, default
+  Blues) and the diverging map of diff pages (RdBu_r) as 256 RGB entries in base64, taken from
+  matplotlib (see ``colours.py``), so the page colours a value as attnmap's PNGs do.
+* per stack ``query_roles`` / ``key_roles`` (chat role per token: "system", "user", … or
+  ``null``) and ``query_messages`` / ``key_messages`` (the chat message each token belongs to,
+  or ``null``): only where the tokens carry them; the viewer draws role bands from them.
 
 A diff page (``attnmap.viewer.diff_html``) carries two ordinary payloads, A and B, each a run
 restricted to the aligned tokens (so both have the same shape and row i of A faces row i of
@@ -50,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import AttnmapError
+from .colours import DEFAULT_CMAP, DIVERGING_CMAP, check_cmap, lut_entry
 
 PAYLOAD_VERSION = 1
 MAGIC = b"ATNM"
@@ -88,6 +95,20 @@ def _stack_info(run: Any, name: str) -> dict[str, Any]:
         "query_offsets": [_offsets(t) for t in q],
         "key_offsets": [_offsets(t) for t in k],
         "scores": _scores(run, name),
+        **_roles("query", q),
+        **_roles("key", k),
+    }
+
+
+def _roles(side: str, tokens: list[Any]) -> dict[str, Any]:
+    """``{side}_roles`` / ``{side}_messages`` where any token has a chat role, else nothing."""
+    roles = [getattr(t, "role", None) for t in tokens]
+    messages = [getattr(t, "message", None) for t in tokens]
+    if all(r is None for r in roles) and all(m is None for m in messages):
+        return {}
+    return {
+        f"{side}_roles": [None if r is None else str(r) for r in roles],
+        f"{side}_messages": [None if m is None else int(m) for m in messages],
     }
 
 
@@ -134,7 +155,9 @@ def _which_layers(run: Any, layers: Any) -> list[tuple[str, int]]:
     return out
 
 
-def header(run: Any, included: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+def header(
+    run: Any, included: list[tuple[str, int]] | None = None, *, cmap: str = DEFAULT_CMAP
+) -> dict[str, Any]:
     """The JSON header of ``encode(run)`` as a dict (without the chunk list when None)."""
     model = {k: v for k, v in dict(run.model).items() if not isinstance(v, np.ndarray)}
     extra: dict[str, Any] = {}
@@ -157,15 +180,21 @@ def header(run: Any, included: list[tuple[str, int]] | None = None) -> dict[str,
         "encoding": ENCODING,
         "chunks": [],
         "included": [[s, i] for s, i in (included or [])],
+        "colormap": lut_entry(check_cmap(cmap)),
+        "diverging": lut_entry(DIVERGING_CMAP),
         **extra,
     }
 
 
-def encode(run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL) -> bytes:
-    """Pack `run` for the viewer: header plus the chosen layers ('all', 'none' or numbers)."""
+def encode(
+    run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL, cmap: str = DEFAULT_CMAP
+) -> bytes:
+    """Pack `run` for the viewer: header plus the chosen layers ('all', 'none' or numbers),
+    coloured with matplotlib colormap `cmap`."""
+    check_cmap(cmap)  # before the slow part
     included = _which_layers(run, layers)
     chunks = [encode_layer(run, s, i, level=level) for s, i in included]
-    head = header(run, included)
+    head = header(run, included, cmap=cmap)
     # Chunk lengths let a reader find layer n without parsing the ones before it.
     head["chunks"] = [
         {"stack": s, "layer": i, "length": len(c)}

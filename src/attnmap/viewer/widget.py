@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import AttnmapError
+from .colours import DEFAULT_CMAP
 from .html import check_options
 from .payload import encode
 
@@ -38,6 +39,7 @@ class AttentionWidget(anywidget.AnyWidget):
     layer_url = traitlets.Unicode("").tag(sync=True)  # base URL for layers not in payload
 
 
-def make_widget(run: Any, **options: Any) -> AttentionWidget:
+def make_widget(run: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> AttentionWidget:
     """An ``AttentionWidget`` for `run` with the initial view given by `options`."""
-    return AttentionWidget(payload=encode(run), options=check_options(run, options))
+    opts = check_options(run, options)
+    return AttentionWidget(payload=encode(run, cmap=cmap), options=opts)

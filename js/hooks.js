@@ -1,0 +1,105 @@
+// Small hooks for tests and benchmarks (root.__attnmap): the state, and where things are on
+// screen. Read-only, except `relate`, which works the relation panel's controls.
+
+import { ctx2d } from "./draw.js";
+import { relate } from "./panels.js";
+import { diffHead } from "./views/diff.js";
+
+/** @typedef {import("./viewer.js").Viewer} Viewer */
+
+/**
+ * @param {Viewer} v
+ */
+export function hooks(v) {
+  /**
+   * @param {number} x
+   * @param {number} y
+   */
+  const at = (x, y) => { const r = v.dom.canvas.getBoundingClientRect(); return { x: r.left + x, y: r.top + y }; };
+  /**
+   * Canvas RGBA at CSS point (x, y), in device pixels.
+   * @param {number} x
+   * @param {number} y
+   */
+  const px = (x, y) => {
+    const r = window.devicePixelRatio || 1;
+    return Array.from(ctx2d(v.dom.canvas).getImageData(Math.floor(x * r), Math.floor(y * r), 1, 1).data);
+  };
+  const dg = () => {
+    if (!v.dgeom) throw new Error("attnmap: no diff view drawn");
+    return v.dgeom;
+  };
+  return {
+    get state() { return { ...v.st }; },
+    get header() { return v.header; },
+    get thumbs() { return v.hits.map((t) => ({ layer: t.layer, head: t.head, badge: t.badge ?? null, pass: t.pass ?? true })); },
+    get changeCells() { return v.changeCells; },
+    get colormap() { return { name: v.ramps.seq.name, diverging: v.ramps.div.name }; },
+    get bands() { return v.bands.map((b) => ({ ...b })); },
+    /**
+     * @param {number} p  panel: 0 A, 1 B, 2 A − B
+     * @param {number} q
+     * @param {number} k
+     */
+    diffCell(p, q, k) { const g = dg(); return at(g.x0s[p] + (k + 0.5) * g.cs, g.y0 + (q + 0.5) * g.cs); },
+    get diffHead() {
+      const d = diffHead(v);
+      /** @param {Float32Array} a */
+      const list = (a) => Array.from(a, (x) => (Number.isNaN(x) ? null : x));
+      return { q: d.q, k: d.k, lim: d.lim, vmax: d.vmax, a: list(d.a), b: list(d.b), d: list(d.d) };
+    },
+    /**
+     * @param {number} p
+     * @param {number} q
+     * @param {number} k
+     */
+    diffPixel(p, q, k) { const g = dg(); return px(g.x0s[p] + (k + 0.5) * g.cs, g.y0 + (q + 0.5) * g.cs); },
+    get predRows() { return v.predRows; },
+    /** @param {number} q */
+    pred(q) { const g = v.geom(); return at(g.x0 + g.pw + 30, g.y0 + (q - g.q0 + 0.5) * g.cs); },
+    get words() { return v.words.map((w) => w.spec); },
+    /**
+     * Pick words by their spec ("mat", "mat#2") and rank the heads.
+     * @param {string} from
+     * @param {string} to
+     * @param {string} [vs]
+     */
+    relate(from, to, vs) {
+      /** @param {string} spec */
+      const idx = (spec) => String(v.words.findIndex((w) => w.spec === spec));
+      const u = v.dom.ui;
+      u.from.value = idx(from); u.to.value = idx(to); u.vs.value = vs ? idx(vs) : "";
+      return relate(v);
+    },
+    get canvasSize() { return { w: v.dom.canvas.width, h: v.dom.canvas.height }; },
+    /**
+     * @param {number} q
+     * @param {number} k
+     */
+    cell(q, k) { const g = v.geom(); return at(g.x0 + (k - g.k0 + 0.5) * g.cs, g.y0 + (q - g.q0 + 0.5) * g.cs); },
+    /** @param {number} q */
+    rowLabel(q) { const g = v.geom(); return at(g.x0 - g.band - 20, g.y0 + (q - g.q0 + 0.5) * g.cs); },
+    /** @param {number} k */
+    colLabel(k) { const g = v.geom(); return at(g.x0 + (k - g.k0 + 0.5) * g.cs, g.y0 - g.band - 20); },
+    /**
+     * @param {number} layer
+     * @param {number} head
+     */
+    thumb(layer, head) { const b = v.hits.find((t) => t.layer === layer && t.head === head); return b ? at(b.x + b.w / 2, b.y + b.h / 2) : null; },
+    /**
+     * Canvas RGBA inside a cell, clear of its printed value (device pixels).
+     * @param {number} q
+     * @param {number} k
+     */
+    pixel(q, k) { const g = v.geom(); return px(g.x0 + (k - g.k0 + 0.15) * g.cs, g.y0 + (q - g.q0 + 0.15) * g.cs); },
+    /**
+     * Canvas RGBA at the middle of a role band's strip at token i of an axis.
+     * @param {"query" | "key"} axis
+     * @param {number} i
+     */
+    bandPixel(axis, i) {
+      const g = v.geom(), mid = (g.band - 2) / 2;
+      return axis === "query" ? px(g.x0 - g.band + mid, g.y0 + (i - g.q0 + 0.5) * g.cs) : px(g.x0 + (i - g.k0 + 0.5) * g.cs, g.y0 - g.band + mid);
+    },
+  };
+}

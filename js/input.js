@@ -1,0 +1,267 @@
+// Input: controls, mouse, wheel and keys. Every handler turns an event into a state patch and
+// hands it to Viewer.set; none writes the state itself.
+
+import { M, zoomAbout } from "./layout.js";
+import { value } from "./data.js";
+import { stepHead } from "./state.js";
+import { h, relate } from "./panels.js";
+import { diffHead } from "./views/diff.js";
+
+/** @typedef {import("./viewer.js").Viewer} Viewer */
+/** @typedef {import("./types.js").State} State */
+
+/**
+ * @typedef {{ kind: "cell", q: number, k: number }
+ *   | { kind: "dcell", p: number, q: number, k: number }
+ *   | { kind: "row", q: number } | { kind: "col", k: number } | { kind: "pred", q: number }
+ *   | ({ kind: "thumb" } & import("./types.js").HitBox)} Hit
+ */
+
+/**
+ * @param {Viewer} v
+ * @param {MouseEvent} e
+ */
+function pos(v, e) {
+  const r = v.dom.canvas.getBoundingClientRect();
+  return { x: e.clientX - r.left, y: e.clientY - r.top };
+}
+
+/**
+ * What is under canvas point (x, y): a cell, a row label, a column label or a thumbnail.
+ * @param {Viewer} v
+ * @param {number} x
+ * @param {number} y
+ * @returns {Hit | null}
+ */
+export function hit(v, x, y) {
+  const st = v.st;
+  if (!v.header) return null;
+  if (st.view === "diff") {
+    const g = v.dgeom;
+    if (!g) return null;
+    for (let p = 0; p < 3; p++) {
+      const x0 = g.x0s[p];
+      if (x >= x0 && x < x0 + g.pw && y >= g.y0 && y < g.y0 + g.ph) return { kind: "dcell", p, q: Math.floor((y - g.y0) / g.cs), k: Math.floor((x - x0) / g.cs) };
+    }
+    return null;
+  }
+  if (st.view !== "heatmap") {
+    const t = v.hits.find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + b.h);
+    return t ? { kind: "thumb", ...t } : null;
+  }
+  const g = v.geom();
+  const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
+  const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
+  if (inX && inY) return { kind: "cell", q, k };
+  if (inY && x < g.x0 && x >= 0) return { kind: "row", q };
+  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred && v.predictions()?.has(q)) return { kind: "pred", q };
+  if (inX && y < g.y0 && y >= M.top) return { kind: "col", k };
+  return null;
+}
+
+/**
+ * The tooltip for what is under the mouse.
+ * @param {Viewer} v
+ * @param {MouseEvent} e
+ */
+function hover(v, e) {
+  if (v.drag) return;
+  const { x, y } = pos(v, e), t = hit(v, x, y), tip = v.dom.tip;
+  if (!t) { tip.hidden = true; return; }
+  const info = v.stackInfo();
+  /**
+   * @param {string} label
+   * @param {string} text
+   * @param {string} [cls]
+   */
+  const line = (label, text, cls) => { const d = h("div", cls); d.append(h("span", "am-k", label), h("span", "am-tok", text)); return d; };
+  tip.replaceChildren();
+  delete tip.dataset.value;
+  if (t.kind === "cell") {
+    const d = v.current(), val = d ? value(d, t.q, t.k) : null;
+    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
+    tip.append(h("div", "am-val", val === null ? "masked (this query cannot see this key)" : `attention ${val.toFixed(4)}`));
+    tip.dataset.q = String(t.q); tip.dataset.k = String(t.k); tip.dataset.value = val === null ? "masked" : val.toFixed(4);
+  } else if (t.kind === "dcell") {
+    const dd = diffHead(v), p = t.q * dd.k + t.k;
+    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
+    if (Number.isNaN(dd.d[p])) tip.append(h("div", "am-val", "masked"));
+    else tip.append(h("div", "am-val", `A ${dd.a[p].toFixed(4)} · B ${dd.b[p].toFixed(4)} · A − B ${dd.d[p] >= 0 ? "+" : ""}${dd.d[p].toFixed(4)}`));
+    tip.dataset.value = Number.isNaN(dd.d[p]) ? "masked" : dd.d[p].toFixed(4);
+  } else if (t.kind === "pred") {
+    const r = v.predictions()?.get(t.q);
+    if (!r) { tip.hidden = true; return; }
+    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line("top-1 ", `${r.top[0].token}  p ${r.top[0].p.toFixed(3)}`));
+    if (r.next) tip.append(line("actual next ", `${r.next.token}  p ${r.next.p.toFixed(3)} · rank ${r.next.rank}`));
+    tip.append(h("div", "am-k", "click: top-k"));
+  } else if (t.kind === "row") {
+    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), h("div", "am-k", "click: highlight"));
+  } else if (t.kind === "col") {
+    tip.append(line(`key ${t.k} `, info.key_tokens[t.k]), h("div", "am-k", "click: highlight"));
+  } else {
+    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`), h("div", "am-k", "click to open"));
+  }
+  tip.hidden = false;
+  const r = v.dom.canvas.getBoundingClientRect();
+  tip.style.left = Math.min(x + 14, r.width - 180) + "px";
+  tip.style.top = y + 16 + "px";
+}
+
+/**
+ * Mouse down on the canvas: open a thumbnail, select a token, or start panning.
+ * @param {Viewer} v
+ * @param {MouseEvent} e
+ */
+function press(v, e) {
+  if (e.button !== 0) return;
+  v.dom.root.focus({ preventScroll: true });
+  const start = pos(v, e), t = hit(v, start.x, start.y), st = v.st;
+  if (!t) return;
+  if (t.kind === "thumb") { v.set({ layer: t.layer, head: t.head, view: st.view === "change" ? "diff" : "heatmap" }); return; }
+  if (t.kind === "dcell") return;
+  if (t.kind === "cell") {
+    const g = v.geom();
+    if (g.cs <= g.fit) return;
+    // Drag to pan; a click without movement does nothing.
+    const q0 = g.q0, k0 = g.k0;
+    /** @param {MouseEvent} ev */
+    const move = (ev) => {
+      const p = pos(v, ev);
+      v.drag = true;
+      v.set({ k0: k0 - (p.x - start.x) / g.cs, q0: q0 - (p.y - start.y) / g.cs });
+    };
+    const up = () => { window.removeEventListener("mousemove", move); window.removeEventListener("mouseup", up); v.drag = false; };
+    window.addEventListener("mousemove", move);
+    window.addEventListener("mouseup", up);
+    v.off.push(up);
+    return;
+  }
+  select(v, t.kind === "row" || t.kind === "pred" ? t.q : null, t.kind === "col" ? t.k : null);
+}
+
+/**
+ * Select a token (its row and column); selecting it again clears the selection.
+ * @param {Viewer} v
+ * @param {number | null} q
+ * @param {number | null} k
+ */
+export function select(v, q, k) {
+  // Self-attention: one token is both a query (its row) and a key (its column).
+  if (v.st.stack !== "cross") { const i = q ?? k; q = i; k = i; }
+  const cur = v.st.sel;
+  v.set({ sel: cur && cur.q === q && cur.k === k ? null : { q, k } });
+}
+
+/**
+ * @param {Viewer} v
+ * @param {number} f
+ * @param {number} [cx]
+ * @param {number} [cy]
+ */
+export function zoom(v, f, cx, cy) {
+  if (v.st.view !== "heatmap") return;
+  const g = v.geom();
+  v.set(zoomAbout(g, f, cx ?? g.x0 + g.pw / 2, cy ?? g.y0 + g.ph / 2));
+}
+
+/**
+ * @param {Viewer} v
+ * @param {WheelEvent} e
+ */
+function wheel(v, e) {
+  if (v.st.view !== "heatmap") return;
+  const g = v.geom(), p = pos(v, e);
+  if (e.ctrlKey || e.metaKey) { e.preventDefault(); zoom(v, e.deltaY < 0 ? 1.25 : 0.8, p.x, p.y); return; }
+  if (g.cs <= g.fit) return; // at full view the page scrolls as usual
+  e.preventDefault();
+  v.set({ k0: g.k0 + (e.shiftKey ? e.deltaY : e.deltaX) / g.cs, q0: g.q0 + (e.shiftKey ? 0 : e.deltaY) / g.cs });
+}
+
+/**
+ * Drag on the minimap: centre the view there.
+ * @param {Viewer} v
+ * @param {MouseEvent} e
+ */
+function miniPress(v, e) {
+  /** @param {MouseEvent} ev */
+  const go = (ev) => {
+    const r = v.dom.mini.getBoundingClientRect(), g = v.geom();
+    const k = (ev.clientX - r.left) / v.miniScale, q = (ev.clientY - r.top) / v.miniScale;
+    v.set({ k0: k - g.vk / 2, q0: q - g.vq / 2 });
+  };
+  go(e);
+  const up = () => { window.removeEventListener("mousemove", go); window.removeEventListener("mouseup", up); };
+  window.addEventListener("mousemove", go);
+  window.addEventListener("mouseup", up);
+}
+
+/**
+ * @param {Viewer} v
+ * @param {KeyboardEvent} e
+ */
+function key(v, e) {
+  const target = /** @type {HTMLElement | null} */ (e.target);
+  if (target && /^(SELECT|INPUT|TEXTAREA)$/.test(target.tagName)) return;
+  const st = v.st, [L, H] = v.stackInfo().shape;
+  /** @param {number} dh */
+  const head = (dh) => () => v.set({ head: stepHead(st.head, dh, H) });
+  /** @param {number} dl */
+  const layer = (dl) => () => v.set({ layer: (st.layer + dl + L) % L });
+  /** @type {Record<string, () => void>} */
+  const acts = {
+    ArrowLeft: head(-1), h: head(-1), ArrowRight: head(1), l: head(1),
+    ArrowUp: layer(-1), k: layer(-1), ArrowDown: layer(1), j: layer(1),
+    "+": () => zoom(v, 2), "=": () => zoom(v, 2), "-": () => zoom(v, 0.5), 0: () => v.set({ cs: null }),
+    Escape: () => v.set({ sel: null }),
+  };
+  const f = acts[e.key];
+  if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
+  e.preventDefault();
+  e.stopPropagation();
+  f();
+}
+
+/**
+ * Save the canvas as a PNG named after the view.
+ * @param {Viewer} v
+ */
+function download(v) {
+  const st = v.st, name = `attnmap-${st.stack}-L${st.layer}-${typeof st.head === "number" ? "H" + st.head : st.head}-${st.view}.png`;
+  v.dom.canvas.toBlob((blob) => {
+    if (!blob) return v.fail(new Error("attnmap: this browser could not make a PNG"));
+    const url = URL.createObjectURL(blob), a = h("a");
+    a.href = url; a.download = name; a.hidden = true;
+    v.dom.root.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 5000);
+  }, "image/png");
+}
+
+/**
+ * Wire the controls, canvas, minimap and keys to the viewer.
+ * @param {Viewer} v
+ */
+export function attachInput(v) {
+  const u = v.dom.ui, c = v.dom.canvas;
+  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null }));
+  v.listen(u.layer, "change", () => v.set({ layer: +u.layer.value }));
+  v.listen(u.head, "change", () => v.set({ head: /^\d+$/.test(u.head.value) ? +u.head.value : /** @type {"mean" | "max"} */ (u.head.value) }));
+  v.listen(u.view, "change", () => v.set({ view: /** @type {State["view"]} */ (u.view.value) }));
+  v.listen(u.scale, "change", () => v.set({ scale: /** @type {State["scale"]} */ (u.scale.value) }));
+  v.listen(u.metric, "change", () => v.set({ metric: u.metric.value === "mean_abs" ? "mean_abs" : "js" }));
+  v.listen(u.ignore, "change", () => v.set({ ignoreFirst: u.ignore.checked }));
+  v.listen(u.zoomIn, "click", () => zoom(v, 2));
+  v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
+  v.listen(u.fit, "click", () => v.set({ cs: null }));
+  v.listen(u.png, "click", () => download(v));
+  v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
+  v.listen(u.min, "input", () => { const x = parseFloat(u.min.value); v.set({ min: Number.isFinite(x) ? x : null }); });
+  for (const s of [u.from, u.to, u.vs]) v.listen(s, "change", () => relate(v));
+  v.listen(v.dom.root, "keydown", (/** @type {KeyboardEvent} */ e) => key(v, e));
+  v.listen(c, "mousemove", (/** @type {MouseEvent} */ e) => hover(v, e));
+  v.listen(c, "mouseleave", () => { v.dom.tip.hidden = true; });
+  v.listen(c, "mousedown", (/** @type {MouseEvent} */ e) => press(v, e));
+  v.listen(c, "wheel", (/** @type {WheelEvent} */ e) => wheel(v, e), { passive: false });
+  v.listen(v.dom.mini, "mousedown", (/** @type {MouseEvent} */ e) => miniPress(v, e));
+}

@@ -1,0 +1,306 @@
+// The DOM around the canvas: the control bars, the selection panel and the relation panel.
+// Token text goes in only as textContent and option text, never as markup.
+
+import { value } from "./data.js";
+import { relationMass, wordTokens } from "./analysis.js";
+
+/** @typedef {import("./viewer.js").Viewer} Viewer */
+/** @typedef {import("./types.js").StackInfo} StackInfo */
+
+/**
+ * @template {keyof HTMLElementTagNameMap} T
+ * @param {T} tag
+ * @param {string} [cls]
+ * @param {string | null} [text]
+ * @returns {HTMLElementTagNameMap[T]}
+ */
+export function h(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+/**
+ * @typedef {object} Controls
+ * @property {HTMLSelectElement} stack
+ * @property {HTMLSelectElement} layer
+ * @property {HTMLSelectElement} head
+ * @property {HTMLSelectElement} view
+ * @property {HTMLSelectElement} scale
+ * @property {HTMLSelectElement} metric
+ * @property {HTMLInputElement} ignore
+ * @property {HTMLButtonElement} zoomIn
+ * @property {HTMLButtonElement} zoomOut
+ * @property {HTMLButtonElement} fit
+ * @property {HTMLButtonElement} png
+ * @property {HTMLSelectElement} score
+ * @property {HTMLInputElement} min
+ * @property {HTMLSelectElement} from
+ * @property {HTMLSelectElement} to
+ * @property {HTMLSelectElement} vs
+ */
+
+/**
+ * @typedef {object} Dom
+ * @property {HTMLDivElement} root
+ * @property {Controls} ui
+ * @property {HTMLDivElement} census
+ * @property {HTMLCanvasElement} canvas
+ * @property {HTMLDivElement} tip
+ * @property {HTMLCanvasElement} mini
+ * @property {HTMLDivElement} info
+ * @property {HTMLDivElement} relBox
+ * @property {HTMLDivElement} relOut
+ * @property {HTMLDivElement} status
+ */
+
+/** @returns {Dom} */
+export function buildDom() {
+  const root = h("div", "attnmap");
+  root.tabIndex = 0;
+  root.setAttribute("data-lm-suppress-shortcuts", "true"); // keep JupyterLab's j/k for us
+  root.setAttribute("data-p-suppress-shortcuts", "true");
+  const bar = h("div", "am-bar");
+  /**
+   * @template {HTMLElement} E
+   * @param {HTMLElement} box
+   * @param {string} label
+   * @param {E} ctl
+   * @returns {E}
+   */
+  const field = (box, label, ctl) => { const l = h("label", "am-field", label + " "); l.append(ctl); box.append(l); return ctl; };
+  const stack = field(bar, "stack", h("select", "am-stack"));
+  const layer = field(bar, "layer", h("select", "am-layer"));
+  const head = field(bar, "head", h("select", "am-head"));
+  const view = field(bar, "view", h("select", "am-view"));
+  const scale = field(bar, "scale", h("select", "am-scale"));
+  const metric = field(bar, "change", h("select", "am-metric"));
+  for (const [v, t] of [["js", "JS divergence"], ["mean_abs", "mean |A − B|"]]) metric.add(new Option(t, v));
+  for (const [v, t] of [["unit", "0 – 1"], ["head", "0 – head max"], ["log", "log"]]) scale.add(new Option(t, v));
+  const ign = h("label", "am-field am-check");
+  const ignore = h("input", "am-ignore");
+  ignore.type = "checkbox";
+  ign.append(ignore, document.createTextNode(" ignore first token"));
+  bar.append(ign);
+  /**
+   * @param {string} cls
+   * @param {string} text
+   * @param {string} tip
+   */
+  const button = (cls, text, tip) => {
+    const b = h("button", "am-btn " + cls, text);
+    b.type = "button"; b.title = tip;
+    bar.append(b);
+    return b;
+  };
+  const zoomOut = button("am-zoom-out", "−", "zoom out (-)");
+  const zoomIn = button("am-zoom-in", "+", "zoom in (+)");
+  const fit = button("am-fit", "fit", "whole matrix (0)");
+  const png = button("am-png", "PNG", "download this view as PNG");
+  // Census: sort and filter head grids by a score (shown when the payload carries scores).
+  const census = h("div", "am-bar am-census");
+  const score = field(census, "score", h("select", "am-score"));
+  const min = field(census, "at least", h("input", "am-min"));
+  min.type = "number"; min.step = "0.05"; min.placeholder = "any";
+  min.style.width = "5em";
+  const main = h("div", "am-main");
+  const stage = h("div", "am-stage");
+  const canvas = h("canvas", "am-canvas");
+  const tip = h("div", "am-tip");
+  tip.hidden = true;
+  stage.append(canvas, tip);
+  const side = h("div", "am-side");
+  const mini = h("canvas", "am-mini");
+  const info = h("div", "am-info");
+  // Relation panel: heads ranked by attention from one word to another (minus a third).
+  const relBox = h("div", "am-rel");
+  relBox.append(h("div", "am-k", "relation: heads ranked by to − vs"));
+  const from = field(relBox, "from", h("select", "am-rel-from"));
+  const to = field(relBox, "to", h("select", "am-rel-to"));
+  const vs = field(relBox, "vs", h("select", "am-rel-vs"));
+  const relOut = h("div", "am-rel-out");
+  relBox.append(relOut);
+  side.append(mini, info, relBox);
+  main.append(stage, side);
+  const status = h("div", "am-status");
+  root.append(bar, census, main, status);
+  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, score, min, from, to, vs };
+  return { root, ui, census, canvas, tip, mini, info, relBox, relOut, status };
+}
+
+/**
+ * Make the controls show the state. `full`: a new payload, so rebuild the option lists.
+ * @param {Viewer} v
+ * @param {boolean} full
+ */
+export function syncControls(v, full) {
+  const u = v.dom.ui, st = v.st, info = v.stackInfo(), [L, H] = info.shape;
+  const header = /** @type {import("./types.js").Header} */ (v.header);
+  if (full) {
+    const views = [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]];
+    if (v.diff) views.push(["diff", "A, B, A − B"], ["change", "change per head"]);
+    u.view.replaceChildren(...views.map(([val, t]) => new Option(t, val)));
+    /** @type {HTMLElement} */ (u.metric.parentElement).hidden = !v.diff;
+    const stacks = header.stacks.map((s) => s.name);
+    u.stack.replaceChildren(...stacks.map((s) => new Option(s, s)));
+    /** @type {HTMLElement} */ (u.stack.parentElement).hidden = stacks.length < 2;
+    /** @param {boolean} none */
+    const wordOpts = (none) => [...(none ? [new Option("(none)", "")] : []), ...v.words.map((w, i) => new Option(w.spec, String(i)))];
+    u.from.replaceChildren(...wordOpts(false));
+    u.to.replaceChildren(...wordOpts(false));
+    u.vs.replaceChildren(...wordOpts(true));
+    if (v.words.length > 1) u.to.value = "1";
+  }
+  u.stack.value = st.stack;
+  if (u.layer.options.length !== L) u.layer.replaceChildren(...Array.from({ length: L }, (_, i) => new Option(String(i), String(i))));
+  if (u.head.options.length !== H + 2) {
+    u.head.replaceChildren(...Array.from({ length: H }, (_, i) => new Option(String(i), String(i))), new Option("mean of heads", "mean"), new Option("max of heads", "max"));
+  }
+  u.layer.value = String(st.layer);
+  u.head.value = String(st.head);
+  u.view.value = st.view;
+  u.scale.value = st.scale;
+  u.metric.value = st.metric;
+  u.ignore.checked = st.ignoreFirst;
+  for (const b of [u.zoomIn, u.zoomOut, u.fit]) b.disabled = st.view !== "heatmap";
+  const sc = info.scores;
+  v.dom.census.hidden = !sc;
+  if (sc && u.score.options.length !== sc.names.length + 1) {
+    u.score.replaceChildren(new Option("top score", ""), ...sc.names.map((n) => new Option(n, n)));
+  }
+  if (sc) u.score.value = st.score || "";
+  v.dom.relBox.hidden = !relationStack(v) || v.words.length === 0;
+}
+
+/**
+ * The selection panel: the selected token's strongest keys and queries, and its predictions.
+ * @param {Viewer} v
+ */
+export function showInfo(v) {
+  const sel = v.st.sel, d = v.current(), info = v.stackInfo(), box = v.dom.info;
+  box.replaceChildren();
+  if (!sel || !d) return;
+  /** @param {[number, number | null][]} pairs */
+  const top = (pairs) => /** @type {[number, number][]} */ (pairs.filter((p) => p[1] !== null)).sort((a, b) => b[1] - a[1]).slice(0, 5);
+  /**
+   * @param {string} titleText
+   * @param {[number, number][]} rows
+   * @param {string[]} toks
+   */
+  const list = (titleText, rows, toks) => {
+    const el = h("div", "am-list");
+    el.append(h("div", "am-k", titleText));
+    for (const [i, x] of rows) { const r = h("div", "am-row"); r.append(h("span", "am-tok", toks[i]), h("span", "am-num", x.toFixed(3))); el.append(r); }
+    box.append(el);
+  };
+  const head = h("div", "am-sel");
+  if (sel.q != null) head.append(h("span", "am-k", `query ${sel.q} `), h("span", "am-tok", info.query_tokens[sel.q]));
+  if (sel.k != null && sel.k !== sel.q) head.append(h("span", "am-k", ` key ${sel.k} `), h("span", "am-tok", info.key_tokens[sel.k]));
+  box.append(head);
+  const q = sel.q, k = sel.k;
+  if (q != null) list("attends most to", top(Array.from({ length: d.k }, (_, j) => [j, value(d, q, j)])), info.key_tokens);
+  if (k != null) list("attended most by", top(Array.from({ length: d.q }, (_, i) => [i, value(d, i, k)])), info.query_tokens);
+  const preds = v.predictions();
+  const pred = q != null && preds ? preds.get(q) : null;
+  if (pred) {
+    const el = h("div", "am-list am-pred");
+    el.append(h("div", "am-k", v.header?.predictions_kind === "masked" ? "fill-in, top-k" : "next token, top-k"));
+    for (const t of pred.top) {
+      const r = h("div", "am-row am-pred-row");
+      if (pred.next && t.token === pred.next.token) r.classList.add("am-pred-true");
+      r.append(h("span", "am-tok", t.token), h("span", "am-num", t.p.toFixed(3)));
+      el.append(r);
+    }
+    if (pred.next) {
+      const r = h("div", "am-pred-next" + (pred.next.rank !== 1 ? " am-pred-miss" : ""));
+      r.append(h("span", "am-k", "actual "), h("span", "am-tok", pred.next.token),
+        h("span", "am-num", ` p ${pred.next.p.toFixed(3)} · rank ${pred.next.rank}`));
+      el.append(r);
+    }
+    box.append(el);
+  }
+}
+
+// --- relation panel ---
+/**
+ * The stack the relation panel works on (self-attention with token offsets), or null.
+ * @param {Viewer} v
+ * @returns {StackInfo | null}
+ */
+export function relationStack(v) {
+  const info = v.stackInfo();
+  return ["self", "encoder"].includes(info.name) && info.query_offsets ? info : null;
+}
+
+/**
+ * @typedef {{ layer: number, head: number, to: number, vs?: number, diff?: number }} RelHead
+ * @typedef {{ stack: string, from: string, to: string, vs: string | null, ranked_by: string, heads: RelHead[] }} Relation
+ */
+
+/** @type {WeakMap<Viewer, { seq: number, relation: Relation | null }>} */
+const REL = new WeakMap();
+
+/** @param {Viewer} v */
+export function resetRelation(v) {
+  REL.set(v, { seq: 0, relation: null });
+  v.dom.relOut.replaceChildren();
+}
+
+/**
+ * Rank every head by attention from the "from" word to the "to" word (minus "vs").
+ * @param {Viewer} v
+ * @returns {Promise<Relation | null>}
+ */
+export async function relate(v) {
+  const info = relationStack(v), u = v.dom.ui, mem = REL.get(v) || { seq: 0, relation: null };
+  REL.set(v, mem);
+  if (!info || !info.query_offsets) return null;
+  const offsets = info.query_offsets;
+  /** @param {HTMLSelectElement} sel */
+  const pick = (sel) => (sel.value === "" ? null : v.words[+sel.value] ?? null);
+  const from = pick(u.from), to = pick(u.to), vs = pick(u.vs);
+  if (!from || !to) return null;
+  /** @param {import("./analysis.js").Word} w */
+  const toks = (w) => wordTokens(offsets, w.s, w.e);
+  const src = toks(from), dst = toks(to), alt = vs ? toks(vs) : null;
+  const seq = ++mem.seq;
+  const [L] = info.shape;
+  /** @type {RelHead[]} */
+  const heads = [];
+  for (let li = 0; li < L; li++) {
+    let layer;
+    try { layer = await v.layer(info.name, li); } catch (err) { v.fail(err); return null; }
+    if (seq !== mem.seq) return null; // a newer query took over
+    const a = relationMass(layer, src, dst), b = alt ? relationMass(layer, src, alt) : null;
+    for (let hd = 0; hd < layer.heads; hd++) {
+      /** @type {RelHead} */
+      const r = { layer: li, head: hd, to: a[hd] };
+      if (b) { r.vs = b[hd]; r.diff = a[hd] - b[hd]; }
+      heads.push(r);
+    }
+  }
+  const key = alt ? "diff" : "to";
+  heads.sort((p, q) => (q[key] ?? 0) - (p[key] ?? 0) || p.layer - q.layer || p.head - q.head);
+  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads };
+  showRelation(v, mem.relation);
+  return mem.relation;
+}
+
+/**
+ * The ten best heads of a relation; a click opens one.
+ * @param {Viewer} v
+ * @param {Relation} r
+ */
+function showRelation(v, r) {
+  const out = v.dom.relOut;
+  out.replaceChildren();
+  for (const x of r.heads.slice(0, 10)) {
+    const row = h("div", "am-row am-rel-row");
+    row.dataset.layer = String(x.layer); row.dataset.head = String(x.head);
+    row.title = r.vs ? `to ${x.to.toFixed(3)} · vs ${(x.vs ?? 0).toFixed(3)}` : `to ${x.to.toFixed(3)}`;
+    row.append(h("span", "am-k", `${x.layer}.${x.head}`), h("span", "am-num", ((r.vs ? x.diff : x.to) ?? 0).toFixed(3)));
+    v.listen(row, "click", () => v.set({ layer: x.layer, head: x.head, view: "heatmap" }));
+    out.append(row);
+  }
+}

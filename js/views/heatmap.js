@@ -1,0 +1,167 @@
+// One head as a heatmap: matrix, values in big cells, selection, token labels, role bands,
+// predictions column, colour bar and minimap.
+
+import { M, PRED_W } from "../layout.js";
+import { LOG_DECADES, darkEntry, lutIndex, tOf } from "../colour.js";
+import { value } from "../data.js";
+import { fmtScore } from "../analysis.js";
+import { FONT, fmt, labels, rampBar, roleBands, setupCanvas, short, title } from "../draw.js";
+
+/** @typedef {import("../viewer.js").Viewer} Viewer */
+/** @typedef {import("../types.js").HeadData} HeadData */
+/** @typedef {import("../layout.js").Geometry} Geometry */
+
+/**
+ * @param {Viewer} v
+ * @param {HeadData} d
+ */
+export function paintHeatmap(v, d) {
+  const st = v.st, info = v.stackInfo(), g = v.geom();
+  // The canvas hugs the matrix (plus labels and colour bar) so the side panel sits beside it.
+  const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), g.h);
+  const { canvas: img, vmax } = v.image(d);
+  title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}`);
+  // Matrix: whole source cells, scaled without smoothing so each cell stays a crisp square.
+  const sk = Math.floor(g.k0), sq = Math.floor(g.q0);
+  const nk = Math.min(g.K - sk, Math.ceil(g.k0 + g.vk) - sk + 1), nq = Math.min(g.Q - sq, Math.ceil(g.q0 + g.vq) - sq + 1);
+  ctx.save();
+  ctx.beginPath(); ctx.rect(g.x0, g.y0, g.pw, g.ph); ctx.clip();
+  ctx.imageSmoothingEnabled = false;
+  const dx = g.x0 + (sk - g.k0) * g.cs, dy = g.y0 + (sq - g.q0) * g.cs;
+  ctx.drawImage(img, sk, sq, nk, nq, dx, dy, nk * g.cs, nq * g.cs);
+  if (g.cs >= 30) cellValues(v, ctx, d, g, { sk, sq, nk, nq, dx, dy }, vmax);
+  if (st.sel) paintSelection(v, ctx, g, img);
+  ctx.restore();
+  ctx.strokeStyle = "#888"; ctx.lineWidth = 1;
+  ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
+  labels(ctx, g, info, st.sel);
+  v.bands = roleBands(ctx, g, info);
+  v.predRows = g.pred ? paintPredictions(v, ctx, g) : [];
+  colourBar(v, ctx, g, vmax);
+  paintMini(v, img, g);
+  v.hits = [];
+}
+
+/**
+ * @param {Viewer} v
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {HeadData} d
+ * @param {Geometry} g
+ * @param {{ sk: number, sq: number, nk: number, nq: number, dx: number, dy: number }} r  the drawn cells
+ * @param {number} vmax
+ */
+function cellValues(v, ctx, d, g, r, vmax) {
+  ctx.textAlign = "center"; ctx.textBaseline = "middle";
+  ctx.font = `${Math.min(12, Math.floor(g.cs / 3))}px system-ui, sans-serif`;
+  for (let i = 0; i < r.nq; i++) {
+    for (let j = 0; j < r.nk; j++) {
+      const x = value(d, r.sq + i, r.sk + j);
+      if (x === null) continue;
+      ctx.fillStyle = darkEntry(v.ramps.seq, lutIndex(tOf(x, vmax, v.st.scale))) ? "#fff" : "#333";
+      ctx.fillText(x.toFixed(2), r.dx + (j + 0.5) * g.cs, r.dy + (i + 0.5) * g.cs);
+    }
+  }
+  ctx.font = FONT;
+}
+
+/**
+ * Fade everything but the selected row (what the token attends to) and column (who attends
+ * to it).
+ * @param {Viewer} v
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ * @param {HTMLCanvasElement} img
+ */
+function paintSelection(v, ctx, g, img) {
+  const sel = v.st.sel;
+  if (!sel) return;
+  const { q, k } = sel;
+  ctx.fillStyle = "rgba(255,255,255,0.55)";
+  ctx.fillRect(g.x0, g.y0, g.pw, g.ph);
+  ctx.strokeStyle = "#e8590c"; ctx.lineWidth = 2;
+  ctx.imageSmoothingEnabled = false;
+  if (q != null) {
+    const y = g.y0 + (q - g.q0) * g.cs;
+    ctx.drawImage(img, 0, q, g.K, 1, g.x0 - g.k0 * g.cs, y, g.K * g.cs, g.cs);
+    ctx.strokeRect(g.x0, y, g.pw, g.cs);
+  }
+  if (k != null) {
+    const x = g.x0 + (k - g.k0) * g.cs;
+    ctx.drawImage(img, k, 0, 1, g.Q, x, g.y0 - g.q0 * g.cs, g.cs, g.Q * g.cs);
+    ctx.strokeRect(x, g.y0, g.cs, g.ph);
+  }
+}
+
+/**
+ * One line per query row: the top-1 next token and its probability; ✗ where the token that
+ * really came next was not the top-1. Token text is drawn with fillText (data).
+ * @param {Viewer} v
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ */
+function paintPredictions(v, ctx, g) {
+  const preds = v.predictions(), sel = v.st.sel, x = g.x0 + g.pw + 6;
+  /** @type {{ q: number, text: string, miss: boolean }[]} */
+  const rows = [];
+  if (!preds) return rows;
+  const step = Math.max(1, Math.ceil(12 / g.cs));
+  const size = Math.max(7, Math.min(12, Math.floor(g.cs - 1)));
+  ctx.font = "bold 10px system-ui, sans-serif"; ctx.fillStyle = "#555"; ctx.textAlign = "left"; ctx.textBaseline = "bottom";
+  ctx.fillText("predicted (p)", x, g.y0 - 4);
+  ctx.font = `${size}px system-ui, sans-serif`; ctx.textBaseline = "middle";
+  const q1 = Math.min(g.Q, Math.ceil(g.q0 + g.vq));
+  for (let i = Math.floor(g.q0); i < q1; i++) {
+    const r = preds.get(i), y = g.y0 + (i - g.q0 + 0.5) * g.cs;
+    if (!r || !r.top.length || (i % step && i !== sel?.q) || y < g.y0 || y > g.y0 + g.ph) continue;
+    const top = r.top[0], miss = !!(r.next && r.next.rank !== 1);
+    const text = `${short(top.token, 10)} ${fmtScore(top.p)}`;
+    ctx.fillStyle = i === sel?.q ? "#e8590c" : "#222";
+    ctx.fillText(text, x, y, PRED_W - 22);
+    if (miss) { ctx.fillStyle = "#c92a2a"; ctx.fillText("✗", x + PRED_W - 18, y); }
+    rows.push({ q: i, text, miss });
+  }
+  ctx.font = FONT;
+  return rows;
+}
+
+/**
+ * @param {Viewer} v
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ * @param {number} vmax
+ */
+function colourBar(v, ctx, g, vmax) {
+  const x = g.x0 + g.pw + g.pred + 14, y = g.y0, bh = Math.min(g.ph, 260), bw = 12, st = v.st;
+  rampBar(ctx, v.ramps.seq, x, y, bw, bh);
+  ctx.strokeStyle = "#888"; ctx.strokeRect(x - 0.5, y - 0.5, bw + 1, bh + 1);
+  ctx.fillStyle = "#333"; ctx.textAlign = "left"; ctx.textBaseline = "middle";
+  const ticks = st.scale === "log" ? [0, 1, 2, 3].map((i) => [vmax * 10 ** -i, 1 - i / LOG_DECADES]) : [0, 0.25, 0.5, 0.75, 1].map((f) => [f * vmax, f]);
+  for (const [val, f] of ticks) ctx.fillText(fmt(val), x + bw + 4, y + (1 - f) * (bh - 1));
+  const my = y + bh + 14;
+  ctx.fillStyle = "#c8c8c8"; ctx.fillRect(x, my, 6, 6); ctx.fillStyle = "#e2e2e2"; ctx.fillRect(x + 6, my, 6, 6);
+  ctx.fillRect(x, my + 6, 6, 6); ctx.fillStyle = "#c8c8c8"; ctx.fillRect(x + 6, my + 6, 6, 6);
+  ctx.fillStyle = "#333"; ctx.fillText("masked", x + bw + 4, my + 6);
+  if (st.ignoreFirst && st.scale !== "unit") ctx.fillText("key 0 ignored", x - 2, my + 24);
+  ctx.font = "9px system-ui, sans-serif"; ctx.fillStyle = "#888";
+  ctx.fillText(v.ramps.seq.name, x - 2, my + 38, M.bar - 4);
+  ctx.font = FONT;
+}
+
+/**
+ * The whole matrix small, with the zoomed view outlined.
+ * @param {Viewer} v
+ * @param {HTMLCanvasElement} img
+ * @param {Geometry} g
+ */
+function paintMini(v, img, g) {
+  const side = 160, r = Math.min(side / g.K, side / g.Q), w = Math.max(1, Math.round(g.K * r)), hh = Math.max(1, Math.round(g.Q * r));
+  const ctx = setupCanvas(v.dom.mini, w, hh);
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(img, 0, 0, w, hh);
+  v.miniScale = r;
+  v.dom.mini.hidden = false;
+  if (g.cs > g.fit) {
+    ctx.strokeStyle = "#e8590c"; ctx.lineWidth = 2;
+    ctx.strokeRect(g.k0 * r, g.q0 * r, Math.min(g.vk, g.K) * r, Math.min(g.vq, g.Q) * r);
+  }
+}
