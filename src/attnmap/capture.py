@@ -131,10 +131,6 @@ def capture(
                                predictions=predictions, top_k=top_k)
         run.extra.update(extra)
         return run
-    if target is not None:
-        warnings.warn(f"target is for encoder-decoder models; {info['id']!r} is "
-                      f"{info['architecture']}-only, so it was not used", AttnmapWarning,
-                      stacklevel=2)
     if predictions:
         _check_lm_head(loaded)
     n = len(ids)
