@@ -4,7 +4,7 @@
     python bench/run_all.py [--quick]
 
 Each benchmark also runs alone (see its own docstring). Numbers depend on the machine; the
-file names the one they came from. Takes about 15 minutes on 2 cores (--quick: about 5).
+file names the one they came from. Takes about 20 minutes on 2 cores (--quick: about 10).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main() -> None:
                                                    "1" if args.quick else "2"])
     mem, mem_text = _captured(bench_memory.main, [])
     census = _script("bench_census.py")
+    windows = _script("bench_long_windows.py")  # about 5 minutes on 2 cores
     browser = _script("bench_html.py", *(["--quick"] if args.quick else []))
 
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -91,6 +92,10 @@ def main() -> None:
         "",
         "Above 1 GiB of float32 weights a run keeps queries and keys and computes a layer when "
         "it is read (`store=\"qk\"`, `attnmap capture --store`).",
+        "",
+        "## Long inputs with sliding windows (issue: modern LLMs)",
+        "",
+        windows,
         "",
         "## Head census",
         "",
