@@ -175,8 +175,11 @@ def test_non_text_models_are_refused_in_one_line(tmp_path, capsys):
     WhisperForConditionalGeneration(WhisperConfig(
         d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100,
-        max_source_positions=16, max_target_positions=16, num_mel_bins=8,
+        max_source_positions=16, max_target_positions=16, num_mel_bins=8, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, suppress_tokens=[],
+        begin_suppress_tokens=[],
     )).save_pretrained(whisper)
+    capsys.readouterr()  # save_pretrained's own progress lines
     for path, what in ((vit, "images (pixel_values)"), (whisper, "audio features")):
         assert main(["render", "a cat", "--model", str(path), "-o", str(tmp_path / "x.png"),
                      "-q"]) == 2
@@ -192,6 +195,7 @@ def test_info_says_causal_for_base_and_wrapped_causal_models(tmp_path, capsys):
         path = tmp_path / name
         _zoo.build(name, tok).save_pretrained(path)
         tok.save_pretrained(path)
+        capsys.readouterr()
         assert main(["info", "--model", str(path), "--json"]) == 0
         facts = json.loads(capsys.readouterr().out)
         assert facts["causal"] is True and facts["architecture"] == "decoder", name
