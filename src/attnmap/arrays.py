@@ -24,6 +24,10 @@ from .run import AttentionRun, AttentionStack
 from .tokens import Token, _byte_decoder, display_text, visible
 
 ROW_TOLERANCE = 1e-3  # a row may sum to at most 1 + this over the keys it can see
+# Half-precision weights were rounded after the softmax, so their rows may sum to 1 plus up
+# to about one machine epsilon of their format: the tolerance grows to it.
+_EPS = {"bfloat16": 2.0**-7, "float16": 2.0**-10, "float8_e4m3fn": 2.0**-3,
+        "float8_e4m3fnuz": 2.0**-3, "float8_e5m2": 2.0**-2, "float8_e5m2fnuz": 2.0**-2}
 MASKED_TOLERANCE = 1e-6  # a masked cell may hold at most this much attention
 NEGATIVE_TOLERANCE = 1e-6  # rounding noise below zero that is not an error
 
@@ -64,13 +68,13 @@ def from_arrays(
     `model` names the model (a string id) or gives its facts as a dict (``id`` and any
     others); layers, heads, causal and architecture are filled in from the arrays.
     """
-    layers = _layers(attention)  # each [head, query, key], float32
+    layers, tolerance = _layers(attention)  # each [head, query, key], float32
     n_layers, n_heads = len(layers), layers[0].shape[0]
     n = layers[0].shape[1]
     toks, run_text = _tokens(tokens, n, text)
     masks = _masks(layers, mask, causal)  # one [query, key] bool per layer
     for i, (a, m) in enumerate(zip(layers, masks)):
-        _check_layer(i, a, m, explicit=mask is not None)
+        _check_layer(i, a, m, explicit=mask is not None, tolerance=tolerance)
     facts = _model_facts(model, n_layers, n_heads)
     stack = AttentionStack("self", layers, masks[0], masks)
     future = np.triu(np.ones((n, n), dtype=bool), k=1)
@@ -90,6 +94,12 @@ def from_arrays(
 
 
 # --- attention ---------------------------------------------------------------------------
+
+
+def _eps(x: Any) -> float:
+    """How far the input's rounding may push a row's sum past 1."""
+    name = str(getattr(x, "dtype", "")).removeprefix("torch.")
+    return max(ROW_TOLERANCE, _EPS.get(name, 0.0))
 
 
 def _to_numpy(x: Any, what: str) -> np.ndarray:
@@ -112,12 +122,14 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
         raise AttnmapError(problem) from None
 
 
-def _layers(attention: Any) -> list[np.ndarray]:
-    """Each layer's weights ``[head, query, key]`` as float32."""
+def _layers(attention: Any) -> tuple[list[np.ndarray], float]:
+    """Each layer's weights ``[head, query, key]`` as float32, and the row-sum tolerance."""
     if isinstance(attention, (list, tuple)) and attention and all(
             hasattr(a, "shape") for a in attention):
         layers = [_one_layer(_to_numpy(a, f"layer {i}"), i) for i, a in enumerate(attention)]
+        tolerance = max(_eps(a) for a in attention)
     else:
+        tolerance = _eps(attention)
         arr = _to_numpy(attention, "attention")
         if arr.ndim == 3:  # [head, query, key]: one layer
             layers = [arr]
@@ -149,7 +161,7 @@ def _layers(attention: Any) -> list[np.ndarray]:
                 f"layer {i} has shape {a.shape} but layer 0 has {first}; every layer needs "
                 "the same [head, query, key] shape"
             )
-    return layers
+    return layers, tolerance
 
 
 def _one_layer(a: np.ndarray, i: int) -> np.ndarray:
@@ -168,7 +180,8 @@ def _one_layer(a: np.ndarray, i: int) -> np.ndarray:
     return a
 
 
-def _check_layer(i: int, a: np.ndarray, m: np.ndarray, *, explicit: bool) -> None:
+def _check_layer(i: int, a: np.ndarray, m: np.ndarray, *, explicit: bool,
+                 tolerance: float) -> None:
     """Probabilities: finite, not negative, zero where masked, rows at most 1."""
     bad = ~np.isfinite(a)
     if bad.any():
@@ -193,7 +206,7 @@ def _check_layer(i: int, a: np.ndarray, m: np.ndarray, *, explicit: bool) -> Non
             f"key {k}); {fix}"
         )
     sums = a.sum(axis=-1, dtype=np.float64)  # [head, query]; masked cells are 0 by now
-    over = sums > 1.0 + ROW_TOLERANCE
+    over = sums > 1.0 + tolerance
     if over.any():
         h, q = (int(x) for x in np.argwhere(over)[0])
         raise AttnmapError(
