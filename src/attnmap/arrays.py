@@ -360,10 +360,8 @@ def _tokens(tokens: Any, n: int, text: str | None) -> tuple[list[Token], str]:
 
 def _alphabet(raws: list[str]) -> str:
     """Which tokenizer alphabet the pieces are written in (see :mod:`attnmap.tokens`)."""
-    table = _byte_decoder()
-    if any(ch in _SHIFTED for r in raws for ch in r) and all(
-            ch in table for r in raws for ch in r):
-        return "byte_level"
+    if any(ch in _SHIFTED for r in raws for ch in r):
+        return "byte_level"  # pieces outside its alphabet (added tokens) stay as written
     if any("▁" in r for r in raws):
         return "metaspace"
     if any(r.startswith("##") and len(r) > 2 for r in raws):
@@ -375,7 +373,9 @@ def _piece_bytes(raw: str, kind: str, first: bool) -> bytes:
     """The input bytes one piece stands for."""
     if kind == "byte_level":
         table = _byte_decoder()
-        return bytes(table[ch] for ch in raw)
+        if all(ch in table for ch in raw):
+            return bytes(table[ch] for ch in raw)
+        return raw.encode()
     if kind == "metaspace":
         byte = _BYTE_PIECE.match(raw)  # SentencePiece's byte fallback
         return bytes([int(byte.group(1), 16)]) if byte else raw.replace("▁", " ").encode()
