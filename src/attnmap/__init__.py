@@ -28,6 +28,7 @@ _LAZY = {
     "rollout": "attnmap.analysis:rollout",
     "merge_words": "attnmap.analysis:merge_words",
     "transform": "attnmap.analysis:transform",
+    "from_arrays": "attnmap.arrays:from_arrays",
 }
 
 __all__ = [

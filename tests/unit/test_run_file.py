@@ -145,7 +145,7 @@ def test_public_surface():
     assert set(attnmap.__all__) == {
         "AttentionRun", "AttentionStack", "AttnmapError", "AttnmapWarning", "Token",
         "__version__", "capture", "load", "heatmap", "show", "to_html", "head_scores",
-        "relate", "rollout", "merge_words", "transform",
+        "relate", "rollout", "merge_words", "transform", "from_arrays",
     }
     assert callable(attnmap.capture) and callable(attnmap.heatmap)
 
