@@ -28,7 +28,6 @@ from ._errors import AttnmapError
 
 EAGER_IMPL = "attnmap_eager"
 QK_IMPL = "attnmap_qk"
-IMPL_NAME = QK_IMPL  # older name
 _STATE = threading.local()
 _registered = False
 

@@ -246,8 +246,7 @@ def role_bands(ax: Any, query_tokens: list[Token], key_tokens: list[Token], *,
             for t in range(a, b):
                 alpha = 0.4 if toks[t].template else 1.0
                 xy = (t - 0.5, 0) if along_x else (0, t - 0.5)
-                wh = (1, 1) if along_x else (1, 1)
-                axis.add_patch(Rectangle(xy, *wh, facecolor=color, alpha=alpha,
+                axis.add_patch(Rectangle(xy, 1, 1, facecolor=color, alpha=alpha,
                                          edgecolor="none"))
             if (b - a) * cell_pt >= 6 * size:
                 mid = (a + b - 1) / 2
