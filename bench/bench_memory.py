@@ -28,7 +28,7 @@ def peak_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-from attnmap.capture import get_model
+from attnmap.capturing import get_model
 n, store, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 loaded = get_model(path)
 ids_text = ("the cat sat on the mat " * n)

@@ -48,7 +48,7 @@ def bench_model(name: str, path: str, limit: int, sizes: list[int], repeat: int,
                 max_cells: float) -> list[dict[str, Any]]:
     from transformers import AutoModel
 
-    from attnmap.capture import get_model
+    from attnmap.capturing import get_model
 
     loaded = get_model(path)
     sdpa = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()

@@ -10,13 +10,20 @@ import importlib
 from typing import Any
 
 from ._errors import AttnmapError, AttnmapWarning
-
-# Bound after the submodule import so that `attnmap.capture` stays the function.
-from .capture import capture
-from .run import AttentionRun, AttentionStack, load
+from .capturing import capture
+from .run import AttentionRun, AttentionStack, load, set_display
 from .tokens import Token
 
 __version__ = "0.1.0"
+
+
+def _notebook_display(run: AttentionRun) -> dict[str, Any]:
+    from .viewer import mimebundle
+
+    return mimebundle(run)
+
+
+set_display(_notebook_display)  # a run shows itself in a notebook through the viewer
 
 # Public names that live in modules with heavier imports, loaded on first use.
 _LAZY = {
@@ -27,7 +34,7 @@ _LAZY = {
     "relate": "attnmap.analysis:relate",
     "rollout": "attnmap.analysis:rollout",
     "merge_words": "attnmap.analysis:merge_words",
-    "transform": "attnmap.analysis:transform",
+    "transform": "attnmap.attribution:transform",
     "from_arrays": "attnmap.arrays:from_arrays",
 }
 

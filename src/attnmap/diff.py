@@ -11,14 +11,16 @@ how much its pattern changed over the aligned cells:
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ._errors import AttnmapError
-from .run import AttentionRun
+from ._errors import AttnmapError, deprecated
+from .run import STACK_SIDES, AttentionRun, AttentionStack
 from .tokens import Token
 
 MIN_ALIGNED = 0.5  # below this share of the shorter sequence, alignment is refused
@@ -46,6 +48,14 @@ class Diff:
         masked = (self.a.stack(self.stack).mask(la)[np.ix_(self.ia, self.ia)]
                   | self.b.stack(self.stack).mask(la)[np.ix_(self.ib, self.ib)])
         return a, b, a - b, masked
+
+    def aligned_run(self, side: str) -> AttentionRun:
+        """Run ``"a"`` or ``"b"`` cut down to the compared stack and the aligned tokens."""
+        if side == "a":
+            return aligned_run(self.a, self.stack, self.ia)
+        if side == "b":
+            return aligned_run(self.b, self.stack, self.ib)
+        raise AttnmapError(f"side must be 'a' or 'b' (not {side!r})")
 
 
 def align(a: Sequence[Hashable], b: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
@@ -166,38 +176,23 @@ def compare(a: AttentionRun, b: AttentionRun, *, stack: str | None = None,
     return d
 
 
+def aligned_run(run: AttentionRun, stack: str, idx: np.ndarray) -> AttentionRun:
+    """`run` cut down to one stack and the aligned token positions `idx` (both axes)."""
+    st = run.stack(stack)
+    ix = np.asarray(idx, dtype=np.intp)
+    layers = [run.layer(i, stack)[:, ix][:, :, ix] for i in range(st.n_layers)]  # [head, q, k]
+    masks = [np.asarray(m, dtype=bool)[np.ix_(ix, ix)] for m in st.layer_masks]  # per layer
+    cut = AttentionStack(stack, layers, masks[0], masks)
+    toks = run.query_tokens(stack)
+    kept = [toks[i] for i in ix]
+    if STACK_SIDES[stack][0] == "target":
+        return dataclasses.replace(run, target_tokens=kept, stacks={stack: cut}, extra={})
+    return dataclasses.replace(run, tokens=kept, stacks={stack: cut}, extra={})
+
+
 def figure(d: Diff, layer: int | None = None, head: int | None = None, *,
            values: bool | None = None) -> Any:
-    """Heatmaps A, B and A − B side by side (the difference on a diverging scale at 0)."""
-    from . import plot
-
-    if layer is None or head is None:
-        top = d.ranking[0]
-        layer = top["layer"] if layer is None else layer
-        head = top["head"] if head is None else head
-    a, b, delta, masked = d.matrices(layer, head)
-    li, hi = d.a.layer_index(layer, d.stack), d.a.head_index(head, d.stack)
-    toks = d.tokens
-    n = len(toks)
-    cell = plot.cell_inches(n, n)
-    side = n * cell + 1.8
-    fig = plot.new_figure(3 * side + 1.5, side + 1.0)
-    lim = float(np.abs(np.where(masked, 0, delta)).max()) or 1.0
-    panels = [(a, "A", "Blues", 0.0, 1.0), (b, "B", "Blues", 0.0, 1.0),
-              (delta, "A − B", "RdBu_r", -lim, lim)]
-    for k, (m, label, cmap, lo, hi_) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, k + 1)
-        img = plot.draw_matrix(ax, m, masked, query_tokens=toks, key_tokens=toks,
-                               values=values, vmin=lo, vmax=hi_, cmap=cmap,
-                               cell_pt=cell * 72.0)
-        ax.set_title(label, fontsize=10)
-        if k == 0:
-            ax.set_ylabel("query (input) token")
-        ax.set_xlabel("key (output) token")
-        fig.colorbar(img, ax=ax, shrink=0.7)
-    ma, mb = d.a.model.get("id"), d.b.model.get("id")
-    who = f"{ma}" if ma == mb else f"A: {ma} · B: {mb}"
-    r = next(x for x in d.ranking if x["layer"] == li and x["head"] == hi)
-    fig.suptitle(f"{who} · layer {li} · head {hi} · mean |A−B| {r['mean_abs']:.3f} · "
-                 f"JS {r['js']:.3f}", fontsize=11)
-    return fig
+    """Deprecated: :func:`attnmap.plot.diff_figure`."""
+    deprecated("attnmap.diff.figure", "attnmap.plot.diff_figure")
+    plot = importlib.import_module("attnmap.plot")
+    return plot.diff_figure(d, layer, head, values=values)

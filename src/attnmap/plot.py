@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import AttnmapError
+from .diff import Diff
 from .run import AttentionRun
 from .tokens import Token
 
@@ -462,3 +463,38 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 150) -> Pa
         warnings.filterwarnings("ignore", message=r"Glyph .* missing")
         fig.savefig(tmp, format=fmt, dpi=dpi)
     return Path(path)
+
+
+def diff_figure(d: Diff, layer: int | None = None, head: int | None = None, *,
+           values: bool | None = None) -> Any:
+    """Heatmaps A, B and A − B side by side (the difference on a diverging scale at 0)."""
+    if layer is None or head is None:
+        top = d.ranking[0]
+        layer = top["layer"] if layer is None else layer
+        head = top["head"] if head is None else head
+    a, b, delta, masked = d.matrices(layer, head)
+    li, hi = d.a.layer_index(layer, d.stack), d.a.head_index(head, d.stack)
+    toks = d.tokens
+    n = len(toks)
+    cell = cell_inches(n, n)
+    side = n * cell + 1.8
+    fig = new_figure(3 * side + 1.5, side + 1.0)
+    lim = float(np.abs(np.where(masked, 0, delta)).max()) or 1.0
+    panels = [(a, "A", "Blues", 0.0, 1.0), (b, "B", "Blues", 0.0, 1.0),
+              (delta, "A − B", "RdBu_r", -lim, lim)]
+    for k, (m, label, cmap, lo, hi_) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, k + 1)
+        img = draw_matrix(ax, m, masked, query_tokens=toks, key_tokens=toks,
+                               values=values, vmin=lo, vmax=hi_, cmap=cmap,
+                               cell_pt=cell * 72.0)
+        ax.set_title(label, fontsize=10)
+        if k == 0:
+            ax.set_ylabel("query (input) token")
+        ax.set_xlabel("key (output) token")
+        fig.colorbar(img, ax=ax, shrink=0.7)
+    ma, mb = d.a.model.get("id"), d.b.model.get("id")
+    who = f"{ma}" if ma == mb else f"A: {ma} · B: {mb}"
+    r = next(x for x in d.ranking if x["layer"] == li and x["head"] == hi)
+    fig.suptitle(f"{who} · layer {li} · head {hi} · mean |A−B| {r['mean_abs']:.3f} · "
+                 f"JS {r['js']:.3f}", fontsize=11)
+    return fig

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,17 @@ import numpy as np
 
 from ._errors import AttnmapError
 from ._io import atomic_path
-from ._qk import QKLayers
+from .qkweights import QKLayers
 from .tokens import Token
+
+# What a notebook displays for a run; set by ``attnmap/__init__.py`` to the viewer's widget.
+_display: Callable[[Any], dict[str, Any]] | None = None
+
+
+def set_display(hook: Callable[[Any], dict[str, Any]] | None) -> None:
+    """Choose what ``AttentionRun._repr_mimebundle_`` shows (None: the plain repr)."""
+    global _display
+    _display = hook
 
 # The newest format this version reads. Version 2 added queries/keys storage for long runs
 # and predictions; version 3 per-layer masks (sliding windows, alternating layer types). A run
@@ -272,14 +281,13 @@ class AttentionRun:
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook a run shows itself in the interactive viewer."""
-        try:
-            from .viewer import mimebundle
-        except ImportError:
+        """In a notebook a run shows itself in the interactive viewer (wired by the package:
+        the viewer sits above this module, so the run only calls what it was given)."""
+        if _display is None:
             return {"text/plain": repr(self)}
         try:
-            return dict(mimebundle(self))
-        except AttnmapError:  # the widget extra is not installed
+            return dict(_display(self))
+        except (ImportError, AttnmapError):  # the widget extra is not installed
             return {"text/plain": repr(self)}
 
     # --- files -----------------------------------------------------------------------------

@@ -20,13 +20,9 @@ import numpy as np
 import pytest
 
 import attnmap
-from attnmap.analysis import (
-    attention_x_gradient,
-    head_scores,
-    repeat_probe,
-    transform,
-    value_norm,
-)
+from attnmap.analysis import head_scores
+from attnmap.attribution import attention_x_gradient, transform, value_norm
+from attnmap.probes import repeat_probe
 
 WORDS = [f"w{i}" for i in range(28)]
 SPECIAL = ["<s>", "</s>", "<unk>", "<pad>"]
@@ -245,7 +241,7 @@ def _layer0_f_norms(kind, model, ids):
 def test_value_norm_matches_the_weights(which, gpt2_dir, bert_dir):
     import torch
 
-    from attnmap.capture import get_model
+    from attnmap.capturing import get_model
 
     path = gpt2_dir if which == "gpt2" else bert_dir
     run = attnmap.capture("The cat that sat on the mat was black.", model=path)
@@ -258,7 +254,7 @@ def test_value_norm_matches_the_weights(which, gpt2_dir, bert_dir):
 def test_attention_x_gradient_follows_chefer(gpt2_run):
     import torch
 
-    from attnmap.capture import get_model
+    from attnmap.capturing import get_model
 
     rel, what = attention_x_gradient(gpt2_run, return_target=True)
     n = len(gpt2_run.tokens)

@@ -70,14 +70,13 @@ def test_diff_cli_json_and_picture(planted, tmp_path):
 def test_diff_figure_for_papers(planted, tmp_path):
     import re
 
-    from attnmap import diff as diffmod
-    from attnmap.plot import save_figure
+    from attnmap.plot import diff_figure, save_figure
 
     from ..unit.test_plot import _pdf_fonts
 
     a_dir, b_dir = planted
     d = compare(attnmap.capture(TEXT, model=a_dir), attnmap.capture(TEXT, model=b_dir))
-    fig = diffmod.figure(d)
+    fig = diff_figure(d)
     assert _pdf_fonts(save_figure(fig, tmp_path / "d.pdf").read_bytes()) == (True, False)
     svg = save_figure(fig, tmp_path / "d.svg").read_text("utf-8")
     texts = re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 import attnmap
-from attnmap.analysis import SCORE_NAMES, head_scores, relate, repeat_probe
+from attnmap.analysis import SCORE_NAMES, head_scores, relate
+from attnmap.probes import repeat_probe
 
 
 def cli(*args, cwd=None):

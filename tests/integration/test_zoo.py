@@ -148,7 +148,7 @@ def test_auto_store_never_refuses_what_weights_would_capture(tok, monkeypatch):
     """A long text to a model the q/k path cannot read: auto keeps weights while they fit."""
     import sys
 
-    cap = sys.modules["attnmap.capture"]  # the module (attnmap.capture is the function)
+    cap = sys.modules["attnmap.capturing"]
 
     model = _model("bloom", tok)
     n = len(attnmap.capture(TEXT, model=model, tokenizer=tok).tokens)

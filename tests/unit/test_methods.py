@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnmap import AttentionRun, AttentionStack, AttnmapError, Token
-from attnmap.analysis import rollout, transform
+from attnmap import AttentionRun, AttentionStack, AttnmapError, Token, rollout, transform
 
 L0 = [[1, 0, 0, 0], [.5, .5, 0, 0], [.2, .3, .5, 0], [.1, .15, .5, .25]]
 L1 = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]

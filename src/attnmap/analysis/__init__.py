@@ -1,8 +1,8 @@
-"""Analysis of an AttentionRun: head census, relations, words, and methods beyond raw weights.
+"""Analysis of an AttentionRun: head census, relations, words, rollout. numpy only.
 
-Everything here is numpy on a run, except :func:`value_norm` and
-:func:`attention_x_gradient`, which run the model again (torch is imported inside them).
-Names load on first use, so that ``attnmap.analysis._cmd`` (the CLI) starts fast.
+Methods that run the model again (value-norm, attention × gradient) and probes built from
+token ids live in the capture layer: :mod:`attnmap.attribution` and :mod:`attnmap.probes`.
+Names load on first use, so that the command line starts fast.
 """
 
 from __future__ import annotations
@@ -10,26 +10,34 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .._errors import deprecated
+
 _NAMES = {
     "METHODS": "methods",
-    "attention_x_gradient": "methods",
     "rollout": "methods",
-    "transform": "methods",
-    "value_norm": "methods",
-    "capture_ids": "probe",
-    "repeat_ids": "probe",
-    "repeat_probe": "probe",
-    "relate": "relate",
+    "relate": "relations",
     "SCORE_NAMES": "scores",
     "head_scores": "scores",
     "merge_words": "words",
     "word_groups": "words",
+}
+# Names that moved to the capture layer: they still load from here for one release.
+_MOVED = {
+    "attention_x_gradient": "attnmap.attribution",
+    "transform": "attnmap.attribution",
+    "value_norm": "attnmap.attribution",
+    "capture_ids": "attnmap.probes",
+    "repeat_ids": "attnmap.probes",
+    "repeat_probe": "attnmap.probes",
 }
 
 __all__ = sorted(_NAMES)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        deprecated(f"attnmap.analysis.{name}", f"{_MOVED[name]}.{name}")
+        return getattr(importlib.import_module(_MOVED[name]), name)
     mod = _NAMES.get(name)
     if mod is None:
         raise AttributeError(f"module 'attnmap.analysis' has no attribute {name!r}")

@@ -132,7 +132,7 @@ async def get_diff_payload(id_a: str, id_b: str, side: str, runner: RunnerDep,
     run, idx = (run_a, al.ia) if side == "a" else (run_b, al.ib)
 
     def job(_: Any) -> bytes:
-        from ..viewer.html import aligned_run
+        from ..diff import aligned_run
         from ..viewer.payload import encode
 
         return encode(aligned_run(run, al.stack, idx),  # type: ignore[no-any-return]

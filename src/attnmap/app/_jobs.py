@@ -38,7 +38,7 @@ class Model:
     def get(self) -> Any:
         with self._load_lock:
             if self.loaded is None:
-                from ..capture import get_model
+                from ..capturing import get_model
 
                 self.loaded = get_model(self.name, trust_remote_code=self.trust_remote_code,
                                         device=self.device, torch_dtype=self.torch_dtype)
@@ -81,7 +81,7 @@ class Job:
 
 def check_text(text: str, what: str) -> str:
     """`text` if a model may read it, else `ApiError` 400 (empty, NUL, lone surrogates)."""
-    from ..capture import check_text as check
+    from ..capturing import check_text as check
 
     try:
         check(text, what)
@@ -148,7 +148,7 @@ class Runner:
             if job.abandoned:
                 return None
             self._check_size(loaded, text)
-            from ..capture import capture
+            from ..capturing import capture
 
             t0 = time.perf_counter()
             try:

@@ -172,24 +172,6 @@ def to_html(
 DIFF_OPTION_KEYS = ("layer", "head", "view", "metric")
 
 
-def aligned_run(run: Any, stack: str, idx: np.ndarray) -> Any:
-    """`run` cut down to one stack and the aligned token positions `idx` (both axes)."""
-    import dataclasses
-
-    from ..run import STACK_SIDES, AttentionStack
-
-    st = run.stack(stack)
-    ix = np.asarray(idx, dtype=np.intp)
-    layers = [run.layer(i, stack)[:, ix][:, :, ix] for i in range(st.n_layers)]  # [head, q, k]
-    masks = [np.asarray(m, dtype=bool)[np.ix_(ix, ix)] for m in st.layer_masks]  # per layer
-    cut = AttentionStack(stack, layers, masks[0], masks)
-    toks = run.query_tokens(stack)
-    kept = [toks[i] for i in ix]
-    if STACK_SIDES[stack][0] == "target":
-        return dataclasses.replace(run, target_tokens=kept, stacks={stack: cut}, extra={})
-    return dataclasses.replace(run, tokens=kept, stacks={stack: cut}, extra={})
-
-
 def diff_page(d: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> str:
     """The standalone diff page for ``attnmap.diff.compare``'s result `d` as a string."""
     unknown = sorted(set(options) - set(DIFF_OPTION_KEYS))
@@ -221,7 +203,7 @@ def diff_page(d: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> str:
         "b": d.b.text if same_model else f"{mb}",
         "stack": d.stack,
     }
-    ra, rb = aligned_run(d.a, d.stack, d.ia), aligned_run(d.b, d.stack, d.ib)
+    ra, rb = d.aligned_run("a"), d.aligned_run("b")
     return _page(encode(ra, cmap=cmap), opts, encode(rb, cmap=cmap))
 
 

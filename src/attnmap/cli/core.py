@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
-from .cli import (
-    add_common,
-    add_model_options,
-    add_text_input,
-    capture_kwargs,
-    model_input,
-    read_text,
-    say,
-)
+from ._common import add_common, add_model_options, add_text_input, apply_view, obtain_run, say
 
 
 def register(sub: Any) -> None:
@@ -85,56 +76,10 @@ def register(sub: Any) -> None:
     i.set_defaults(func=_info)
 
 
-def obtain_run(args: argparse.Namespace) -> Any:
-    """The run a command works on: loaded from --run, or captured from the text."""
-    from ._errors import AttnmapError
-
-    text = read_text(args)
-    predictions = bool(getattr(args, "predictions", False))
-    if getattr(args, "run", None):
-        if text is not None:
-            raise AttnmapError("give either a text or --run FILE, not both")
-        if getattr(args, "model", None) is not None or getattr(args, "target", None):
-            raise AttnmapError("--model and --target do not apply to --run; the run file "
-                               "already holds the model's attention")
-        if getattr(args, "chat", False):
-            raise AttnmapError("--chat does not apply to --run; the run file already holds "
-                               "its tokens")
-        from .run import load
-
-        run = load(args.run)  # quick: no progress line, so an error stays the only line
-        if predictions and run.predictions is None:
-            raise AttnmapError("this run file has no predictions; capture it with "
-                               "`attnmap capture --predictions`")
-        return run
-    if text is None:
-        raise AttnmapError("no text given; pass TEXT, --file PATH, --run FILE, or pipe text in")
-    top_k = int(getattr(args, "top_k", 5))
-    if predictions and top_k < 1:
-        raise AttnmapError(f"--top must be at least 1 (not {top_k})")
-    from .capture import capture
-
-    t0 = time.perf_counter()
-    run = capture(model_input(args, text), args.model, store=getattr(args, "store", "auto"),
-                  predictions=predictions, top_k=top_k, **capture_kwargs(args))
-    say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
-        f"heads in {time.perf_counter() - t0:.1f}s")
-    return run
-
-
-def apply_view(run: Any, args: argparse.Namespace) -> Any:
-    """--words / --method: hand the run to the analysis transforms when asked."""
-    if not getattr(args, "words", False) and getattr(args, "method", "raw") in ("raw", None):
-        return run
-    from .analysis import transform
-
-    return transform(run, words=args.words, method=args.method)
-
-
 def _render(args: argparse.Namespace) -> int:
-    from ._errors import AttnmapError
-    from ._io import check_writable
-    from .plot import output_format
+    from .._errors import AttnmapError
+    from .._io import check_writable
+    from ..plot import output_format
 
     output_format(args.output)
     check_writable(args.output)
@@ -147,7 +92,7 @@ def _render(args: argparse.Namespace) -> int:
         except ValueError:
             raise AttnmapError(f"--head must be an integer or 'all' (not {args.head!r})") from None
     run = apply_view(obtain_run(args), args)
-    from . import plot
+    from .. import plot
 
     run.layer_index(args.layer, args.stack)  # range errors before any drawing
     if args.overview:
@@ -166,7 +111,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
-    from ._io import check_writable
+    from .._io import check_writable
 
     check_writable(args.output)
     run = obtain_run(args)
@@ -177,14 +122,14 @@ def _capture(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     if args.run:
-        from .run import load
+        from ..run import load
 
         run = load(args.run)
         facts = dict(run.model)
         facts["tokens"] = len(run.tokens)
         facts["stacks"] = {k: list(v.shape) for k, v in run.stacks.items()}
     else:
-        from .models import describe
+        from ..models import describe
 
         facts = describe(args.model, trust_remote_code=args.trust_remote_code)
     if args.json:

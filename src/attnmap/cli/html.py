@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..cli import add_common, add_model_options, add_text_input, say
+from ._common import add_common, add_model_options, add_text_input, say
 
 
 def _head(value: str) -> int | str:
@@ -56,11 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from .._cmd_core import obtain_run
     from .._io import check_writable
+    from ._common import obtain_run
 
     t0 = time.perf_counter()
-    from .colours import check_cmap
+    from ..viewer.colours import check_cmap
 
     out = check_writable(args.output)  # fail before the slow part
     check_cmap(args.cmap)
@@ -69,7 +69,7 @@ def handle(args: argparse.Namespace) -> int:
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
         "view": args.view, "ignore_first": args.ignore_first or None,
     }
-    from .html import to_html
+    from ..viewer.html import to_html
 
     shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
     say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli import add_common, add_model_options, add_text_input, say
+from ._common import add_common, add_model_options, add_text_input, say
 
 
 def register(sub: Any) -> None:
@@ -52,10 +52,10 @@ def register(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from . import predict
-    from ._errors import AttnmapError
-    from .capture import capture
-    from .cli import capture_kwargs, model_input, read_text
+    from .. import predict
+    from .._errors import AttnmapError
+    from ..capturing import capture
+    from ._common import capture_kwargs, model_input, read_text
 
     if args.top < 1:
         raise AttnmapError(f"--top must be at least 1 (not {args.top})")
@@ -82,17 +82,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from . import diff as diffmod
-    from ._errors import AttnmapError
-    from ._io import check_writable
-    from .capture import capture, check_text
+    from .. import diff as diffmod
+    from .._errors import AttnmapError
+    from .._io import check_writable
+    from ..capturing import capture, check_text
 
     html_out = bool(args.output) and str(args.output).lower().endswith((".html", ".htm"))
     if args.output:
         if not html_out:
             from pathlib import Path
 
-            from .plot import FORMATS
+            from ..plot import FORMATS
 
             ext = Path(args.output).suffix.lower()
             if ext not in FORMATS:
@@ -103,7 +103,7 @@ def _diff(args: argparse.Namespace) -> int:
         raise AttnmapError("give a second text, or --against MODEL to compare two models")
     if args.text_b is not None and args.against is not None:
         raise AttnmapError("compare two texts or two models, not both at once")
-    from .cli import capture_kwargs, model_input
+    from ._common import capture_kwargs, model_input
 
     check_text(args.text)
     kw = capture_kwargs(args)
@@ -122,14 +122,14 @@ def _diff(args: argparse.Namespace) -> int:
     else:
         _diff_table(d, args.top)
     if html_out:
-        from .viewer.html import diff_html
+        from ..viewer.html import diff_html
 
         html = diff_html(d, args.output, layer=args.layer, head=args.head)
         say(args, f"wrote {args.output} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
     elif args.output:
-        from .plot import save_figure
+        from ..plot import diff_figure, save_figure
 
-        fig = diffmod.figure(d, args.layer, args.head)
+        fig = diff_figure(d, args.layer, args.head)
         save_figure(fig, args.output)
         say(args, f"wrote {args.output}")
     return 0

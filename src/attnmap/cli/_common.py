@@ -1,54 +1,13 @@
-"""The ``attnmap`` command: parse, call the library, print.
-
-Each command lives in a module with ``register(subparsers)``; it sets ``func`` on its parser.
-Modules listed in ``COMMAND_MODULES`` must import only the standard library at top level, so
-that ``attnmap --help`` and every command start fast.
-"""
+"""What every command shares: text input, model options, the run a command works on."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+import time
+from typing import Any
 
-from ._errors import AttnmapError, AttnmapWarning
-
-COMMAND_MODULES = [
-    "attnmap._cmd_core",  # render, capture, info
-    "attnmap._cmd_compare",  # predict, diff
-    "attnmap.viewer._cmd",  # html
-    "attnmap.analysis._cmd",  # heads, relate
-    "attnmap.app._cmd",  # serve
-]
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line (exit code 2), pointing at --help."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"attnmap: error: {message} (see `{self.prog} --help`)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="attnmap",
-        description="See where a transformer's attention goes. Layers and heads are 0-based; "
-        "negative numbers count from the end.",
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("attnmap"):
-                continue  # a command not built yet
-            raise
-        mod.register(sub)
-    return parser
+from .._errors import AttnmapError
 
 
 def say(args: argparse.Namespace, msg: str) -> None:
@@ -117,7 +76,7 @@ def model_input(args: argparse.Namespace, text: str) -> Any:
     """The text itself, or with --chat the messages its JSON holds."""
     if not getattr(args, "chat", False):
         return text
-    from ._chat import parse_messages
+    from .._chat import parse_messages
 
     where = f"--file {args.file!r}" if getattr(args, "file", None) else "the --chat text"
     return parse_messages(text, where)
@@ -162,36 +121,49 @@ def read_text(args: argparse.Namespace) -> str | None:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from . import __version__
+def obtain_run(args: argparse.Namespace) -> Any:
+    """The run a command works on: loaded from --run, or captured from the text."""
+    from .._errors import AttnmapError
 
-        print(__version__)
-        return 0
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    debug = getattr(args, "debug", False) or os.environ.get("ATTNMAP_DEBUG") == "1"
-    import warnings
+    text = read_text(args)
+    predictions = bool(getattr(args, "predictions", False))
+    if getattr(args, "run", None):
+        if text is not None:
+            raise AttnmapError("give either a text or --run FILE, not both")
+        if getattr(args, "model", None) is not None or getattr(args, "target", None):
+            raise AttnmapError("--model and --target do not apply to --run; the run file "
+                               "already holds the model's attention")
+        if getattr(args, "chat", False):
+            raise AttnmapError("--chat does not apply to --run; the run file already holds "
+                               "its tokens")
+        from ..run import load
 
-    def _show(message: Any, category: Any, *_a: Any, **_k: Any) -> None:
-        print(f"attnmap: warning: {message}", file=sys.stderr)
+        run = load(args.run)  # quick: no progress line, so an error stays the only line
+        if predictions and run.predictions is None:
+            raise AttnmapError("this run file has no predictions; capture it with "
+                               "`attnmap capture --predictions`")
+        return run
+    if text is None:
+        raise AttnmapError("no text given; pass TEXT, --file PATH, --run FILE, or pipe text in")
+    top_k = int(getattr(args, "top_k", 5))
+    if predictions and top_k < 1:
+        raise AttnmapError(f"--top must be at least 1 (not {top_k})")
+    from ..capturing import capture
 
-    warnings.showwarning = _show  # type: ignore[assignment]
-    warnings.simplefilter("always", AttnmapWarning)
-    try:
-        return int(args.func(args) or 0)
-    except AttnmapError as exc:
-        if debug:
-            raise
-        print(f"attnmap: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("attnmap: interrupted", file=sys.stderr)
-        return 130
+    t0 = time.perf_counter()
+    run = capture(model_input(args, text), args.model, store=getattr(args, "store", "auto"),
+                  predictions=predictions, top_k=top_k, **capture_kwargs(args))
+    say(args, f"captured {len(run.tokens)} tokens, {run.n_layers} layers × {run.n_heads} "
+        f"heads in {time.perf_counter() - t0:.1f}s")
+    return run
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def apply_view(run: Any, args: argparse.Namespace) -> Any:
+    """--words / --method: hand the run to the analysis transforms when asked."""
+    if not getattr(args, "words", False) and getattr(args, "method", "raw") in ("raw", None):
+        return run
+    from ..attribution import transform
+
+    return transform(run, words=args.words, method=args.method)
+
+

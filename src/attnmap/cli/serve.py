@@ -14,7 +14,7 @@ DEFAULT_PORT = 8765
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_common
+    from ._common import add_common
 
     p = sub.add_parser(
         "serve",
@@ -109,7 +109,7 @@ def serve(args: argparse.Namespace) -> int:
     say = (lambda m: None) if args.quiet else (lambda m: print(f"attnmap: {m}", file=sys.stderr,
                                                                   flush=True))
     try:
-        from .server import create_app
+        from ..app.server import create_app
 
         names = [None if m in ("default", "") else m for m in (args.models or [None])]
         say(f"loading {len(names)} model{'s' * (len(names) > 1)} …")

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import AttnmapError
-from ..run import AttentionRun
+from ._errors import AttnmapError
+from .run import AttentionRun
 
 
 def repeat_ids(loaded: Any, *, length: int = 50, seed: int = 0) -> list[int]:
@@ -41,8 +41,8 @@ def capture_ids(ids: list[int], model: Any = None) -> AttentionRun:
     """Run `model` on token ids directly (no text to tokenize) and return the run."""
     import torch
 
-    from ..capture import get_model
-    from ..tokens import make_tokens
+    from .capturing import get_model
+    from .tokens import make_tokens
 
     loaded = get_model(model)
     info = loaded.info
@@ -50,7 +50,7 @@ def capture_ids(ids: list[int], model: Any = None) -> AttentionRun:
         raise AttnmapError(
             f"probes need a decoder-only or encoder model; {info['id']!r} is an encoder-decoder"
         )
-    from ..capture import _facts, forward_weights
+    from .capturing import _facts, forward_weights
 
     input_ids = torch.tensor([list(ids)])
     _, stack = forward_weights(loaded, input_ids)  # each layer with the mask it used
@@ -62,7 +62,7 @@ def capture_ids(ids: list[int], model: Any = None) -> AttentionRun:
 
 def repeat_probe(model: Any = None, *, length: int = 50, seed: int = 0) -> AttentionRun:
     """Capture the repeated random sequence; ``run.extra['probe']`` says how it was made."""
-    from ..capture import get_model
+    from .capturing import get_model
 
     loaded = get_model(model)
     run = capture_ids(repeat_ids(loaded, length=length, seed=seed), loaded)

@@ -11,7 +11,7 @@ import math
 import sys
 from typing import Any
 
-from ..cli import add_common, add_model_options, add_text_input
+from ._common import add_common, add_model_options, add_text_input
 
 SCORES = ("self", "previous_token", "first_token", "duplicate_token", "induction", "locality",
           "mean_distance", "entropy", "entropy_norm", "special")
@@ -102,7 +102,7 @@ def register(sub: Any) -> None:
 
 
 def _get_run(args: argparse.Namespace) -> Any:
-    from .._cmd_core import obtain_run
+    from ._common import obtain_run
 
     return obtain_run(args)
 
@@ -115,7 +115,7 @@ def _heads(args: argparse.Namespace) -> int:
     if args.probe:
         if args.text is not None or args.file is not None or args.run:
             raise AttnmapError("--probe makes its own input; give no TEXT, --file or --run")
-        from .probe import repeat_probe
+        from ..probes import repeat_probe
 
         if not args.quiet:
             print(f"attnmap: probe: BOS + {args.length} random tokens, repeated "
@@ -123,7 +123,7 @@ def _heads(args: argparse.Namespace) -> int:
         run = repeat_probe(args.model, length=args.length, seed=args.seed)
     else:
         run = _get_run(args)
-    from .scores import head_scores
+    from ..analysis.scores import head_scores
 
     entries = head_scores(run, stack=args.stack, exclude_first=args.exclude_first,
                           exclude_current=args.exclude_current, locality_k=args.locality_k)
@@ -175,7 +175,7 @@ def _console() -> Any:
 
 def _relate(args: argparse.Namespace) -> int:
     run = _get_run(args)
-    from .relate import relate
+    from ..analysis.relations import relate
 
     res = relate(run, args.from_, args.to, args.vs, stack=args.stack)
     if args.top:
