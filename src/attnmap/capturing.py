@@ -247,11 +247,11 @@ def _add_predictions(run: AttentionRun, loaded: Any, logits: Any, top_k: int) ->
 
     if loaded.info["causal"]:
         run.extra["predictions"] = predict.causal(logits[0], loaded.tokenizer, run.tokens,
-                                                  k=top_k)
+                                                  top_k=top_k)
         run.extra["predictions_kind"] = "next-token"
     else:
         run.extra["predictions"] = predict.masked(logits[0], loaded.tokenizer, run.tokens,
-                                                  k=top_k)
+                                                  top_k=top_k)
         run.extra["predictions_kind"] = "masked"
 
 
@@ -386,6 +386,6 @@ def _capture_seq2seq(
         from . import predict
 
         _check_lm_head(loaded)
-        run.extra["predictions"] = predict.causal(out.logits[0], tok, target_tokens, k=top_k)
+        run.extra["predictions"] = predict.causal(out.logits[0], tok, target_tokens, top_k=top_k)
         run.extra["predictions_kind"] = "decoder"
     return run

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import AttnmapError
+from ._options import AGGREGATES, check_head, check_scale, merge_aggregate
 from .diff import Diff
 from .run import AttentionRun
 from .tokens import Token
@@ -46,22 +47,42 @@ def output_format(path: str | os.PathLike[str]) -> str:
 def head_matrix(
     run: AttentionRun,
     layer: int,
-    head: int | None,
+    head: int | str | None,
     *,
     stack: str | None = None,
     aggregate: str | None = None,
 ) -> np.ndarray:
-    """The matrix to draw: one head, or the heads' mean/max ``[query, key]``."""
-    if aggregate is None:
-        if head is None:
-            raise AttnmapError("give a head, or an aggregate (mean or max) over heads")
-        return run.head(layer, head, stack)
-    heads = run.layer(layer, stack)  # [head, query, key]
-    if aggregate == "mean":
-        return heads.mean(axis=0)
-    if aggregate == "max":
-        return heads.max(axis=0)
-    raise AttnmapError(f"aggregate must be mean or max (not {aggregate!r})")
+    """The matrix to draw: one head, or the heads' ``"mean"``/``"max"`` ``[query, key]``."""
+    head = merge_aggregate(head, aggregate)
+    if head is None:
+        raise AttnmapError("give a head number, or 'mean' or 'max' over the heads")
+    head = check_head(head)
+    if head in AGGREGATES:
+        heads = run.layer(layer, stack)  # [head, query, key]
+        return heads.mean(axis=0) if head == "mean" else heads.max(axis=0)
+    return run.head(layer, head, stack)
+
+
+@contextmanager
+def literal_text() -> Iterator[None]:
+    """Inside this block every string matplotlib draws is literal: a token ``$5-$10`` or
+    ``$\\notacmd$`` shows as typed, never as math (the Text objects keep the setting)."""
+    import matplotlib as mpl
+
+    with mpl.rc_context({"text.parse_math": False}):
+        yield
+
+
+def _literal(fn: Any) -> Any:
+    """Decorator: draw the whole figure with :func:`literal_text`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with literal_text():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # Fonts a paper's PDF/SVG can use: TrueType (Type 42) in PDF and PostScript, text as text in SVG.
@@ -150,8 +171,11 @@ def draw_matrix(
     cmap: str = "Blues",
     cell_pt: float | None = None,
     vmin: float = 0.0,
+    log: bool = False,
 ) -> Any:
-    """Draw one ``[query, key]`` matrix into `ax`; returns the image (for a colour bar)."""
+    """Draw one ``[query, key]`` matrix into `ax`; returns the image (for a colour bar).
+
+    With `log` the colours are log-spaced over three decades below `vmax`."""
     import matplotlib as mpl
 
     nq, nk = matrix.shape
@@ -160,7 +184,11 @@ def draw_matrix(
     # masked cells are transparent: the hatched background shows through
     cm = mpl.colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
     data = np.ma.masked_array(matrix, mask=masked)
-    norm = mpl.colors.Normalize(vmin=vmin, vmax=vmax)
+    if log:
+        norm = mpl.colors.LogNorm(vmin=vmax * 1e-3, vmax=vmax, clip=True)
+        data = np.ma.masked_array(np.maximum(matrix, vmax * 1e-3), mask=masked)
+    else:
+        norm = mpl.colors.Normalize(vmin=vmin, vmax=vmax)
     ax.patch.set_facecolor(MASK_FACE)
     ax.patch.set_hatch("////")
     ax.patch.set_edgecolor(MASK_HATCH)
@@ -259,13 +287,37 @@ def role_bands(ax: Any, query_tokens: list[Token], key_tokens: list[Token], *,
     ax.tick_params(axis="y", pad=thick + 3)
 
 
-def _vmax(matrix: np.ndarray, masked: np.ndarray, scale: str) -> float:
+def _vmax(matrix: np.ndarray, masked: np.ndarray, scale: str, ignore_first: bool = False
+          ) -> float:
+    """The top of the colour scale: 1 (unit) or the largest value shown (data, log); with
+    `ignore_first` the first key column does not count (an attention sink)."""
     if scale == "unit":
         return 1.0
-    if scale == "data":
-        m = matrix[~masked]
-        return float(m.max()) if m.size and m.max() > 0 else 1.0
-    raise AttnmapError(f"scale must be unit or data (not {scale!r})")
+    keep = ~masked
+    if ignore_first and keep.shape[1] > 1:
+        keep = keep.copy()
+        keep[:, 0] = False
+    m = matrix[keep]
+    return float(m.max()) if m.size and m.max() > 0 else 1.0
+
+
+METHOD_LABELS = {
+    "raw": "attention",
+    "rollout": "rollout: share of the output traced to each input",
+    "grad": "relevance (attention × gradient)",
+    "value-norm": "norm-weighted attention ‖α·f(x)‖",
+}
+
+
+def value_label(run: AttentionRun) -> str:
+    """What the colours mean for this run's method (the colour bar's label)."""
+    return METHOD_LABELS.get(str(run.model.get("method") or "raw"), "attention")
+
+
+def default_layer(run: AttentionRun) -> int:
+    """Layer 0 for raw attention; the last layer for methods that accumulate over layers
+    (rollout and attention × gradient: layer l shows the result after layer l)."""
+    return -1 if run.model.get("method") in ("rollout", "grad") else 0
 
 
 def _title(run: AttentionRun, stack: str | None, what: str) -> str:
@@ -276,69 +328,95 @@ def _title(run: AttentionRun, stack: str | None, what: str) -> str:
     method = run.model.get("method")
     if method and method != "raw":
         parts.append(str(method))
+        if run.model.get("method_target"):
+            parts.append(f"explaining the {run.model['method_target']}")
     parts.append(what)
     return " · ".join(parts)
 
 
+def _what(run: AttentionRun, li: int, head: int | str, stack: str | None) -> str:
+    method = run.model.get("method")
+    if method in ("rollout", "grad"):
+        return f"after layer {li}"  # one combined head per layer
+    if head in AGGREGATES:
+        return f"layer {li} · {head} of {run.stack(stack).n_heads} heads"
+    return f"layer {li} · head {run.head_index(head, stack)}"
+
+
+@_literal
 def heatmap(
     run: AttentionRun,
-    layer: int = 0,
+    layer: int | None = None,
     head: int | str | None = 0,
     *,
     stack: str | None = None,
-    aggregate: str | None = None,
-    values: bool | None = None,
     scale: str = "unit",
     cmap: str = "Blues",
+    values: bool | None = None,
+    ignore_first: bool = False,
     title: str | None = None,
     predictions: bool | None = None,
+    ax: Any = None,
+    aggregate: str | None = None,
 ) -> Any:
-    """The heatmap of one head (or ``head="all"`` for the layer's grid) as a Figure.
+    """The heatmap of one head as a Figure: query tokens down, key tokens across.
 
-    With `predictions` (default: when the run has them and they belong to the query rows),
-    a column right of the matrix gives each row's top-1 prediction and its probability, and
-    marks ✗ where the token that really came next was not the top-1.
+    `head` is a head number, ``"mean"`` or ``"max"`` over the layer's heads, or ``"all"`` for
+    the layer's grid. `layer` defaults to 0 (the last layer for rollout and gradient runs).
+    `scale` is ``"unit"`` (0–1), ``"data"`` (0 to the largest value shown) or ``"log"``;
+    `ignore_first` leaves the first key out of that largest value. With `ax` the matrix is
+    drawn into your matplotlib Axes (its figure is returned). With `predictions` (default:
+    when the run has them and they belong to the query rows), a column right of the matrix
+    gives each row's top-1 prediction and its probability, and marks ✗ where the token that
+    really came next was not the top-1. ``aggregate=`` is the old spelling of ``head="mean"``.
     """
+    head = merge_aggregate(head, aggregate)
+    scale = check_scale(scale, stacklevel=5)
+    layer = default_layer(run) if layer is None else layer
+    head = check_head(head, allow_all=True)
     if head == "all":
+        if ax is not None:
+            raise AttnmapError("head='all' draws a grid of axes; pass one head with ax=")
         return grid(run, layer, stack=stack, scale=scale, cmap=cmap, title=title)
-    if isinstance(head, str):
-        raise AttnmapError(f"head must be an integer or 'all' (not {head!r})")
     li = run.layer_index(layer, stack)
-    matrix = head_matrix(run, li, head, stack=stack, aggregate=aggregate)
+    matrix = head_matrix(run, li, head, stack=stack)
     masked = run.stack(stack).mask(li)  # the mask this layer used
     qt, kt = run.query_tokens(stack), run.key_tokens(stack)
     nq, nk = matrix.shape
     cell = cell_inches(nq, nk)
-    label_room = 0.25 + 0.075 * max((len(t.text) for t in [*qt, *kt]), default=1)
-    label_room = min(label_room, 2.5)
     preds = _row_predictions(run, stack) if predictions is not False else None
     if predictions and preds is None:
         raise AttnmapError("this run has no predictions for these rows; capture it with "
                            "--predictions (causal, masked or encoder-decoder LMs)")
-    pred_width = 2.2 if preds else 0.0
-    fig = new_figure(nk * cell + label_room + 1.3 + pred_width, nq * cell + label_room + 0.8)
-    ax = fig.add_subplot()
-    vmax = _vmax(matrix, masked, scale)
-    what = (
-        f"layer {li} · {aggregate} of {run.stack(stack).n_heads} heads"
-        if aggregate
-        else f"layer {li} · head {run.head_index(head, stack)}"  # type: ignore[arg-type]
-    )
+    if ax is None:
+        label_room = 0.25 + 0.075 * max((len(t.text) for t in [*qt, *kt]), default=1)
+        label_room = min(label_room, 2.5)
+        pred_width = 2.2 if preds else 0.0
+        fig = new_figure(nk * cell + label_room + 1.3 + pred_width,
+                         nq * cell + label_room + 0.8)
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+        bbox = ax.get_position()
+        cell = min(bbox.width * fig.get_figwidth() / max(nk, 1),
+                   bbox.height * fig.get_figheight() / max(nq, 1))
+        pred_width = 2.2 if preds else 0.0
+    vmax = _vmax(matrix, masked, scale, ignore_first)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph .* missing")
         img = draw_matrix(ax, matrix, masked, query_tokens=qt, key_tokens=kt, values=values,
-                          vmax=vmax, cmap=cmap, cell_pt=cell * 72.0)
-    ax.set_ylabel("query (input) token")
-    ax.set_xlabel("key (output) token")
+                          vmax=vmax, cmap=cmap, cell_pt=cell * 72.0, log=scale == "log")
+    ax.set_ylabel("query: the token that looks (one row each)")
+    ax.set_xlabel("key: the token looked at (one column each)")
     ax.xaxis.set_label_position("bottom")
-    ax.set_title(title or _title(run, stack, what), fontsize=11)
+    ax.set_title(title or _title(run, stack, _what(run, li, head, stack)), fontsize=11)
     if preds:
         _predictions_column(ax, preds, nq, nk, pred_width / cell, cell * 72.0)
     if any(t.message is not None for t in [*qt, *kt]):
         role_bands(ax, qt, kt, cell_pt=cell * 72.0)
         ax.title.set_y(1.06)
     cb = fig.colorbar(img, ax=ax, shrink=min(1.0, max(0.3, 4.0 / max(nq * cell, 1e-6))))
-    cb.set_label("attention")
+    cb.set_label(value_label(run))
     return fig
 
 
@@ -383,6 +461,7 @@ def _predictions_column(ax: Any, preds: dict[int, dict[str, Any]], nq: int, nk: 
                 fontfamily=["DejaVu Sans", "sans-serif"])
 
 
+@_literal
 def grid(
     run: AttentionRun,
     layer: int,
@@ -391,8 +470,10 @@ def grid(
     scale: str = "unit",
     cmap: str = "Blues",
     title: str | None = None,
+    ignore_first: bool = False,
 ) -> Any:
     """Every head of one layer, small multiples with one shared colour bar."""
+    scale = check_scale(scale)
     st = run.stack(stack)
     li = run.layer_index(layer, stack)
     heads = run.layer(li, stack)  # [head, query, key]
@@ -403,7 +484,7 @@ def grid(
     labels = max(nq, nk) <= 24
     fig = new_figure(cols * panel + 1.0, rows * (panel + (0.6 if labels else 0.25)) + 0.6)
     masked = st.mask(li)
-    vmax = max(_vmax(heads[h], masked, scale) for h in range(n_heads))
+    vmax = max(_vmax(heads[h], masked, scale, ignore_first) for h in range(n_heads))
     img = None
     qt, kt = run.query_tokens(stack), run.key_tokens(stack)
     cell_pt = panel * 72.0 / max(nq, nk)
@@ -413,13 +494,14 @@ def grid(
             ax = fig.add_subplot(rows, cols, h + 1)
             img = draw_matrix(ax, heads[h], masked, query_tokens=qt if labels else None,
                               key_tokens=kt if labels else None, values=False, vmax=vmax,
-                              cmap=cmap, cell_pt=cell_pt)
+                              cmap=cmap, cell_pt=cell_pt, log=scale == "log")
             ax.set_title(f"head {h}", fontsize=9)
     fig.suptitle(title or _title(run, stack, f"layer {li} · all heads"), fontsize=11)
-    fig.colorbar(img, ax=fig.axes, shrink=0.6, label="attention")
+    fig.colorbar(img, ax=fig.axes, shrink=0.6, label=value_label(run))
     return fig
 
 
+@_literal
 def overview(
     run: AttentionRun,
     *,
@@ -427,8 +509,10 @@ def overview(
     scale: str = "unit",
     cmap: str = "Blues",
     title: str | None = None,
+    ignore_first: bool = False,
 ) -> Any:
     """Layers × heads small multiples of the whole run, no labels."""
+    scale = check_scale(scale)
     st = run.stack(stack)
     n_layers, n_heads = st.n_layers, st.n_heads
     panel = float(min(1.2, 14.0 / n_heads))
@@ -437,17 +521,17 @@ def overview(
     for li in range(n_layers):
         heads = run.layer(li, stack)
         masked = st.mask(li)
-        vmax = max(_vmax(heads[h], masked, scale) for h in range(n_heads))
+        vmax = max(_vmax(heads[h], masked, scale, ignore_first) for h in range(n_heads))
         for h in range(n_heads):
             ax = fig.add_subplot(n_layers, n_heads, li * n_heads + h + 1)
             img = draw_matrix(ax, heads[h], masked, values=False, vmax=vmax, cmap=cmap,
-                              cell_pt=1.0)
+                              cell_pt=1.0, log=scale == "log")
             if li == 0:
                 ax.set_title(f"h{h}", fontsize=7)
             if h == 0:
                 ax.set_ylabel(f"L{li}", fontsize=7, rotation=0, labelpad=10)
     fig.suptitle(title or _title(run, stack, "layers × heads"), fontsize=11)
-    fig.colorbar(img, ax=fig.axes, shrink=0.6, label="attention")
+    fig.colorbar(img, ax=fig.axes, shrink=0.6, label=value_label(run))
     return fig
 
 
@@ -465,6 +549,7 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 150) -> Pa
     return Path(path)
 
 
+@_literal
 def diff_figure(d: Diff, layer: int | None = None, head: int | None = None, *,
            values: bool | None = None) -> Any:
     """Heatmaps A, B and A − B side by side (the difference on a diverging scale at 0)."""
@@ -489,8 +574,8 @@ def diff_figure(d: Diff, layer: int | None = None, head: int | None = None, *,
                                cell_pt=cell * 72.0)
         ax.set_title(label, fontsize=10)
         if k == 0:
-            ax.set_ylabel("query (input) token")
-        ax.set_xlabel("key (output) token")
+            ax.set_ylabel("query: the token that looks")
+        ax.set_xlabel("key: the token looked at")
         fig.colorbar(img, ax=ax, shrink=0.7)
     ma, mb = d.a.model.get("id"), d.b.model.get("id")
     who = f"{ma}" if ma == mb else f"A: {ma} · B: {mb}"

@@ -25,17 +25,17 @@ def from_logits(
     tokens: list[Any],
     next_ids: list[int | None],
     *,
-    k: int = DEFAULT_K,
+    top_k: int = DEFAULT_K,
     positions: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Turn logits ``[position, vocab]`` into prediction records (softmax in float32)."""
     import torch
 
-    if k < 1:
-        raise AttnmapError(f"top-k must be at least 1 (not {k})")
+    if top_k < 1:
+        raise AttnmapError(f"top_k must be at least 1 (not {top_k})")
     probs = torch.softmax(logits.float(), dim=-1)  # [position, vocab]
-    k = min(k, probs.shape[-1])
-    top_p, top_i = probs.topk(k, dim=-1)  # [position, k]
+    top_k = min(top_k, probs.shape[-1])
+    top_p, top_i = probs.topk(top_k, dim=-1)  # [position, k]
     out = []
     for pos in positions if positions is not None else range(probs.shape[0]):
         ids = [int(i) for i in top_i[pos]]
@@ -59,14 +59,14 @@ def from_logits(
     return out
 
 
-def causal(logits: Any, tokenizer: Any, tokens: list[Any], *, k: int = DEFAULT_K
+def causal(logits: Any, tokenizer: Any, tokens: list[Any], *, top_k: int = DEFAULT_K
            ) -> list[dict[str, Any]]:
     ids = [t.id for t in tokens]
     next_ids: list[int | None] = [*ids[1:], None]
-    return from_logits(logits, tokenizer, tokens, next_ids, k=k)
+    return from_logits(logits, tokenizer, tokens, next_ids, top_k=top_k)
 
 
-def masked(logits: Any, tokenizer: Any, tokens: list[Any], *, k: int = DEFAULT_K
+def masked(logits: Any, tokenizer: Any, tokens: list[Any], *, top_k: int = DEFAULT_K
            ) -> list[dict[str, Any]]:
     mask_id = getattr(tokenizer, "mask_token_id", None)
     where = [i for i, t in enumerate(tokens) if mask_id is not None and t.id == mask_id]
@@ -76,7 +76,8 @@ def masked(logits: Any, tokenizer: Any, tokens: list[Any], *, k: int = DEFAULT_K
             f"a masked language model predicts at mask tokens, and the text has none; "
             f"write {mask} where a word should be filled in"
         )
-    return from_logits(logits, tokenizer, tokens, [None] * len(tokens), k=k, positions=where)
+    return from_logits(logits, tokenizer, tokens, [None] * len(tokens), top_k=top_k,
+                       positions=where)
 
 
 def table_rows(preds: list[dict[str, Any]]) -> list[list[str]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import AttnmapError
+from .._errors import AttnmapError, deprecated
 from ..run import STACK_SIDES, AttentionRun
 
 SCORE_NAMES = (
@@ -27,7 +27,7 @@ SCORE_NAMES = (
     "entropy_norm",
     "special",
 )
-# Scores that follow TransformerLens' head detector and so honour exclude_first/current.
+# Scores that follow TransformerLens' head detector and so honour ignore_first/current.
 PATTERN_SCORES = ("previous_token", "duplicate_token", "induction", "locality")
 
 
@@ -89,17 +89,27 @@ def head_scores(
     run: AttentionRun,
     *,
     stack: str | None = None,
-    exclude_first: bool = False,
-    exclude_current: bool = False,
+    ignore_first: bool = False,
+    ignore_current: bool = False,
     locality_k: int = 2,
+    exclude_first: bool | None = None,
+    exclude_current: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Scores for every head: ``[{"layer", "head", "scores": {name: float | None}}, …]``.
 
     A score is None when no row of this text has a target for it (e.g. ``induction`` on a
-    text without repeated tokens). ``exclude_first``/``exclude_current`` take the first key
+    text without repeated tokens). ``ignore_first``/``ignore_current`` take the first key
     and the query's own key out of both the targets and the row's mass for the pattern scores
-    (previous_token, duplicate_token, induction, locality), as TransformerLens does.
+    (previous_token, duplicate_token, induction, locality), as TransformerLens's
+    ``exclude_bos``/``exclude_current_token`` do. ``exclude_first``/``exclude_current`` are
+    the old spellings.
     """
+    if exclude_first is not None:
+        deprecated("head_scores(exclude_first=)", "ignore_first=")
+        ignore_first = exclude_first
+    if exclude_current is not None:
+        deprecated("head_scores(exclude_current=)", "ignore_current=")
+        ignore_current = exclude_current
     if isinstance(locality_k, bool) or not isinstance(locality_k, (int, np.integer)) or (
         locality_k < 0
     ):
@@ -110,9 +120,9 @@ def head_scores(
     n = len(tokens)
     idx = np.arange(n)
     excluded = np.zeros((n, n), dtype=bool)  # [query, key] cells taken out of pattern scores
-    if exclude_first:
+    if ignore_first:
         excluded[:, 0] = True
-    if exclude_current:
+    if ignore_current:
         excluded[idx, idx] = True
     special_cols = np.array([t.special for t in tokens], dtype=bool)
     pairs = copy_pairs(token_keys(tokens))

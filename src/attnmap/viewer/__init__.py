@@ -42,17 +42,29 @@ __all__ = [
 ]
 
 
-def show(run: Any, **options: Any) -> Any:
+def show(
+    run: Any,
+    *,
+    stack: str | None = None,
+    layer: int | None = None,
+    head: int | str | None = None,
+    scale: str | None = None,
+    view: str | None = None,
+    ignore_first: bool | None = None,
+    cmap: str = "Blues",
+) -> Any:
     """A notebook widget showing `run` (display it, or leave it last in a cell).
 
-    Options set the initial view: ``stack``, ``layer``, ``head`` (number, 'mean', 'max'),
-    ``scale`` ('unit', 'head', 'log'), ``view`` ('heatmap', 'heads', 'layers'), ``ignore_first``;
-    ``cmap`` names the matplotlib colormap (default Blues).
-    Needs anywidget (``pip install attnmap[widget]``).
+    The keywords set the first view, as in :func:`attnmap.to_html`: `stack`, `layer`, `head`
+    (a number, ``"mean"`` or ``"max"``), `scale` (``"unit"``, ``"data"``, ``"log"``), `view`
+    (``"heatmap"``, ``"heads"``, ``"layers"``), `ignore_first`; `cmap` names the matplotlib
+    colormap. Needs anywidget (``pip install attnmap[widget]``).
     """
     from .widget import make_widget
 
-    return make_widget(run, **options)
+    options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
+               "ignore_first": ignore_first}
+    return make_widget(run, cmap=cmap, **{k: v for k, v in options.items() if v is not None})
 
 
 def mimebundle(run: Any, **kwargs: Any) -> dict[str, Any]:

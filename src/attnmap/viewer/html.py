@@ -21,6 +21,7 @@ import numpy as np
 
 from .._errors import AttnmapError
 from .._io import atomic_path
+from .._options import AGGREGATES, VIEWS, check_head, check_scale
 from .colours import DEFAULT_CMAP
 from .payload import encode
 
@@ -63,15 +64,15 @@ def check_options(run: Any, options: dict[str, Any]) -> dict[str, Any]:
         out["layer"] = run.layer_index(options["layer"], stack)
     head = options.get("head")
     if head is not None:
-        out["head"] = head if head in ("mean", "max") else run.head_index(head, stack)
+        head = check_head(head)
+        out["head"] = head if head in AGGREGATES else run.head_index(head, stack)
     scale = options.get("scale")
     if scale is not None:
-        if scale not in ("unit", "head", "log"):
-            raise AttnmapError(f"scale must be 'unit', 'head' or 'log' (not {scale!r})")
-        out["scale"] = scale
+        # the viewer's own name for "0 to the largest value shown" is "head"
+        out["scale"] = "head" if check_scale(scale, stacklevel=6) == "data" else scale
     view = options.get("view")
     if view is not None:
-        if view not in ("heatmap", "heads", "layers"):
+        if view not in VIEWS:
             raise AttnmapError(f"view must be 'heatmap', 'heads' or 'layers' (not {view!r})")
         out["view"] = view
     if options.get("ignore_first") is not None:
@@ -128,7 +129,7 @@ mod.default.render({{ model, el }});
 
 
 def page(run: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> str:
-    """The standalone page for `run` as a string."""
+    """The standalone page for `run` as a string (`options`: see :func:`to_html`)."""
     opts = check_options(run, options)
     return _page(encode(run, cmap=cmap), opts)
 
@@ -150,18 +151,30 @@ def _page(blob: bytes, opts: dict[str, Any], blob_b: bytes | None = None) -> str
 
 
 def to_html(
-    run: Any, path: str | os.PathLike[str] | None = None, *, cmap: str = DEFAULT_CMAP,
-    **options: Any,
+    run: Any,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    stack: str | None = None,
+    layer: int | None = None,
+    head: int | str | None = None,
+    scale: str | None = None,
+    view: str | None = None,
+    ignore_first: bool | None = None,
+    cmap: str = DEFAULT_CMAP,
 ) -> str:
     """A self-contained HTML page that shows `run`; written to `path` when given.
 
-    `cmap` is a matplotlib colormap name (default Blues, as in ``attnmap.heatmap``): a value gets
-    the same colour on the page as in the PNG. Options set the initial view: ``stack``,
-    ``layer``, ``head`` (a number, 'mean' or 'max'), ``scale`` ('unit', 'head', 'log'), ``view``
-    ('heatmap', 'heads', 'layers'), ``ignore_first``. The page opens from ``file://`` with the
-    network off.
+    The keywords set the first view (the page can change all of them): `stack`, `layer`,
+    `head` (a number, ``"mean"`` or ``"max"``), `scale` (``"unit"``, ``"data"`` — the
+    default, 0 to the head's largest value — or ``"log"``), `view` (``"heatmap"``,
+    ``"heads"``, ``"layers"``), `ignore_first` (leave the first token out of the colour
+    scale). `cmap` is a matplotlib colormap name (default Blues, as in ``attnmap.heatmap``):
+    a value gets the same colour on the page as in the PNG. The page opens from ``file://``
+    with the network off.
     """
-    html = page(run, cmap=cmap, **options)
+    options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
+               "ignore_first": ignore_first}
+    html = page(run, cmap=cmap, **{k: v for k, v in options.items() if v is not None})
     if path is not None:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(html, encoding="utf-8")
