@@ -78,20 +78,3 @@ def masked(logits: Any, tokenizer: Any, tokens: list[Any], *, top_k: int = DEFAU
         )
     return from_logits(logits, tokenizer, tokens, [None] * len(tokens), top_k=top_k,
                        positions=where)
-
-
-def table_rows(preds: list[dict[str, Any]]) -> list[list[str]]:
-    """Rows for a terminal table: position, token, top-1 (p), next (p, rank), mark."""
-    rows = []
-    for r in preds:
-        top = r["top"][0]
-        nxt = r["next"]
-        miss = nxt is not None and nxt["rank"] != 1
-        rows.append([
-            str(r["position"]),
-            r["token"],
-            f"{top['token']} ({top['p']:.2f})",
-            "" if nxt is None else f"{nxt['token']} ({nxt['p']:.2f}, rank {nxt['rank']})",
-            "✗" if miss else "",
-        ])
-    return rows

@@ -45,8 +45,10 @@ class Token:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Token:
+        # the same visible-character treatment as captured tokens: a file's NUL, ESC or U+202E
+        # shows as ⟨U+…⟩ wherever the token is drawn or printed
         return cls(
-            text=str(d["text"]),
+            text=visible(str(d["text"])),
             raw=str(d["raw"]),
             id=int(d["id"]),
             special=bool(d.get("special", False)),

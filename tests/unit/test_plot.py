@@ -12,6 +12,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import attnmap
+from attnmap._errors import AttnmapDeprecationWarning
 from attnmap import AttentionRun, AttentionStack, AttnmapError, Token
 from attnmap.plot import grid, overview, save_figure
 
@@ -76,8 +77,8 @@ def test_labels_axes_and_title():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["<s>", "␣cat", "␣sat", "."]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["<s>", "␣cat", "␣sat", "."]
-    assert ax.get_ylabel() == "query (input) token"
-    assert ax.get_xlabel() == "key (output) token"
+    assert ax.get_ylabel() == "query: the token that looks (one row each)"
+    assert ax.get_xlabel() == "key: the token looked at (one column each)"
     assert "layer 1" in ax.get_title() and "head 1" in ax.get_title()
     # special tokens are dimmed
     assert ax.get_yticklabels()[0].get_color() != ax.get_yticklabels()[1].get_color()
@@ -85,8 +86,12 @@ def test_labels_axes_and_title():
 
 def test_aggregate_and_grids():
     run = _run()
-    fig = attnmap.heatmap(run, 0, None, aggregate="mean", values=True)
+    fig = attnmap.heatmap(run, 0, "mean", values=True)
     assert "mean of 2 heads" in fig.axes[0].get_title()
+    # the old spelling still works for one release, and says what replaces it
+    with pytest.warns(AttnmapDeprecationWarning, match="head='mean'"):
+        old = attnmap.heatmap(run, 0, None, aggregate="mean", values=True)
+    assert old.axes[0].get_title() == fig.axes[0].get_title()
     assert len([a for a in grid(run, 0).axes if a.get_title().startswith("head")]) == 2
     assert len(overview(run).axes) == 2 * 2 + 1  # panels + colour bar
 
@@ -95,8 +100,8 @@ def test_errors():
     run = _run()
     with pytest.raises(AttnmapError, match=r"0\.\.1"):
         attnmap.heatmap(run, 5, 0)
-    with pytest.raises(AttnmapError, match="aggregate"):
-        attnmap.heatmap(run, 0, None, aggregate="median")
+    with pytest.raises(AttnmapError, match="'mean' / 'max'"):
+        attnmap.heatmap(run, 0, "median")
 
 
 @pytest.mark.parametrize("ext,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml"),

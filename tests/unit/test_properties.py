@@ -10,6 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 import attnmap
 from attnmap import AttentionRun, AttentionStack, Token
+from attnmap.tokens import visible
 from attnmap.viewer.payload import decode, decode_layer, encode, encode_layer
 
 texts = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=12)
@@ -57,6 +58,8 @@ def test_run_file_round_trip(tmp_path_factory, case):
     labels, a, masked = case
     run = _run(labels, a, masked)
     back = attnmap.load(run.save(tmp_path_factory.mktemp("p") / "r.safetensors"))
-    assert [t.text for t in back.tokens] == labels
+    # token text comes back as data, with invisible and control characters made visible
+    # exactly as a captured token's are (visible() is idempotent: captured text is unchanged)
+    assert [t.text for t in back.tokens] == [visible(t) for t in labels]
     np.testing.assert_array_equal(back.attention, run.attention)
     np.testing.assert_array_equal(back.masked, masked)

@@ -123,7 +123,7 @@ def test_scores_without_any_target_are_none():
     assert t["previous_token"] is None and t["entropy_norm"] is None and t["self"] == 1.0
 
 
-def test_exclude_first_takes_the_sink_out():
+def test_ignore_first_takes_the_sink_out():
     n = 5
     a = np.zeros((n, n))
     a[0, 0] = 1.0
@@ -133,18 +133,18 @@ def test_exclude_first_takes_the_sink_out():
     assert scores(make_run(a))["previous_token"] == pytest.approx((1 + 3 * 0.5) / 4)
     # Without the first key, rows 2–4 give all their remaining attention to the previous
     # token; row 1's previous token *is* the first, so it has no target left.
-    assert scores(make_run(a), exclude_first=True)["previous_token"] == 1.0
+    assert scores(make_run(a), ignore_first=True)["previous_token"] == 1.0
 
 
-def test_exclude_current_takes_the_diagonal_out():
+def test_ignore_current_takes_the_diagonal_out():
     n = 5
     a = np.zeros((n, n))
     a[0, 0] = 1.0
     for i in range(1, n):
         a[i, i] = a[i, i - 1] = 0.5
     assert scores(make_run(a))["previous_token"] == 0.5
-    assert scores(make_run(a), exclude_current=True)["previous_token"] == 1.0
-    assert scores(make_run(a), exclude_current=True)["self"] == pytest.approx(0.6)  # unchanged
+    assert scores(make_run(a), ignore_current=True)["previous_token"] == 1.0
+    assert scores(make_run(a), ignore_current=True)["self"] == pytest.approx(0.6)  # unchanged
 
 
 def test_special_and_locality():
@@ -174,9 +174,9 @@ def test_vectorised_over_heads_and_layers_matches_one_at_a_time():
     n, ids = 9, [1, 5, 6, 5, 6, 7, 5, 6, 7]
     heads = rng.random((3, n, n)) * np.tril(np.ones((n, n)))
     heads /= heads.sum(-1, keepdims=True)
-    together = head_scores(make_run(heads, ids), exclude_first=True)
+    together = head_scores(make_run(heads, ids), ignore_first=True)
     for h in range(3):
-        alone = head_scores(make_run(heads[h], ids), exclude_first=True)[0]["scores"]
+        alone = head_scores(make_run(heads[h], ids), ignore_first=True)[0]["scores"]
         assert together[h]["scores"] == pytest.approx(alone)
     # And one score by hand: induction on rows 3 (target 2), 4 (3), 6 (2, 4), 7 (3, 5), 8 (6)
     a = heads[0]
@@ -198,3 +198,12 @@ def test_bad_options_and_cross_attention():
                          model={"id": "hand"})
     with pytest.raises(AttnmapError, match="cross-attention"):
         head_scores(cross, stack="cross")
+
+
+def test_old_exclude_spellings_still_work_with_a_warning():
+    from attnmap._errors import AttnmapDeprecationWarning
+
+    a = np.array([[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.4, 0.4]])
+    with pytest.warns(AttnmapDeprecationWarning, match="ignore_first"):
+        old = head_scores(make_run(a), exclude_first=True)
+    assert old == head_scores(make_run(a), ignore_first=True)

@@ -143,11 +143,11 @@ def head_scores(
         h = a.shape[0]
         # Mass left for the pattern scores once the excluded cells are taken out: [head, query]
         kept = np.ones((h, n), dtype=np.float64)
-        if exclude_first:
+        if ignore_first:
             kept -= a[:, :, 0]
-        if exclude_current:
+        if ignore_current:
             diag = a[:, idx, idx].astype(np.float64)
-            kept -= diag if not exclude_first else np.where(idx == 0, 0.0, diag)
+            kept -= diag if not ignore_first else np.where(idx == 0, 0.0, diag)
         entropy_rows, distance_rows = _entropy_and_distance(a, allowed, dist, blocks)
         res: dict[str, np.ndarray] = {
             "self": _mean(a[:, self_rows, self_rows]),

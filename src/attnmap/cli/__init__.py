@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .._errors import AttnmapError, AttnmapWarning
+from ._print import printable
 
 COMMAND_MODULES = [
     "attnmap.cli.core",  # render, capture, info
@@ -51,35 +52,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from .. import __version__
+def _check_argv(argv: Sequence[str]) -> None:
+    """Arguments that are not UTF-8 (the shell passed raw bytes) stop here, with one line."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise AttnmapError(
+                f"argument {shown!r} is not UTF-8 text (bad byte at position {exc.start}); "
+                "pass UTF-8, or put the text in a file and use --file"
+            ) from None
 
-        print(__version__)
-        return 0
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    debug = getattr(args, "debug", False) or os.environ.get("ATTNMAP_DEBUG") == "1"
+
+def _show_warning(message: Any, category: Any, *_a: Any, **_k: Any) -> None:
+    print(f"attnmap: warning: {printable(str(message))}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 fine, 2 bad input, 130 interrupted)."""
     import warnings
 
-    def _show(message: Any, category: Any, *_a: Any, **_k: Any) -> None:
-        print(f"attnmap: warning: {message}", file=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("ATTNMAP_DEBUG") == "1"
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # restored when the command returns
+        warnings.simplefilter("always", AttnmapWarning)
+        try:
+            _check_argv(argv)
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.version:
+                from .. import __version__
 
-    warnings.showwarning = _show  # type: ignore[assignment]
-    warnings.simplefilter("always", AttnmapWarning)
-    try:
-        return int(args.func(args) or 0)
-    except AttnmapError as exc:
-        if debug:
-            raise
-        print(f"attnmap: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("attnmap: interrupted", file=sys.stderr)
-        return 130
+                print(__version__)
+                return 0
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            return int(args.func(args) or 0)
+        except AttnmapError as exc:
+            if debug:
+                raise
+            print(f"attnmap: error: {printable(str(exc))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("attnmap: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            # the reader went away (`attnmap heads --json | head`): stop quietly, as cat does
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            return 0
 
 
 if __name__ == "__main__":

@@ -167,3 +167,67 @@ def apply_view(run: Any, args: argparse.Namespace) -> Any:
     return transform(run, words=args.words, method=args.method)
 
 
+
+
+# --- one vocabulary for the options commands share (see attnmap._options) -------------------
+class DeprecatedOption(argparse.Action):
+    """An old spelling that still works for one release: it warns and stores the value."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .._errors import deprecated
+
+        deprecated(str(option_string), self.new, stacklevel=2)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_stack_option(p: argparse.ArgumentParser, what: str = "attention") -> None:
+    from .._options import STACKS
+
+    p.add_argument("--stack", choices=STACKS,
+                   help=f"which {what}: self (decoder-only and encoder models), or for "
+                   "encoder-decoders encoder (default), decoder or cross")
+
+
+def scale_value(value: str) -> str:
+    """``--scale``: unit, data or log (the old 'head' means data, with a warning)."""
+    from .._options import SCALES, check_scale
+
+    if value not in (*SCALES, "head"):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from {', '.join(SCALES)})")
+    return check_scale(value)
+
+
+def add_scale_option(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--scale", type=scale_value, default=default, metavar="{unit,data,log}",
+                   help="colour scale: unit (0–1), data (0 to the largest value shown) or log "
+                   f"(default {default or 'data'})")
+
+
+def add_ignore_first_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ignore-first", action="store_true",
+                   help=f"leave the first token out of {what} (attention sinks: BOS/[CLS])")
+
+
+def add_top_k_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--top-k", "-k", dest="top_k", type=int, default=5, metavar="K",
+                   help=f"predictions per position{what} (default 5)")
+    p.add_argument("--top", dest="top_k", type=int, action=DeprecatedOption, new="--top-k",
+                   help=argparse.SUPPRESS)
+
+
+def head_value(value: str, *, allow_all: bool = False) -> int | str:
+    """``--head``: a number, mean or max (and all where a grid can be drawn)."""
+    words = ("mean", "max", "all") if allow_all else ("mean", "max")
+    if value in words:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a head number or {', '.join(words)} (not {value!r})") from None

@@ -6,12 +6,20 @@ Only the standard library at top level, so that the command line starts fast.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any
 
-from ._common import add_common, add_model_options, add_text_input
+from ._common import (
+    DeprecatedOption,
+    add_common,
+    add_ignore_first_option,
+    add_model_options,
+    add_stack_option,
+    add_text_input,
+    say,
+)
+from ._print import json_text, one_line
 
 SCORES = ("self", "previous_token", "first_token", "duplicate_token", "induction", "locality",
           "mean_distance", "entropy", "entropy_norm", "special")
@@ -47,8 +55,7 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="FILE", help="use a saved run (.safetensors) instead of "
                    "running a model")
     add_model_options(p)
-    p.add_argument("--stack", choices=["self", "encoder", "decoder"],
-                   help="which self-attention to score (encoder-decoders: default encoder)")
+    add_stack_option(p, "self-attention to read")
 
 
 def register(sub: Any) -> None:
@@ -65,15 +72,18 @@ def register(sub: Any) -> None:
                    help=f"sort heads by this score, highest first ({', '.join(SCORES)})")
     h.add_argument("--top", metavar="N", type=_positive, help="show only the first N heads")
     h.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    h.add_argument("--exclude-first", action="store_true",
-                   help="pattern scores ignore attention to the first token (sink/BOS)")
-    h.add_argument("--exclude-current", action="store_true",
-                   help="pattern scores ignore attention to the query's own token")
+    add_ignore_first_option(h, "the pattern scores")
+    h.add_argument("--ignore-current", action="store_true",
+                   help="pattern scores leave out attention to the query's own token")
+    h.add_argument("--exclude-first", dest="ignore_first", nargs=0, const=True,
+                   action=DeprecatedOption, new="--ignore-first", help=argparse.SUPPRESS)
+    h.add_argument("--exclude-current", dest="ignore_current", nargs=0, const=True,
+                   action=DeprecatedOption, new="--ignore-current", help=argparse.SUPPRESS)
     h.add_argument("--locality-k", metavar="K", type=_natural, default=2,
                    help="locality counts keys within ±K positions (default 2)")
     h.add_argument("--probe", choices=["repeat"],
-                   help="instead of a text: BOS + N random tokens + the same N again "
-                   "(finds induction heads)")
+                   help="instead of a text: the model's start token (BOS/[CLS], if any) + N "
+                   "random tokens + the same N again (finds induction heads)")
     h.add_argument("--length", metavar="N", type=_positive, default=50,
                    help="--probe repeat: tokens in the random sequence (default 50)")
     h.add_argument("--seed", metavar="S", type=int, default=0,
@@ -117,16 +127,20 @@ def _heads(args: argparse.Namespace) -> int:
             raise AttnmapError("--probe makes its own input; give no TEXT, --file or --run")
         from ..probes import repeat_probe
 
-        if not args.quiet:
-            print(f"attnmap: probe: BOS + {args.length} random tokens, repeated "
-                  f"(seed {args.seed})", file=sys.stderr, flush=True)
         run = repeat_probe(args.model, length=args.length, seed=args.seed)
+        start = run.tokens[0].text + " + " if len(run.tokens) % 2 else ""
+        say(args, f"probe: {one_line(start)}{args.length} random tokens, repeated "
+            f"(seed {args.seed})")
+        if not run.model.get("causal"):
+            say(args, "note: induction is a causal idea (a token finds what followed its "
+                "earlier copy); this encoder also sees the later copy, so read the induction "
+                "score with care")
     else:
         run = _get_run(args)
     from ..analysis.scores import head_scores
 
-    entries = head_scores(run, stack=args.stack, exclude_first=args.exclude_first,
-                          exclude_current=args.exclude_current, locality_k=args.locality_k)
+    entries = head_scores(run, stack=args.stack, ignore_first=args.ignore_first,
+                          ignore_current=args.ignore_current, locality_k=args.locality_k)
     if args.sort:
         # Undefined scores (no row had a target) sort last; ties keep layer/head order.
         entries.sort(key=lambda e: (e["scores"][args.sort] is None,
@@ -134,8 +148,7 @@ def _heads(args: argparse.Namespace) -> int:
     if args.top:
         entries = entries[: args.top]
     if args.json:
-        json.dump(entries, sys.stdout, allow_nan=False)
-        sys.stdout.write("\n")
+        print(json_text(entries))
         return 0
     _heads_table(run, entries, args)
     return 0
@@ -150,11 +163,13 @@ def _fmt(v: float | None) -> str:
 def _heads_table(run: Any, entries: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     where = run.extra.get("probe")
     title = (f"{run.model.get('id')}: {len(run.tokens)} tokens"
              + (f", repeat probe N={where['length']} seed={where['seed']}" if where else ""))
-    table = Table(title=title, caption="– = no row of this input has a target for the score; "
+    table = Table(title=Text(one_line(title)),
+                  caption="– = no row of this input has a target for the score; "
                   "entropy H in nats", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("layer", justify="right")
     table.add_column("head", justify="right")
@@ -181,8 +196,7 @@ def _relate(args: argparse.Namespace) -> int:
     if args.top:
         res["heads"] = res["heads"][: args.top]
     if args.json:
-        json.dump(res, sys.stdout, ensure_ascii=False, allow_nan=False)
-        sys.stdout.write("\n")
+        print(json_text(res))
         return 0
     from rich import box
     from rich.table import Table
@@ -190,16 +204,16 @@ def _relate(args: argparse.Namespace) -> int:
 
     console = _console()
     for note in res["notes"]:
-        console.print(Text(f"note: {note}"), style="yellow")
+        console.print(Text(one_line(f"note: {note}")), style="yellow")
     src, dst, alt = res["from"], res["to"], res["vs"]
     title = f"{src['word']} → {dst['word']}" + (f" vs {alt['word']}" if alt else "")
-    table = Table(title=Text(title), caption=f"heads ranked by {res['ranked_by']}",
+    table = Table(title=Text(one_line(title)), caption=f"heads ranked by {res['ranked_by']}",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("layer", justify="right")
     table.add_column("head", justify="right")
-    table.add_column(Text(f"→ {dst['word']}"), justify="right")
+    table.add_column(Text(one_line(f"→ {dst['word']}")), justify="right")
     if alt:
-        table.add_column(Text(f"→ {alt['word']}"), justify="right")
+        table.add_column(Text(one_line(f"→ {alt['word']}")), justify="right")
         table.add_column("difference", justify="right")
     for row in res["heads"][: args.top or 10]:
         cells = [str(row["layer"]), str(row["head"]), f"{row['to']:.3f}"]

@@ -6,7 +6,15 @@ import argparse
 import json
 from typing import Any
 
-from ._common import add_common, add_model_options, add_text_input, say
+from ._common import (
+    add_common,
+    add_model_options,
+    add_stack_option,
+    add_text_input,
+    add_top_k_option,
+    say,
+)
+from ._print import json_text, one_line
 
 
 def register(sub: Any) -> None:
@@ -21,8 +29,7 @@ def register(sub: Any) -> None:
     )
     add_text_input(p)
     add_model_options(p)
-    p.add_argument("--top", "-k", type=int, default=5, help="how many predictions per "
-                   "position (default 5)")
+    add_top_k_option(p, "")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per "
                    "position")
     add_common(p)
@@ -42,7 +49,7 @@ def register(sub: Any) -> None:
                    "or an interactive page of every head (.html)")
     d.add_argument("--layer", "-l", type=int, help="head to draw (default: the most changed)")
     d.add_argument("--head", type=int, help="head to draw (default: the most changed)")
-    d.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoder models")
+    add_stack_option(d, "self-attention to compare")
     d.add_argument("--words", action="store_true", help="compare in the word view (aligns "
                    "texts whose tokens differ)")
     d.add_argument("--top", type=int, default=10, help="rows of the table (default 10)")
@@ -52,33 +59,54 @@ def register(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .. import predict
     from .._errors import AttnmapError
     from ..capturing import capture
     from ._common import capture_kwargs, model_input, read_text
 
-    if args.top < 1:
-        raise AttnmapError(f"--top must be at least 1 (not {args.top})")
+    if args.top_k < 1:
+        raise AttnmapError(f"--top-k must be at least 1 (not {args.top_k})")
     text = read_text(args)
     assert text is not None
-    run = capture(model_input(args, text), args.model, predictions=True, top_k=args.top,
+    run = capture(model_input(args, text), args.model, predictions=True, top_k=args.top_k,
                   **capture_kwargs(args))
     preds = run.predictions or []
     if args.json:
-        print(json.dumps(preds, ensure_ascii=False))
+        print(json_text(preds))
         return 0
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{run.model.get('id')} · {run.extra.get('predictions_kind')} "
-                  "predictions", header_style="bold")
-    for col in ("pos", "token", "top-1 (p)", "actual next (p, rank)", ""):
-        table.add_column(col)
-    for row in predict.table_rows(preds):
+    table = Table(title=Text(one_line(f"{run.model.get('id')} · "
+                                      f"{run.extra.get('predictions_kind')} predictions")),
+                  caption="✗: the token that came next was not the top-1; surprisal = "
+                  "−log₂ p(next)", header_style="bold")
+    for col in ("pos", "token", f"top-{args.top_k} (p)", "actual next (p, rank)",
+                "surprisal", ""):
+        table.add_column(col, justify="right" if col in ("pos", "surprisal") else "left")
+    for row in prediction_rows(preds):
         table.add_row(*[Text(c) for c in row])  # Text: token strings are never markup
     Console().print(table)
     return 0
+
+
+def prediction_rows(preds: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows of `predict`'s table: position, token, top-k with p, the real next token's p
+    and rank, its surprisal in bits, ✗ where it was not the top-1."""
+    rows = []
+    for r in preds:
+        nxt = r["next"]
+        miss = nxt is not None and nxt["rank"] != 1
+        rows.append([
+            str(r["position"]),
+            one_line(r["token"]),
+            "  ".join(one_line(f"{t['token']} {t['p']:.2f}") for t in r["top"]),
+            "" if nxt is None else one_line(f"{nxt['token']} ({nxt['p']:.2f}, rank "
+                                            f"{nxt['rank']})"),
+            "" if nxt is None else f"{nxt['surprisal']:.1f} bits",
+            "✗" if miss else "",
+        ])
+    return rows
 
 
 def _diff(args: argparse.Namespace) -> int:

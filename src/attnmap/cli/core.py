@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from ._common import add_common, add_model_options, add_text_input, apply_view, obtain_run, say
+from ._common import (
+    DeprecatedOption,
+    add_common,
+    add_ignore_first_option,
+    add_model_options,
+    add_scale_option,
+    add_stack_option,
+    add_text_input,
+    apply_view,
+    head_value,
+    obtain_run,
+    say,
+)
+from ._print import facts_lines, json_text
 
 
 def register(sub: Any) -> None:
@@ -23,20 +35,24 @@ def register(sub: Any) -> None:
     add_model_options(p)
     p.add_argument("-o", "--output", default="attention.png",
                    help="output file; .png, .svg or .pdf (default: attention.png)")
-    p.add_argument("--layer", "-l", type=int, default=0, help="layer, 0-based (default 0)")
-    p.add_argument("--head", "--heads", dest="head", default="0",
-                   help="head, 0-based, or 'all' for a grid of the layer's heads (default 0)")
+    p.add_argument("--layer", "-l", type=int, default=None,
+                   help="layer, 0-based (default 0; the last layer for --method rollout/grad)")
+    p.add_argument("--head", "--heads", dest="head",
+                   type=lambda v: head_value(v, allow_all=True), default=0,
+                   help="head, 0-based; mean or max over the layer's heads; or all for a grid "
+                   "of the layer's heads (default 0)")
     p.add_argument("--overview", action="store_true", help="layers × heads small multiples")
-    p.add_argument("--aggregate", choices=["mean", "max"], help="combine the layer's heads")
-    p.add_argument("--stack", choices=["encoder", "decoder", "cross"],
-                   help="encoder-decoder models: which attention to draw (default encoder)")
+    p.add_argument("--aggregate", dest="head", choices=["mean", "max"],
+                   action=DeprecatedOption, new="--head mean or --head max",
+                   help=argparse.SUPPRESS)
+    add_stack_option(p, "attention to draw")
     vals = p.add_mutually_exclusive_group()
     vals.add_argument("--values", dest="values", action="store_true", default=None,
                       help="always print the score in each cell")
     vals.add_argument("--no-values", dest="values", action="store_false",
                       help="never print scores in cells")
-    p.add_argument("--scale", choices=["unit", "data"], default="unit",
-                   help="colour scale: 0–1 (unit, default) or 0 to the largest shown value")
+    add_scale_option(p, "unit")
+    add_ignore_first_option(p, "the colour scale (with --scale data or log)")
     p.add_argument("--cmap", default="Blues", help="a sequential matplotlib colormap")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG output")
     p.add_argument("--words", action="store_true",
@@ -77,34 +93,27 @@ def register(sub: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from .._errors import AttnmapError
     from .._io import check_writable
     from ..plot import output_format
 
     output_format(args.output)
     check_writable(args.output)
-    head: int | str
-    if args.head == "all":
-        head = "all"
-    else:
-        try:
-            head = int(args.head)
-        except ValueError:
-            raise AttnmapError(f"--head must be an integer or 'all' (not {args.head!r})") from None
     run = apply_view(obtain_run(args), args)
     from .. import plot
 
-    run.layer_index(args.layer, args.stack)  # range errors before any drawing
+    layer = plot.default_layer(run) if args.layer is None else args.layer
+    run.layer_index(layer, args.stack)  # range errors before any drawing
+    look = {"stack": args.stack, "scale": args.scale, "cmap": args.cmap,
+            "ignore_first": args.ignore_first}
     if args.overview:
-        fig = plot.overview(run, stack=args.stack, scale=args.scale, cmap=args.cmap)
-    elif head == "all":
-        fig = plot.grid(run, args.layer, stack=args.stack, scale=args.scale, cmap=args.cmap)
+        fig = plot.overview(run, **look)
+    elif args.head == "all":
+        fig = plot.grid(run, layer, **look)
     else:
-        if args.aggregate is None:
-            run.head_index(head, args.stack)
-        fig = plot.heatmap(run, args.layer, head, stack=args.stack, aggregate=args.aggregate,
-                           values=args.values, scale=args.scale, cmap=args.cmap,
-                           predictions=True if args.predictions else None)
+        if args.head not in ("mean", "max"):
+            run.head_index(args.head, args.stack)
+        fig = plot.heatmap(run, layer, args.head, values=args.values,
+                           predictions=True if args.predictions else None, **look)
     plot.save_figure(fig, args.output, dpi=args.dpi)
     say(args, f"wrote {args.output}")
     return 0
@@ -127,15 +136,13 @@ def _info(args: argparse.Namespace) -> int:
         run = load(args.run)
         facts = dict(run.model)
         facts["tokens"] = len(run.tokens)
-        facts["stacks"] = {k: list(v.shape) for k, v in run.stacks.items()}
+        facts["stacks"] = {k: list(v.shape) for k, v in run.stacks.items()}  # L × H × q × k
     else:
         from ..models import describe
 
         facts = describe(args.model, trust_remote_code=args.trust_remote_code)
     if args.json:
-        print(json.dumps(facts, indent=2, ensure_ascii=False))
+        print(json_text(facts, indent=2))
     else:
-        width = max(len(k) for k in facts)
-        for k, v in facts.items():
-            print(f"{k:<{width}}  {v}")
+        print("\n".join(facts_lines(facts)))
     return 0

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._common import add_common, add_model_options, add_text_input, say
-
-
-def _head(value: str) -> int | str:
-    if value in ("mean", "max"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a head number, 'mean' or 'max' (not {value!r})"
-        ) from None
+from ._common import (
+    add_common,
+    add_ignore_first_option,
+    add_model_options,
+    add_scale_option,
+    add_stack_option,
+    add_text_input,
+    add_top_k_option,
+    head_value,
+    say,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,25 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.add_argument("-o", "--output", metavar="PATH", required=True,
                    help="the .html file to write (replaced only once complete)")
-    p.add_argument("--stack", choices=["self", "encoder", "decoder", "cross"],
-                   help="attention shown first (encoder-decoders; default: encoder)")
+    add_stack_option(p, "attention is shown first")
     p.add_argument("--layer", type=int, metavar="N", help="layer shown first (default 0)")
-    p.add_argument("--head", type=_head, metavar="N",
-                   help="head shown first: a number, 'mean' or 'max' (default 0)")
-    p.add_argument("--scale", choices=["unit", "head", "log"],
-                   help="colour scale: 0–1, 0–head max (default) or log")
+    p.add_argument("--head", type=head_value, metavar="N",
+                   help="head shown first: a number, mean or max (default 0)")
+    add_scale_option(p, None)
     p.add_argument("--view", choices=["heatmap", "heads", "layers"],
                    help="one head (default), every head of the layer, or layers × heads")
     p.add_argument("--cmap", default="Blues", metavar="NAME",
                    help="matplotlib colormap (default Blues): the page colours a value as the "
                    "PNG from `attnmap render --cmap NAME` does")
-    p.add_argument("--ignore-first", action="store_true",
-                   help="leave the first token out when scaling colours (attention sinks)")
+    add_ignore_first_option(p, "the colour scale")
     p.add_argument("--predictions", action="store_true",
                    help="also record the model's predictions and show them beside the rows "
                    "(top-1 and its probability; click a row for the top-k)")
-    p.add_argument("--top", dest="top_k", type=int, default=5, metavar="K",
-                   help="predictions per position with --predictions (default 5)")
+    add_top_k_option(p, " with --predictions")
     add_common(p)
     p.set_defaults(func=handle)
 
@@ -68,13 +63,12 @@ def handle(args: argparse.Namespace) -> int:
     options = {
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
         "view": args.view, "ignore_first": args.ignore_first or None,
-    }
+    }  # None: the page's own default
     from ..viewer.html import to_html
 
     shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
     say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
-    html = to_html(run, out, cmap=args.cmap,
-                   **{k: v for k, v in options.items() if v is not None})
+    html = to_html(run, out, cmap=args.cmap, **options)
     size = len(html.encode("utf-8"))
     say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     print(out)
