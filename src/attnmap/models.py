@@ -99,8 +99,9 @@ def _hub_unreachable(ident: str, source: str) -> AttnmapError | None:
 
     huggingface_hub itself asks, once and without retries, for the model's config.json, so
     ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_HUB_ETAG_TIMEOUT``, proxies (``HTTPS_PROXY``) and
-    a stored token all count, and an unreachable hub answers at once instead of after the half
-    a minute of retries a download would spend.
+    a stored token all count. A refused connection or an unknown host answers at once, a
+    network that drops packets after ``HF_HUB_ETAG_TIMEOUT`` (10 s by default), never after the
+    half a minute of retries a download would spend.
     """
     import inspect
 
