@@ -5,11 +5,14 @@ Only this module, ``capture.py`` and attribution code import torch or transforme
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-import socket
+import pickle
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,18 +85,94 @@ def resolve(model: str | os.PathLike[str] | None) -> tuple[str, str, bool]:
     return name, name, False
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
-        return False
-    host = "huggingface.co"
-    endpoint = os.environ.get("HF_ENDPOINT")
-    if endpoint:
-        host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+def _not_cached_error(ident: str, why: str) -> AttnmapError:
+    return AttnmapError(
+        f"cannot load model {ident!r}: it is not in the local Hugging Face cache and the hub "
+        f"cannot be reached ({why}); pass a local directory with --model PATH, or leave "
+        f"--model out to use the bundled {DEFAULT_MODEL} (works offline)"
+    )
+
+
+def _hub_unreachable(ident: str, source: str) -> AttnmapError | None:
+    """For a hub id that is not in the local cache: None when the hub answers, so that a
+    download can go ahead, else the one-line error saying why it cannot.
+
+    huggingface_hub itself asks, once and without retries, for the model's config.json, so
+    ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_HUB_ETAG_TIMEOUT``, proxies (``HTTPS_PROXY``) and
+    a stored token all count. A refused connection or an unknown host answers at once, a
+    network that drops packets after ``HF_HUB_ETAG_TIMEOUT`` (10 s by default), never after the
+    half a minute of retries a download would spend.
+    """
+    import inspect
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    kwargs: dict[str, Any] = {}
+    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
+        kwargs["retry_on_errors"] = False
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        get_hf_file_metadata(hf_hub_url(source, "config.json"), **kwargs)
+    except OfflineModeIsEnabled:
+        return _not_cached_error(ident, "HF_HUB_OFFLINE is set")
+    except HfHubHTTPError:
+        return None  # the hub answered (no such repo, gated …): transformers says what
+    except Exception as exc:  # noqa: BLE001 - any other failure: the hub was not reached
+        detail = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+        return _not_cached_error(ident, f"{type(exc).__name__}: {detail}" if detail
+                                 else type(exc).__name__)
+    return None
+
+
+# Progress bars of loading itself (not of downloads), kept quiet during a load.
+_LOADING_BARS = ("Loading weights", "Loading checkpoint shards")
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: tuple[Any, ...] = ()
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """For the length of a load: transformers' warnings off and its loading-weights bar
+    hidden; hub download bars stay as they are. Whatever was set before is set again when the
+    last of any concurrent loads returns, with or without an error."""
+    global _quiet_depth, _quiet_saved
+    from transformers.utils import logging as tf_logging
+
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            verbosity = tf_logging.get_verbosity()
+            set_hook = getattr(tf_logging, "set_tqdm_hook", None)
+            empty = getattr(tf_logging, "EmptyTqdm", None)
+            previous_hook = None
+            if empty is None:
+                set_hook = None  # an older transformers: its bars stay as they are
+            if set_hook is not None:
+                holder: list[Any] = []
+
+                def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                    if kwargs.get("desc") in _LOADING_BARS:
+                        return empty(*args, **kwargs)
+                    if holder and holder[0] is not None:
+                        return holder[0](factory, args, kwargs)
+                    return factory(*args, **kwargs)
+
+                previous_hook = set_hook(hook)
+                holder.append(previous_hook)
+            tf_logging.set_verbosity_error()
+            _quiet_saved = (verbosity, set_hook, previous_hook)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                verbosity, set_hook, previous_hook = _quiet_saved
+                tf_logging.set_verbosity(verbosity)
+                if set_hook is not None:
+                    set_hook(previous_hook)
+                _quiet_saved = ()
 
 
 def _is_causal(config: Any) -> bool:
@@ -255,11 +334,6 @@ def load(
     ident, source, local = resolve(model)
     t0 = time.perf_counter()
     _say(f"loading {ident} …", progress)
-    import transformers
-    from transformers import AutoConfig, AutoTokenizer
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if device_map is not None:
         if importlib.util.find_spec("accelerate") is None:
@@ -268,6 +342,24 @@ def load(
         dev = "auto"
     else:
         dev = pick_device(device)
+    with _quiet_transformers():
+        model_obj, tokenizer = _load_pretrained(ident, source, local, kwargs, dev,
+                                                torch_dtype, device_map)
+    check_text_model(ident, type(model_obj))
+    model_obj.eval()
+    if device_map is None and dev != "cpu":
+        model_obj.to(dev)
+    info = model_facts(model_obj, tokenizer, ident)
+    _say(f"loaded {ident} in {time.perf_counter() - t0:.1f}s", progress)
+    return Loaded(id=ident, source=source, model=model_obj, tokenizer=tokenizer, info=info)
+
+
+def _load_pretrained(ident: str, source: str, local: bool, kwargs: dict[str, Any], dev: str,
+                     torch_dtype: str | None, device_map: str | None) -> tuple[Any, Any]:
+    """Config, tokenizer and model from the cache or the folder first, from the hub only when
+    it is not there; every failure a user can fix becomes one AttnmapError line."""
+    from transformers import AutoConfig, AutoTokenizer
+
     try:
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
@@ -275,14 +367,12 @@ def load(
         except OSError:
             if local:
                 raise
-            if not _hub_reachable():
-                raise AttnmapError(
-                    f"cannot load model {ident!r}: it is not in the local Hugging Face cache "
-                    "and the hub cannot be reached; pass a local directory with --model PATH"
-                ) from None
+            unreachable = _hub_unreachable(ident, source)
+            if unreachable is not None:
+                raise unreachable from None
             config = AutoConfig.from_pretrained(source, **kwargs)
             local_only = False
-        kwargs["local_files_only"] = local_only
+        kwargs = dict(kwargs, local_files_only=local_only)
         cls = saved_class(config)
         if cls is not None:
             check_text_model(ident, cls)
@@ -294,6 +384,8 @@ def load(
         model_obj = _load_model(source, config, load_kwargs)
     except AttnmapError:
         raise
+    except pickle.UnpicklingError as exc:
+        raise _pickle_refused(ident, source, local, exc) from exc
     except ValueError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "trust_remote_code" in str(exc):
@@ -301,6 +393,8 @@ def load(
                 f"model {ident!r} needs its own code; rerun with --trust-remote-code if you "
                 "trust it"
             ) from exc
+        if "torch.load" in str(exc):  # transformers opens pickles only with a recent torch
+            raise _pickle_refused(ident, source, local, exc) from exc
         raise AttnmapError(f"cannot load model {ident!r}: {msg}") from exc
     except OSError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -308,13 +402,40 @@ def load(
             f"cannot load model {ident!r} ({msg}); check the hub id or pass a local directory "
             "with --model PATH"
         ) from exc
-    check_text_model(ident, type(model_obj))
-    model_obj.eval()
-    if device_map is None and dev != "cpu":
-        model_obj.to(dev)
-    info = model_facts(model_obj, tokenizer, ident)
-    _say(f"loaded {ident} in {time.perf_counter() - t0:.1f}s", progress)
-    return Loaded(id=ident, source=source, model=model_obj, tokenizer=tokenizer, info=info)
+    return model_obj, tokenizer
+
+
+def _pickle_refused(ident: str, source: str, local: bool, exc: Exception) -> AttnmapError:
+    """The one line for weights stored only as a pickle (pytorch_model.bin) that cannot be
+    opened here, with the one-time conversion to safetensors that ends the problem."""
+    import torch
+
+    text = str(exc)
+    if isinstance(exc, ValueError):  # transformers refuses torch.load below torch 2.6
+        why = (f", which transformers opens only with torch 2.6 or newer (this is torch "
+               f"{torch.__version__.split('+')[0]}); upgrade torch, or")
+        trust = "True"
+    else:
+        marker = "WeightsUnpickler error:"
+        detail = text.split(marker, 1)[1] if marker in text else text
+        lines = [ln.strip() for ln in detail.splitlines() if ln.strip()]
+        reason = lines[0].split(". ", 1)[0].rstrip(".")[:100] if lines else type(exc).__name__
+        why = f" that torch.load will not open safely ({reason}); if you trust the file,"
+        trust = "False"
+    folder = source if local else "DIR"
+    pt, st = os.path.join(folder, "pytorch_model.bin"), os.path.join(folder, "model.safetensors")
+    convert = (
+        "python -c \"import torch; from safetensors.torch import save_file; "
+        f"sd = torch.load({pt!r}, weights_only={trust}); "
+        "save_file({k: v.clone().contiguous() for k, v in sd.items() if torch.is_tensor(v)}, "
+        f"{st!r}, metadata={{'format': 'pt'}})\""
+    )
+    where = ("" if local
+             else f" (after `hf download {source} --local-dir DIR`; then pass --model DIR)")
+    return AttnmapError(
+        f"cannot load model {ident!r}: its weights are only a pickle (pytorch_model.bin)"
+        f"{why} convert them to safetensors once: {convert}{where}"
+    )
 
 
 def model_facts(model_obj: Any, tokenizer: Any, ident: str) -> dict[str, Any]:
@@ -409,28 +530,27 @@ def describe(model: str | os.PathLike[str] | None = None, *,
              trust_remote_code: bool = False) -> dict[str, Any]:
     """Model facts without loading weights: architecture, layers, heads, maximum length."""
     ident, source, local = resolve(model)
-    import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    transformers.logging.set_verbosity_error()
     try:
-        try:
-            config = AutoConfig.from_pretrained(source, local_files_only=True,
-                                                trust_remote_code=trust_remote_code)
-            local_only = True
-        except OSError:
-            if local or not _hub_reachable():
-                raise AttnmapError(
-                    f"cannot load model {ident!r}: it is not in the local Hugging Face cache "
-                    "and the hub cannot be reached; pass a local directory with --model PATH"
-                ) from None
-            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-            local_only = False
-        cls = saved_class(config)
-        if cls is not None:
-            check_text_model(ident, cls)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only,
-                                                  trust_remote_code=trust_remote_code)
+        with _quiet_transformers():
+            try:
+                config = AutoConfig.from_pretrained(source, local_files_only=True,
+                                                    trust_remote_code=trust_remote_code)
+                local_only = True
+            except OSError:
+                if local:
+                    raise
+                unreachable = _hub_unreachable(ident, source)
+                if unreachable is not None:
+                    raise unreachable from None
+                config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+                local_only = False
+            cls = saved_class(config)
+            if cls is not None:
+                check_text_model(ident, cls)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only,
+                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AttnmapError(f"cannot read model {ident!r}: {msg}") from exc
