@@ -209,7 +209,8 @@ class AttentionRun:
         name = name or self.primary
         if name not in self.stacks:
             raise AttnmapError(
-                f"this run has no {name!r} attention; it has: {', '.join(self.stacks)}"
+                f"this run has no {name!r} attention; it has: {', '.join(self.stacks)} "
+                "(pick one with --stack, or stack= in Python)"
             )
         return self.stacks[name]
 

@@ -130,7 +130,7 @@ def test_predictions_column_from_the_cli(page, tmp_path, gpt2_dir):
 
     out = tmp_path / "pred.html"
     r = subprocess.run([sys.executable, "-m", "attnmap", "html", TEXT, "--model", str(gpt2_dir),
-                        "--predictions", "--top", "3", "-o", str(out), "--quiet"],
+                        "--predictions", "--top-k", "3", "-o", str(out), "--quiet"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run = attnmap.capture(TEXT, model=gpt2_dir, predictions=True, top_k=3)

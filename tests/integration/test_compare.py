@@ -147,7 +147,7 @@ def test_predictions_stored_and_old_files_still_load(gpt2_dir, tmp_path):
 
 
 def test_predict_cli(gpt2_dir, bert_dir):
-    res = cli("predict", "The cat sat", "--model", gpt2_dir, "--json", "--top", "2", "-q")
+    res = cli("predict", "The cat sat", "--model", gpt2_dir, "--json", "--top-k", "2", "-q")
     assert res.returncode == 0, res.stderr.decode()
     preds = json.loads(res.stdout)
     assert [p["position"] for p in preds] == list(range(len(preds)))

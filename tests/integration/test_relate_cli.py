@@ -47,13 +47,18 @@ def test_heads_json_is_exactly_the_library_result(run_file):
 
 def test_heads_sort_top_and_options(run_file):
     proc = cli("heads", "--run", run_file, "--json", "--sort", "previous_token", "--top", "3",
-               "--exclude-first", "--exclude-current", "--locality-k", "1")
+               "--ignore-first", "--ignore-current", "--locality-k", "1")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    want = head_scores(attnmap.load(run_file), exclude_first=True, exclude_current=True,
+    want = head_scores(attnmap.load(run_file), ignore_first=True, ignore_current=True,
                        locality_k=1)
     want.sort(key=lambda e: -e["scores"]["previous_token"])
     assert got == want[:3]
+    # the old spellings still work for one release, with a warning naming the new one
+    old = cli("heads", "--run", run_file, "--json", "--sort", "previous_token", "--top", "3",
+              "--exclude-first", "--exclude-current", "--locality-k", "1")
+    assert old.returncode == 0 and json.loads(old.stdout) == got
+    assert "--exclude-first is deprecated" in old.stderr and "use --ignore-first" in old.stderr
 
 
 def test_heads_table(run_file):
@@ -115,7 +120,7 @@ def test_relate_table_and_top(run_file):
     (["heads", "--sort", "bogus"], ["--sort must be one of", "previous_token"]),
     (["heads", "--top", "0"], ["--top", "must be 1 or more"]),
     (["heads", "--probe", "repeat"], ["--probe makes its own input"]),
-    (["heads", "--stack", "cross"], ["--stack", "invalid choice"]),
+    (["heads", "--stack", "cross"], ["--stack", "no 'cross' attention", "it has: self"]),
 ])
 def test_bad_input_is_one_line_exit_2(run_file, args, needles):
     one_line_error(cli(*args, "--run", run_file), *needles)

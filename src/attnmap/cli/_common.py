@@ -229,5 +229,6 @@ def head_value(value: str, *, allow_all: bool = False) -> int | str:
     try:
         return int(value)
     except ValueError:
+        named = ", ".join(repr(w) for w in words[:-1]) + f" or {words[-1]!r}"
         raise argparse.ArgumentTypeError(
-            f"must be a head number or {', '.join(words)} (not {value!r})") from None
+            f"must be a head number, {named} (not {value!r})") from None
