@@ -1,7 +1,7 @@
 // Input: controls, mouse, wheel and keys. Every handler turns an event into a state patch and
 // hands it to Viewer.set; none writes the state itself.
 
-import { M, zoomAbout } from "./layout.js";
+import { M, labelStep, nearestLabel, zoomAbout } from "./layout.js";
 import { value } from "./data.js";
 import { stepHead } from "./state.js";
 import { h, relate } from "./panels.js";
@@ -53,9 +53,15 @@ export function hit(v, x, y) {
   const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
   const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
   if (inX && inY) return { kind: "cell", q, k };
-  if (inY && x < g.x0 && x >= 0) return { kind: "row", q };
-  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred && v.predictions()?.has(q)) return { kind: "pred", q };
-  if (inX && y < g.y0 && y >= M.top) return { kind: "col", k };
+  // On the labels, the token is the one whose label is nearest (labels are thinned and taller
+  // than small cells), found from the geometry, as labels() placed them.
+  const step = labelStep(g.cs), sel = st.sel;
+  if (inY && x < g.x0 && x >= 0) return { kind: "row", q: nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q) };
+  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred) {
+    const p = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
+    return v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
+  }
+  if (inX && y < g.y0 && y >= M.top + M.axis) return { kind: "col", k: nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k) };
   return null;
 }
 
@@ -212,7 +218,7 @@ function key(v, e) {
     ArrowLeft: head(-1), h: head(-1), ArrowRight: head(1), l: head(1),
     ArrowUp: layer(-1), k: layer(-1), ArrowDown: layer(1), j: layer(1),
     "+": () => zoom(v, 2), "=": () => zoom(v, 2), "-": () => zoom(v, 0.5), 0: () => v.set({ cs: null }),
-    Escape: () => v.set({ sel: null }),
+    Escape: () => v.set({ sel: null, mark: null }),
   };
   const f = acts[e.key];
   if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -244,7 +250,7 @@ function download(v) {
  */
 export function attachInput(v) {
   const u = v.dom.ui, c = v.dom.canvas;
-  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null }));
+  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null, mark: null }));
   v.listen(u.layer, "change", () => v.set({ layer: +u.layer.value }));
   v.listen(u.head, "change", () => v.set({ head: /^\d+$/.test(u.head.value) ? +u.head.value : /** @type {"mean" | "max"} */ (u.head.value) }));
   v.listen(u.view, "change", () => v.set({ view: /** @type {State["view"]} */ (u.view.value) }));
