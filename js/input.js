@@ -6,6 +6,7 @@ import { value } from "./data.js";
 import { stepHead } from "./state.js";
 import { h, relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
+import { badgeWords } from "./analysis.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 /** @typedef {import("./types.js").State} State */
@@ -105,7 +106,9 @@ function hover(v, e) {
   } else if (t.kind === "col") {
     tip.append(line(`key ${t.k} `, info.key_tokens[t.k]), h("div", "am-k", "click: highlight"));
   } else {
-    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`), h("div", "am-k", "click to open"));
+    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`));
+    if (t.badge) tip.append(h("div", "am-badge-words", badgeWords(t.badge)));
+    tip.append(h("div", "am-k", "click to open"));
   }
   tip.hidden = false;
   const r = v.dom.canvas.getBoundingClientRect();
@@ -218,13 +221,25 @@ function key(v, e) {
     ArrowLeft: head(-1), h: head(-1), ArrowRight: head(1), l: head(1),
     ArrowUp: layer(-1), k: layer(-1), ArrowDown: layer(1), j: layer(1),
     "+": () => zoom(v, 2), "=": () => zoom(v, 2), "-": () => zoom(v, 0.5), 0: () => v.set({ cs: null }),
-    Escape: () => v.set({ sel: null, mark: null }),
+    Escape: () => { if (!v.dom.help.hidden) showHelp(v, false); else v.set({ sel: null, mark: null }); },
+    "?": () => showHelp(v, v.dom.help.hidden),
   };
   const f = acts[e.key];
   if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
   e.preventDefault();
   e.stopPropagation();
   f();
+}
+
+/**
+ * Open or close the keys-and-mouse help.
+ * @param {Viewer} v
+ * @param {boolean} open
+ */
+export function showHelp(v, open) {
+  v.dom.help.hidden = !open;
+  v.dom.ui.help.setAttribute("aria-expanded", String(open));
+  if (open) v.dom.tip.hidden = true;
 }
 
 /**
@@ -261,6 +276,7 @@ export function attachInput(v) {
   v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
   v.listen(u.fit, "click", () => v.set({ cs: null }));
   v.listen(u.png, "click", () => download(v));
+  v.listen(u.help, "click", () => showHelp(v, v.dom.help.hidden));
   v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
   v.listen(u.min, "input", () => { const x = parseFloat(u.min.value); v.set({ min: Number.isFinite(x) ? x : null }); });
   for (const s of [u.from, u.to, u.vs]) v.listen(s, "change", () => relate(v));

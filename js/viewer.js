@@ -220,6 +220,8 @@ export class Viewer {
       next = { ...next, cs: g.cs > g.fit ? g.cs : null, k0: g.k0, q0: g.q0 };
     }
     const selChanged = next.sel !== this.st.sel || next.stack !== this.st.stack || next.layer !== this.st.layer || next.head !== this.st.head;
+    // A tooltip describes what was under the pointer in the old view: it goes with that view.
+    if (selChanged || next.view !== this.st.view) this.dom.tip.hidden = true;
     this.st = next;
     if (selChanged) this.infoStale = true;
     syncControls(this, false);

@@ -237,8 +237,25 @@ function diffData(da, db) {
 }
 
 // js/analysis.js
-var ABBR = { self: "self", previous_token: "prev", first_token: "first", duplicate_token: "dup", induction: "ind", locality: "local", mean_distance: "dist", entropy: "ent", entropy_norm: "ent/max", special: "spec" };
-var BADGE_SCORES = ["self", "previous_token", "first_token", "duplicate_token", "induction", "special"];
+var ABBR = { self: "self", previous_token: "prev", next_token: "next", first_token: "first", duplicate_token: "dup", induction: "ind", locality: "local", mean_distance: "dist", entropy: "ent", entropy_norm: "ent/max", special: "spec" };
+var BADGE_SCORES = ["self", "previous_token", "next_token", "first_token", "duplicate_token", "induction", "special"];
+var BADGE_HELP = {
+  self: "attention to the token itself",
+  prev: "attention to the token just before",
+  next: "attention to the token just after (models that see both ways)",
+  first: "attention to the first token (the attention sink)",
+  dup: "attention to earlier copies of the same token",
+  ind: "induction: attention to the token after an earlier copy",
+  spec: "attention to special tokens ([CLS], [SEP], <s> …)",
+  local: "attention to tokens nearby",
+  dist: "mean distance to the keys looked at, in tokens",
+  ent: "entropy of each row (nats): 0 = one key, larger = spread out",
+  "ent/max": "entropy ÷ its maximum: 0 = one key, 1 = uniform"
+};
+function badgeWords(text) {
+  const help = BADGE_HELP[text.split(" ")[0]];
+  return help ? `${text}: ${help}` : text;
+}
 function fmtScore(v) {
   if (v === null || v === void 0) return "–";
   return Math.abs(v) < 1 ? v.toFixed(2).replace(/^(-?)0\./, "$1.") : v.toFixed(1);
@@ -687,6 +704,7 @@ function buildDom() {
   const zoomIn = button("am-zoom-in", "+", "zoom in (+)");
   const fit = button("am-fit", "fit", "whole matrix (0)");
   const png = button("am-png", "PNG", "download this view as PNG");
+  const helpBtn = button("am-help-btn", "?", "keys and mouse (?)");
   const census = h("div", "am-bar am-census");
   const score = field(census, "score", h("select", "am-score"));
   const min = field(census, "at least", h("input", "am-min"));
@@ -694,12 +712,21 @@ function buildDom() {
   min.step = "0.05";
   min.placeholder = "any";
   min.style.width = "5em";
+  const legend = h("div", "am-legend");
+  legend.append(h("span", "am-k", "badges: each head's strongest pattern, as a share of its attention (0–1) ·"));
+  for (const b of ["self", "prev", "next", "first", "dup", "ind", "spec"]) {
+    const item = h("span", "am-legend-item");
+    item.dataset.badge = b;
+    item.append(h("b", "", b), document.createTextNode(" " + BADGE_HELP[b]));
+    legend.append(item);
+  }
   const main = h("div", "am-main");
   const stage = h("div", "am-stage");
   const canvas = h("canvas", "am-canvas");
   const tip = h("div", "am-tip");
   tip.hidden = true;
-  stage.append(canvas, tip);
+  const help = helpBox();
+  stage.append(canvas, tip, help);
   const side = h("div", "am-side");
   const mini = h("canvas", "am-mini");
   const info = h("div", "am-info");
@@ -713,9 +740,36 @@ function buildDom() {
   side.append(mini, info, relBox);
   main.append(stage, side);
   const status = h("div", "am-status");
-  root.append(bar, census, main, status);
-  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, score, min, from, to, vs };
-  return { root, ui, census, canvas, tip, mini, info, relBox, relOut, status };
+  root.append(bar, census, legend, main, status);
+  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs };
+  return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status };
+}
+var HELP = [
+  ["← → or h l", "previous / next head"],
+  ["↑ ↓ or k j", "previous / next layer"],
+  ["+ −", "zoom in / out"],
+  ["0", "fit: the whole matrix"],
+  ["Ctrl / ⌘ + wheel", "zoom about the pointer"],
+  ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways)"],
+  ["drag", "pan the zoomed matrix; drag on the minimap to jump"],
+  ["click a label", "highlight that token's row and column"],
+  ["Esc", "clear the highlight; close this help"],
+  ["?", "open / close this help"]
+];
+function helpBox() {
+  const box = h("div", "am-help");
+  box.hidden = true;
+  box.setAttribute("role", "dialog");
+  box.setAttribute("aria-label", "keys and mouse");
+  box.append(h("div", "am-help-title", "Keys and mouse"));
+  const table = h("table");
+  for (const [k, what] of HELP) {
+    const tr = h("tr");
+    tr.append(h("th", "", k), h("td", "", what));
+    table.append(tr);
+  }
+  box.append(table, h("div", "am-k", "Esc or ? to close"));
+  return box;
 }
 function syncControls(v, full) {
   const u = v.dom.ui, st = v.st, info = v.stackInfo(), [L, H] = info.shape;
@@ -751,6 +805,7 @@ function syncControls(v, full) {
   for (const b of [u.zoomIn, u.zoomOut, u.fit]) b.disabled = st.view !== "heatmap";
   const sc = info.scores;
   v.dom.census.hidden = !sc;
+  v.dom.legend.hidden = !sc || !["heads", "layers"].includes(st.view);
   if (sc && u.score.options.length !== sc.names.length + 1) {
     u.score.replaceChildren(new Option("top score", ""), ...sc.names.map((n) => new Option(n, n)));
   }
@@ -848,20 +903,25 @@ async function relate(v) {
   }
   const key2 = alt ? "diff" : "to";
   heads.sort((p, q) => (q[key2] ?? 0) - (p[key2] ?? 0) || p.layer - q.layer || p.head - q.head);
-  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads };
+  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads, from_tokens: src, to_tokens: dst };
   showRelation(v, mem.relation);
   return mem.relation;
 }
 function showRelation(v, r) {
   const out = v.dom.relOut;
   out.replaceChildren();
+  const head = h("div", "am-row am-rel-head");
+  head.append(h("span", "", "head"), h("span", "", r.vs ? "to − vs" : "attention to"));
+  out.append(head);
+  const span = (t) => [Math.min(...t), Math.max(...t) + 1];
+  const mark = r.from_tokens.length && r.to_tokens.length ? { q: span(r.from_tokens), k: span(r.to_tokens) } : null;
   for (const x of r.heads.slice(0, 10)) {
     const row = h("div", "am-row am-rel-row");
     row.dataset.layer = String(x.layer);
     row.dataset.head = String(x.head);
-    row.title = r.vs ? `to ${x.to.toFixed(3)} · vs ${(x.vs ?? 0).toFixed(3)}` : `to ${x.to.toFixed(3)}`;
-    row.append(h("span", "am-k", `${x.layer}.${x.head}`), h("span", "am-num", ((r.vs ? x.diff : x.to) ?? 0).toFixed(3)));
-    v.listen(row, "click", () => v.set({ layer: x.layer, head: x.head, view: "heatmap" }));
+    row.title = `layer ${x.layer}, head ${x.head}: ` + (r.vs ? `to ${x.to.toFixed(3)} · vs ${(x.vs ?? 0).toFixed(3)}` : `to ${x.to.toFixed(3)}`);
+    row.append(h("span", "am-k", `L${x.layer} H${x.head}`), h("span", "am-num", ((r.vs ? x.diff : x.to) ?? 0).toFixed(3)));
+    v.listen(row, "click", () => v.set({ layer: x.layer, head: x.head, view: "heatmap", mark }));
     out.append(row);
   }
 }
@@ -1063,7 +1123,9 @@ function hover(v, e) {
   } else if (t.kind === "col") {
     tip.append(line(`key ${t.k} `, info.key_tokens[t.k]), h("div", "am-k", "click: highlight"));
   } else {
-    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`), h("div", "am-k", "click to open"));
+    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`));
+    if (t.badge) tip.append(h("div", "am-badge-words", badgeWords(t.badge)));
+    tip.append(h("div", "am-k", "click to open"));
   }
   tip.hidden = false;
   const r = v.dom.canvas.getBoundingClientRect();
@@ -1163,13 +1225,22 @@ function key(v, e) {
     "=": () => zoom(v, 2),
     "-": () => zoom(v, 0.5),
     0: () => v.set({ cs: null }),
-    Escape: () => v.set({ sel: null, mark: null })
+    Escape: () => {
+      if (!v.dom.help.hidden) showHelp(v, false);
+      else v.set({ sel: null, mark: null });
+    },
+    "?": () => showHelp(v, v.dom.help.hidden)
   };
   const f = acts[e.key];
   if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
   e.preventDefault();
   e.stopPropagation();
   f();
+}
+function showHelp(v, open) {
+  v.dom.help.hidden = !open;
+  v.dom.ui.help.setAttribute("aria-expanded", String(open));
+  if (open) v.dom.tip.hidden = true;
 }
 function download(v) {
   const st = v.st, name = `attnmap-${st.stack}-L${st.layer}-${typeof st.head === "number" ? "H" + st.head : st.head}-${st.view}.png`;
@@ -1207,6 +1278,7 @@ function attachInput(v) {
   v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
   v.listen(u.fit, "click", () => v.set({ cs: null }));
   v.listen(u.png, "click", () => download(v));
+  v.listen(u.help, "click", () => showHelp(v, v.dom.help.hidden));
   v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
   v.listen(u.min, "input", () => {
     const x = parseFloat(u.min.value);
@@ -1559,6 +1631,14 @@ function hooks(v) {
     get canvasSize() {
       return { w: v.dom.canvas.width, h: v.dom.canvas.height };
     },
+    /** The heatmap's geometry in CSS pixels of the canvas, and the canvas's place in the window. */
+    get geometry() {
+      const g = v.geom(), r = v.dom.canvas.getBoundingClientRect();
+      return { ...g, left: r.left, top: r.top, width: r.width, height: r.height };
+    },
+    get axes() {
+      return v.axes;
+    },
     /**
      * @param {number} q
      * @param {number} k
@@ -1789,6 +1869,7 @@ var Viewer = class {
       next = { ...next, cs: g.cs > g.fit ? g.cs : null, k0: g.k0, q0: g.q0 };
     }
     const selChanged = next.sel !== this.st.sel || next.stack !== this.st.stack || next.layer !== this.st.layer || next.head !== this.st.head;
+    if (selChanged || next.view !== this.st.view) this.dom.tip.hidden = true;
     this.st = next;
     if (selChanged) this.infoStale = true;
     syncControls(this, false);
@@ -1813,7 +1894,7 @@ var Viewer = class {
     let below = 0;
     if (typeof window !== "undefined" && window.innerHeight) {
       const top = this.dom.canvas.getBoundingClientRect().top - root.getBoundingClientRect().top;
-      below = window.innerHeight - top - 30;
+      below = window.innerHeight - top - 44;
     }
     return canvasSize(root.clientWidth, below);
   }
