@@ -11,7 +11,7 @@ import pytest
 
 from attnmap import AttentionRun, AttentionStack, Token
 
-from .test_viewer import ROOT, clean, hooks, open_page, wait_draw, wait_js, draws
+from .test_viewer import ROOT, clean, draws, hooks, open_page, wait_draw, wait_js
 
 MARK = (0xC2, 0x25, 0x5C)  # js/views/heatmap.js MARK
 
@@ -130,8 +130,9 @@ def long_run(n: int = 347) -> AttentionRun:
         text = f"w{i}"
         toks.append(Token(text=text, raw=text, id=i, start=pos, end=pos + len(text)))
         pos += len(text) + 1
-    return AttentionRun(tokens=toks, stacks={"self": AttentionStack("self", [w], np.zeros((n, n), bool))},
-                        model={"id": "long"}, text=" ".join(t.text for t in toks))
+    stack = AttentionStack("self", [w], np.zeros((n, n), bool))
+    return AttentionRun(tokens=toks, stacks={"self": stack}, model={"id": "long"},
+                        text=" ".join(t.text for t in toks))
 
 
 def test_clicking_a_label_selects_its_token_at_347_tokens(page, tmp_path):
@@ -165,7 +166,8 @@ def next_token_run(n: int = 9) -> AttentionRun:
     w = np.stack([nxt, flat]).astype(np.float32)  # [head, query, key]
     words = ["[CLS]"] + [f"t{i}" for i in range(1, n - 1)] + ["[SEP]"]
     toks = [Token(text=t, raw=t, id=i, special=t.startswith("[")) for i, t in enumerate(words)]
-    return AttentionRun(tokens=toks, stacks={"self": AttentionStack("self", [w], np.zeros((n, n), bool))},
+    stack = AttentionStack("self", [w], np.zeros((n, n), bool))
+    return AttentionRun(tokens=toks, stacks={"self": stack},
                         model={"id": "bidirectional", "causal": False}, text=" ".join(words[1:-1]))
 
 
