@@ -9,8 +9,33 @@ import { LEVELS, MASKED } from "./payload.js";
 // Short names for badges; a thumbnail's badge is its highest "mass" score (0..1) unless a
 // score is picked in the census bar. Distance and entropy are not masses, so they never win.
 /** @type {Record<string, string>} */
-export const ABBR = { self: "self", previous_token: "prev", first_token: "first", duplicate_token: "dup", induction: "ind", locality: "local", mean_distance: "dist", entropy: "ent", entropy_norm: "ent/max", special: "spec" };
-const BADGE_SCORES = ["self", "previous_token", "first_token", "duplicate_token", "induction", "special"];
+export const ABBR = { self: "self", previous_token: "prev", next_token: "next", first_token: "first", duplicate_token: "dup", induction: "ind", locality: "local", mean_distance: "dist", entropy: "ent", entropy_norm: "ent/max", special: "spec" };
+const BADGE_SCORES = ["self", "previous_token", "next_token", "first_token", "duplicate_token", "induction", "special"];
+
+// What each badge means, in plain words (the legend and the thumbnails' tooltips).
+/** @type {Record<string, string>} */
+export const BADGE_HELP = {
+  self: "attention to the token itself",
+  prev: "attention to the token just before",
+  next: "attention to the token just after (models that see both ways)",
+  first: "attention to the first token (the attention sink)",
+  dup: "attention to earlier copies of the same token",
+  ind: "induction: attention to the token after an earlier copy",
+  spec: "attention to special tokens ([CLS], [SEP], <s> …)",
+  local: "attention to tokens nearby",
+  dist: "mean distance to the keys looked at, in tokens",
+  ent: "entropy of each row (nats): 0 = one key, larger = spread out",
+  "ent/max": "entropy ÷ its maximum: 0 = one key, 1 = uniform",
+};
+
+/**
+ * The words for a badge's text ("spec .10" → "spec .10: attention to special tokens …").
+ * @param {string} text
+ */
+export function badgeWords(text) {
+  const help = BADGE_HELP[text.split(" ")[0]];
+  return help ? `${text}: ${help}` : text;
+}
 
 /**
  * @param {number | null | undefined} v

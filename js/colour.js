@@ -15,9 +15,8 @@
 
 export const LOG_DECADES = 3;
 
-// Masked cells: a grey checkerboard, never a colour of the map.
+// Masked cells in thumbnails: flat grey, never a colour of the map (the big views hatch them).
 export const MASK_A = rgba(200, 200, 200);
-export const MASK_B = rgba(226, 226, 226);
 
 /**
  * An opaque ImageData pixel as a little-endian RGBA word.

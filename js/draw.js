@@ -1,7 +1,7 @@
 // Canvas helpers shared by the views: setup, titles, token labels, role bands, colour bars.
 // Token text reaches the canvas only through fillText.
 
-import { M } from "./layout.js";
+import { M, labelStep } from "./layout.js";
 import { css, lutIndex, roleColour } from "./colour.js";
 import { roleRuns } from "./analysis.js";
 
@@ -95,7 +95,7 @@ export function rampBar(ctx, ramp, x, y, bw, bh) {
  */
 export function labels(ctx, g, info, sel) {
   const s = sel || { q: null, k: null };
-  const step = Math.max(1, Math.ceil(12 / g.cs));
+  const step = labelStep(g.cs);
   const size = Math.max(7, Math.min(12, Math.floor(g.cs - 1)));
   const lx = g.x0 - g.band - 4, ly = g.y0 - g.band - 4;
   ctx.font = `${size}px system-ui, sans-serif`;
@@ -107,7 +107,7 @@ export function labels(ctx, g, info, sel) {
     const y = g.y0 + (i - g.q0 + 0.5) * g.cs;
     if ((i % step && i !== s.q) || y < g.y0 || y > g.y0 + g.ph) continue; // only rows in view
     ctx.fillStyle = colour(info.query_special[i], i === s.q);
-    ctx.fillText(short(info.query_tokens[i]), lx, y, M.label - 8);
+    ctx.fillText(short(info.query_tokens[i]), lx, y, g.lw - 6);
   }
   ctx.textAlign = "left";
   const k1 = Math.min(g.K, Math.ceil(g.k0 + g.vk));
@@ -118,10 +118,60 @@ export function labels(ctx, g, info, sel) {
     ctx.translate(x, ly);
     ctx.rotate(-Math.PI / 2);
     ctx.fillStyle = colour(info.key_special[j], j === s.k);
-    ctx.fillText(short(info.key_tokens[j]), 0, 0, M.label - 8);
+    ctx.fillText(short(info.key_tokens[j]), 0, 0, g.lh - 6);
     ctx.restore();
   }
   ctx.font = FONT;
+}
+
+/** The axis titles, in plain words. */
+export const AXES = { query: "query: the token doing the looking", key: "key: the token looked at" };
+
+/**
+ * Say what the sides are: queries down the left (read bottom to top), keys across the top.
+ * Returns where each title went.
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ * @param {{ query?: string, key?: string }} [names]  other words (e.g. for cross-attention)
+ */
+export function axisTitles(ctx, g, names = {}) {
+  const q = names.query ?? AXES.query, k = names.key ?? AXES.key;
+  ctx.save();
+  ctx.font = "italic 11px system-ui, sans-serif"; ctx.fillStyle = "#666"; ctx.textBaseline = "middle";
+  const ky = M.top + M.axis / 2;
+  ctx.textAlign = "left";
+  ctx.fillText(k + " →", g.x0, ky, Math.max(120, g.w - g.x0 - 4));
+  const qx = M.axis / 2 + 1, qy = g.y0 + Math.min(g.ph, g.h - g.y0) / 2;
+  ctx.translate(qx, qy); ctx.rotate(-Math.PI / 2); ctx.textAlign = "center";
+  ctx.fillText("← " + q, 0, 0, Math.max(120, g.ph + g.lh));
+  ctx.restore();
+  return { query: { text: "← " + q, x: qx, y: qy }, key: { text: k + " →", x: g.x0, y: ky } };
+}
+
+// Masked cells: the figure's quiet diagonal hatch ("////", as plot.draw_matrix draws it), in
+// greys light enough to read as "nothing here" beside any colormap's low end.
+export const HATCH = { face: "#e2e2e2", line: "#c0c0c0", step: 6 };
+
+/**
+ * Fill a rectangle with the masked hatch. The lines are anchored to the canvas origin, so
+ * neighbouring rectangles continue the same lines.
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {number} x
+ * @param {number} y
+ * @param {number} w
+ * @param {number} hh
+ */
+export function hatch(ctx, x, y, w, hh) {
+  if (w <= 0 || hh <= 0) return;
+  ctx.save();
+  ctx.beginPath(); ctx.rect(x, y, w, hh); ctx.clip();
+  ctx.fillStyle = HATCH.face; ctx.fillRect(x, y, w, hh);
+  ctx.strokeStyle = HATCH.line; ctx.lineWidth = 1;
+  ctx.beginPath();
+  const s = HATCH.step, end = x + w + y + hh;
+  for (let c = Math.floor((x + y) / s) * s; c <= end + s; c += s) { ctx.moveTo(c - y, y); ctx.lineTo(c - y - hh, y + hh); }
+  ctx.stroke();
+  ctx.restore();
 }
 
 /**

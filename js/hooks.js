@@ -72,6 +72,12 @@ export function hooks(v) {
       return relate(v);
     },
     get canvasSize() { return { w: v.dom.canvas.width, h: v.dom.canvas.height }; },
+    /** The heatmap's geometry in CSS pixels of the canvas, and the canvas's place in the window. */
+    get geometry() {
+      const g = v.geom(), r = v.dom.canvas.getBoundingClientRect();
+      return { ...g, left: r.left, top: r.top, width: r.width, height: r.height };
+    },
+    get axes() { return v.axes; },
     /**
      * @param {number} q
      * @param {number} k

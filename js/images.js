@@ -2,7 +2,7 @@
 // cell, through a colormap's table.
 
 import { LEVELS, MASKED } from "./payload.js";
-import { MASK_A, MASK_B, lutIndex, tOf } from "./colour.js";
+import { MASK_A, lutIndex, tOf } from "./colour.js";
 import { headMax } from "./data.js";
 import { ctx2d } from "./draw.js";
 
@@ -21,6 +21,10 @@ function toCanvas(w, h, img) {
   return c;
 }
 
+// Masked cells are left transparent in the images: the views paint the hatch (draw.hatch)
+// behind the matrix, as the figures do.
+const CLEAR = 0;
+
 /**
  * [query, key] → pixels, one per cell: the fast path for 1,000+ tokens.
  * @param {HeadData} d
@@ -38,7 +42,7 @@ export function paintImage(d, vmax, scale, ramp) {
     const base = i * d.k;
     for (let j = 0; j < d.k; j++) {
       const c = d.codes[base + j];
-      px[base + j] = c === MASKED ? ((i + j) & 1 ? MASK_A : MASK_B) : row[c];
+      px[base + j] = c === MASKED ? CLEAR : row[c];
     }
   }
   return toCanvas(img.width, img.height, img);
@@ -58,7 +62,7 @@ export function paintFloat(vals, q, k, lo, hi, ramp) {
   for (let i = 0; i < q; i++) {
     for (let j = 0; j < k; j++) {
       const v = vals[i * k + j];
-      px[i * k + j] = Number.isNaN(v) ? ((i + j) & 1 ? MASK_A : MASK_B) : ramp.words[lutIndex((v - lo) / span)];
+      px[i * k + j] = Number.isNaN(v) ? CLEAR : ramp.words[lutIndex((v - lo) / span)];
     }
   }
   return toCanvas(img.width, img.height, img);

@@ -1,11 +1,12 @@
 // Input: controls, mouse, wheel and keys. Every handler turns an event into a state patch and
 // hands it to Viewer.set; none writes the state itself.
 
-import { M, zoomAbout } from "./layout.js";
+import { M, labelStep, nearestLabel, zoomAbout } from "./layout.js";
 import { value } from "./data.js";
 import { stepHead } from "./state.js";
 import { h, relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
+import { badgeWords } from "./analysis.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 /** @typedef {import("./types.js").State} State */
@@ -53,9 +54,15 @@ export function hit(v, x, y) {
   const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
   const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
   if (inX && inY) return { kind: "cell", q, k };
-  if (inY && x < g.x0 && x >= 0) return { kind: "row", q };
-  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred && v.predictions()?.has(q)) return { kind: "pred", q };
-  if (inX && y < g.y0 && y >= M.top) return { kind: "col", k };
+  // On the labels, the token is the one whose label is nearest (labels are thinned and taller
+  // than small cells), found from the geometry, as labels() placed them.
+  const step = labelStep(g.cs), sel = st.sel;
+  if (inY && x < g.x0 && x >= 0) return { kind: "row", q: nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q) };
+  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred) {
+    const p = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
+    return v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
+  }
+  if (inX && y < g.y0 && y >= M.top + M.axis) return { kind: "col", k: nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k) };
   return null;
 }
 
@@ -99,7 +106,9 @@ function hover(v, e) {
   } else if (t.kind === "col") {
     tip.append(line(`key ${t.k} `, info.key_tokens[t.k]), h("div", "am-k", "click: highlight"));
   } else {
-    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`), h("div", "am-k", "click to open"));
+    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`));
+    if (t.badge) tip.append(h("div", "am-badge-words", badgeWords(t.badge)));
+    tip.append(h("div", "am-k", "click to open"));
   }
   tip.hidden = false;
   const r = v.dom.canvas.getBoundingClientRect();
@@ -212,13 +221,25 @@ function key(v, e) {
     ArrowLeft: head(-1), h: head(-1), ArrowRight: head(1), l: head(1),
     ArrowUp: layer(-1), k: layer(-1), ArrowDown: layer(1), j: layer(1),
     "+": () => zoom(v, 2), "=": () => zoom(v, 2), "-": () => zoom(v, 0.5), 0: () => v.set({ cs: null }),
-    Escape: () => v.set({ sel: null }),
+    Escape: () => { if (!v.dom.help.hidden) showHelp(v, false); else v.set({ sel: null, mark: null }); },
+    "?": () => showHelp(v, v.dom.help.hidden),
   };
   const f = acts[e.key];
   if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
   e.preventDefault();
   e.stopPropagation();
   f();
+}
+
+/**
+ * Open or close the keys-and-mouse help.
+ * @param {Viewer} v
+ * @param {boolean} open
+ */
+export function showHelp(v, open) {
+  v.dom.help.hidden = !open;
+  v.dom.ui.help.setAttribute("aria-expanded", String(open));
+  if (open) v.dom.tip.hidden = true;
 }
 
 /**
@@ -244,7 +265,7 @@ function download(v) {
  */
 export function attachInput(v) {
   const u = v.dom.ui, c = v.dom.canvas;
-  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null }));
+  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null, mark: null }));
   v.listen(u.layer, "change", () => v.set({ layer: +u.layer.value }));
   v.listen(u.head, "change", () => v.set({ head: /^\d+$/.test(u.head.value) ? +u.head.value : /** @type {"mean" | "max"} */ (u.head.value) }));
   v.listen(u.view, "change", () => v.set({ view: /** @type {State["view"]} */ (u.view.value) }));
@@ -255,6 +276,7 @@ export function attachInput(v) {
   v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
   v.listen(u.fit, "click", () => v.set({ cs: null }));
   v.listen(u.png, "click", () => download(v));
+  v.listen(u.help, "click", () => showHelp(v, v.dom.help.hidden));
   v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
   v.listen(u.min, "input", () => { const x = parseFloat(u.min.value); v.set({ min: Number.isFinite(x) ? x : null }); });
   for (const s of [u.from, u.to, u.vs]) v.listen(s, "change", () => relate(v));

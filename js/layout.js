@@ -2,19 +2,29 @@
 
 /** @typedef {import("./types.js").State} State */
 
-export const M = { top: 24, label: 110, bar: 88, pad: 6 }; // canvas margins in CSS pixels
+export const M = { top: 24, axis: 16, label: 110, bar: 88, pad: 6 }; // canvas margins in CSS pixels
 export const PRED_W = 128; // width of the predictions column right of the matrix
 export const BAND = 14; // width of a chat-role band along each axis
 export const MAX_CELL = 80;
 
 /**
- * Canvas size for a root element `width` pixels wide.
+ * Canvas size for a root element `width` pixels wide, with `height` pixels left below the
+ * canvas's top in the window (0: unknown). The canvas fits that height, so the whole matrix
+ * is on screen without scrolling, down to a 360 px floor.
  * @param {number} width
+ * @param {number} [height]
  */
-export function canvasSize(width) {
+export function canvasSize(width, height = 0) {
   const w = Math.max(420, Math.min(1100, (width || 900) - 190));
-  return { w, h: Math.round(Math.min(820, Math.max(360, w * 0.82))) };
+  const room = height > 0 ? height : Infinity;
+  return { w, h: Math.round(Math.min(820, Math.max(360, Math.min(w * 0.82, room)))) };
 }
+
+/**
+ * Room the token labels need, in CSS pixels: the widest row label and the widest column label
+ * (each capped at M.label).
+ * @typedef {{ rows: number, cols: number }} LabelRoom
+ */
 
 /**
  * @typedef {object} Geometry
@@ -34,6 +44,8 @@ export function canvasSize(width) {
  * @property {number} q0  first visible query, clamped
  * @property {number} pred  width of the predictions column (0 without predictions)
  * @property {number} band  width of the role bands (0 without roles)
+ * @property {number} lw  room for the row labels (left of the bands)
+ * @property {number} lh  room for the column labels (above the bands)
  */
 
 /**
@@ -41,14 +53,19 @@ export function canvasSize(width) {
  * @param {{ w: number, h: number }} size
  * @param {number} Q  queries
  * @param {number} K  keys
- * @param {{ predictions: boolean, bands: boolean }} extras
+ * @param {{ predictions: boolean, bands: boolean, room?: LabelRoom }} extras  room: the
+ *   labels' measured widths (default: M.label each)
  * @param {State} st
  * @returns {Geometry}
  */
 export function heatmapGeometry(size, Q, K, extras, st) {
   const { w, h } = size;
   const pred = extras.predictions ? PRED_W : 0, band = extras.bands ? BAND : 0;
-  const x0 = M.label + band, y0 = M.top + M.label + band;
+  /** @param {number | undefined} x */
+  const room = (x) => Math.round(Math.max(24, Math.min(M.label, x ?? M.label)));
+  const lw = room(extras.room?.rows), lh = room(extras.room?.cols);
+  // An axis title strip left of the row labels and one above the column labels.
+  const x0 = M.axis + lw + band, y0 = M.top + M.axis + lh + band;
   const pw = w - x0 - M.bar - pred, ph = h - y0 - M.pad;
   const fit = Math.min(pw / Math.max(1, K), ph / Math.max(1, Q));
   const cs = st.cs && st.cs > fit ? st.cs : fit;
@@ -56,7 +73,7 @@ export function heatmapGeometry(size, Q, K, extras, st) {
   const zoomed = cs !== fit;
   const k0 = zoomed ? Math.max(0, Math.min(st.k0, K - vk)) : 0;
   const q0 = zoomed ? Math.max(0, Math.min(st.q0, Q - vq)) : 0;
-  return { w, h, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band };
+  return { w, h, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band, lw, lh };
 }
 
 /**
@@ -105,4 +122,27 @@ export function headsGrid(n, w) {
     if (hh < w * 0.9 && (!best || t > best.t)) best = { cols, rows, t, gap: lay.gap, cap: lay.cap, hh };
   }
   return best || { cols: H, rows: 1, t: 16, gap: 8, cap: 14, hh: 80 };
+}
+
+/**
+ * Every how many rows (or columns) a token label is drawn: labels stay ≥ 12 px apart.
+ * @param {number} cs  cell size
+ */
+export function labelStep(cs) { return Math.max(1, Math.ceil(12 / cs)); }
+
+/**
+ * The token whose label is nearest to position `t` along an axis (in cells, fractional, from
+ * the first token): a label's text is taller than a small cell, so a click on it must go to
+ * the labelled token, not to whichever cell lies under the pointer. Labels are drawn for every
+ * `step`-th token and for the selected one (`sel`).
+ * @param {number} t
+ * @param {number} n  tokens on the axis
+ * @param {number} step
+ * @param {number | null} [sel]
+ */
+export function nearestLabel(t, n, step, sel = null) {
+  const last = Math.floor((n - 1) / step) * step;
+  let best = Math.max(0, Math.min(last, Math.round((t - 0.5) / step) * step));
+  if (sel != null && sel >= 0 && sel < n && Math.abs(sel + 0.5 - t) < Math.abs(best + 0.5 - t)) best = sel;
+  return best;
 }

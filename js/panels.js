@@ -2,7 +2,7 @@
 // Token text goes in only as textContent and option text, never as markup.
 
 import { value } from "./data.js";
-import { relationMass, wordTokens } from "./analysis.js";
+import { BADGE_HELP, relationMass, wordTokens } from "./analysis.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 /** @typedef {import("./types.js").StackInfo} StackInfo */
@@ -34,6 +34,7 @@ export function h(tag, cls, text) {
  * @property {HTMLButtonElement} zoomOut
  * @property {HTMLButtonElement} fit
  * @property {HTMLButtonElement} png
+ * @property {HTMLButtonElement} help
  * @property {HTMLSelectElement} score
  * @property {HTMLInputElement} min
  * @property {HTMLSelectElement} from
@@ -46,6 +47,8 @@ export function h(tag, cls, text) {
  * @property {HTMLDivElement} root
  * @property {Controls} ui
  * @property {HTMLDivElement} census
+ * @property {HTMLDivElement} legend
+ * @property {HTMLDivElement} help
  * @property {HTMLCanvasElement} canvas
  * @property {HTMLDivElement} tip
  * @property {HTMLCanvasElement} mini
@@ -98,18 +101,29 @@ export function buildDom() {
   const zoomIn = button("am-zoom-in", "+", "zoom in (+)");
   const fit = button("am-fit", "fit", "whole matrix (0)");
   const png = button("am-png", "PNG", "download this view as PNG");
+  const helpBtn = button("am-help-btn", "?", "keys and mouse (?)");
   // Census: sort and filter head grids by a score (shown when the payload carries scores).
   const census = h("div", "am-bar am-census");
   const score = field(census, "score", h("select", "am-score"));
   const min = field(census, "at least", h("input", "am-min"));
   min.type = "number"; min.step = "0.05"; min.placeholder = "any";
   min.style.width = "5em";
+  // What the badges on the thumbnails mean (shown with the head grids).
+  const legend = h("div", "am-legend");
+  legend.append(h("span", "am-k", "badges: each head's strongest pattern, as a share of its attention (0–1) ·"));
+  for (const b of ["self", "prev", "next", "first", "dup", "ind", "spec"]) {
+    const item = h("span", "am-legend-item");
+    item.dataset.badge = b;
+    item.append(h("b", "", b), document.createTextNode(" " + BADGE_HELP[b]));
+    legend.append(item);
+  }
   const main = h("div", "am-main");
   const stage = h("div", "am-stage");
   const canvas = h("canvas", "am-canvas");
   const tip = h("div", "am-tip");
   tip.hidden = true;
-  stage.append(canvas, tip);
+  const help = helpBox();
+  stage.append(canvas, tip, help);
   const side = h("div", "am-side");
   const mini = h("canvas", "am-mini");
   const info = h("div", "am-info");
@@ -124,9 +138,39 @@ export function buildDom() {
   side.append(mini, info, relBox);
   main.append(stage, side);
   const status = h("div", "am-status");
-  root.append(bar, census, main, status);
-  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, score, min, from, to, vs };
-  return { root, ui, census, canvas, tip, mini, info, relBox, relOut, status };
+  root.append(bar, census, legend, main, status);
+  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs };
+  return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status };
+}
+
+// The keyboard and mouse help, opened with "?" (or its button) and closed with Esc.
+const HELP = [
+  ["← → or h l", "previous / next head"],
+  ["↑ ↓ or k j", "previous / next layer"],
+  ["+ −", "zoom in / out"],
+  ["0", "fit: the whole matrix"],
+  ["Ctrl / ⌘ + wheel", "zoom about the pointer"],
+  ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways)"],
+  ["drag", "pan the zoomed matrix; drag on the minimap to jump"],
+  ["click a label", "highlight that token's row and column"],
+  ["Esc", "clear the highlight; close this help"],
+  ["?", "open / close this help"],
+];
+
+function helpBox() {
+  const box = h("div", "am-help");
+  box.hidden = true;
+  box.setAttribute("role", "dialog");
+  box.setAttribute("aria-label", "keys and mouse");
+  box.append(h("div", "am-help-title", "Keys and mouse"));
+  const table = h("table");
+  for (const [k, what] of HELP) {
+    const tr = h("tr");
+    tr.append(h("th", "", k), h("td", "", what));
+    table.append(tr);
+  }
+  box.append(table, h("div", "am-k", "Esc or ? to close"));
+  return box;
 }
 
 /**
@@ -166,6 +210,7 @@ export function syncControls(v, full) {
   for (const b of [u.zoomIn, u.zoomOut, u.fit]) b.disabled = st.view !== "heatmap";
   const sc = info.scores;
   v.dom.census.hidden = !sc;
+  v.dom.legend.hidden = !sc || !["heads", "layers"].includes(st.view);
   if (sc && u.score.options.length !== sc.names.length + 1) {
     u.score.replaceChildren(new Option("top score", ""), ...sc.names.map((n) => new Option(n, n)));
   }
@@ -235,7 +280,7 @@ export function relationStack(v) {
 
 /**
  * @typedef {{ layer: number, head: number, to: number, vs?: number, diff?: number }} RelHead
- * @typedef {{ stack: string, from: string, to: string, vs: string | null, ranked_by: string, heads: RelHead[] }} Relation
+ * @typedef {{ stack: string, from: string, to: string, vs: string | null, ranked_by: string, heads: RelHead[], from_tokens: number[], to_tokens: number[] }} Relation
  */
 
 /** @type {WeakMap<Viewer, { seq: number, relation: Relation | null }>} */
@@ -282,7 +327,7 @@ export async function relate(v) {
   }
   const key = alt ? "diff" : "to";
   heads.sort((p, q) => (q[key] ?? 0) - (p[key] ?? 0) || p.layer - q.layer || p.head - q.head);
-  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads };
+  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads, from_tokens: src, to_tokens: dst };
   showRelation(v, mem.relation);
   return mem.relation;
 }
@@ -295,12 +340,19 @@ export async function relate(v) {
 function showRelation(v, r) {
   const out = v.dom.relOut;
   out.replaceChildren();
+  const head = h("div", "am-row am-rel-head");
+  head.append(h("span", "", "head"), h("span", "", r.vs ? "to − vs" : "attention to"));
+  out.append(head);
+  /** @param {number[]} t @returns {[number, number]} */
+  const span = (t) => [Math.min(...t), Math.max(...t) + 1];
+  // The block of cells the number sums: the "from" word's rows × the "to" word's columns.
+  const mark = r.from_tokens.length && r.to_tokens.length ? { q: span(r.from_tokens), k: span(r.to_tokens) } : null;
   for (const x of r.heads.slice(0, 10)) {
     const row = h("div", "am-row am-rel-row");
     row.dataset.layer = String(x.layer); row.dataset.head = String(x.head);
-    row.title = r.vs ? `to ${x.to.toFixed(3)} · vs ${(x.vs ?? 0).toFixed(3)}` : `to ${x.to.toFixed(3)}`;
-    row.append(h("span", "am-k", `${x.layer}.${x.head}`), h("span", "am-num", ((r.vs ? x.diff : x.to) ?? 0).toFixed(3)));
-    v.listen(row, "click", () => v.set({ layer: x.layer, head: x.head, view: "heatmap" }));
+    row.title = `layer ${x.layer}, head ${x.head}: ` + (r.vs ? `to ${x.to.toFixed(3)} · vs ${(x.vs ?? 0).toFixed(3)}` : `to ${x.to.toFixed(3)}`);
+    row.append(h("span", "am-k", `L${x.layer} H${x.head}`), h("span", "am-num", ((r.vs ? x.diff : x.to) ?? 0).toFixed(3)));
+    v.listen(row, "click", () => v.set({ layer: x.layer, head: x.head, view: "heatmap", mark }));
     out.append(row);
   }
 }

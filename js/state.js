@@ -31,7 +31,7 @@ export function initialState(header, o, diff) {
     stack, layer: wrap(o.layer, L), head: o.head === "mean" || o.head === "max" ? o.head : wrap(o.head, H),
     view, scale: ["unit", "head", "log"].includes(o.scale) ? o.scale : "head",
     metric: o.metric === "mean_abs" ? "mean_abs" : "js",
-    ignoreFirst: !!o.ignore_first, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null,
+    ignoreFirst: !!o.ignore_first, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null,
   };
 }
 

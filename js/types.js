@@ -90,6 +90,12 @@
  * @property {{ q: number | null, k: number | null } | null} sel
  * @property {string | null} score  census score that sorts and filters head grids
  * @property {number | null} min    census threshold
+ * @property {Mark | null} mark  cells outlined for the relation panel's opened head
+ */
+
+/**
+ * A block of cells: query rows [q[0], q[1]) × key columns [k[0], k[1]).
+ * @typedef {{ q: [number, number], k: [number, number] }} Mark
  */
 
 /**

@@ -7,7 +7,7 @@ import { rampsOf } from "./colour.js";
 import { headData, headMax } from "./data.js";
 import { textWords } from "./analysis.js";
 import { canvasSize, heatmapGeometry } from "./layout.js";
-import { hasRoles } from "./draw.js";
+import { ctx2d, hasRoles, short } from "./draw.js";
 import { paintImage } from "./images.js";
 import { initialState, applyPatch } from "./state.js";
 import { buildDom, syncControls, showInfo, resetRelation } from "./panels.js";
@@ -91,7 +91,7 @@ export class Viewer {
     this.changeBy = new Map();
     this.ramps = rampsOf(null);
     /** @type {State} */
-    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null };
+    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null };
     /** @type {Word[]} */
     this.words = [];
     /** @type {Map<number, Prediction> | null} */
@@ -107,7 +107,11 @@ export class Viewer {
     this.changeCells = [];
     /** @type {Band[]} */
     this.bands = [];
+    /** @type {{ query: { text: string, x: number, y: number }, key: { text: string, x: number, y: number } } | null} */
+    this.axes = null;
     this.miniScale = 1;
+    /** @type {Map<string, import("./layout.js").LabelRoom>} stack → room its labels need */
+    this.rooms = new Map();
     this.infoStale = false; // the info panel waits for the layer it describes
     /** @type {Dom} */
     this.dom = buildDom();
@@ -140,6 +144,11 @@ export class Viewer {
       ro.observe(this.dom.root);
       this.off.push(() => ro.disconnect());
     }
+    // The canvas follows the window's height too (the matrix fits the screen).
+    if (typeof window !== "undefined") {
+      let hgt = window.innerHeight;
+      this.listen(window, "resize", () => { if (window.innerHeight !== hgt) { hgt = window.innerHeight; if (this.header) this.set({}); } });
+    }
     this.load();
   }
 
@@ -163,7 +172,7 @@ export class Viewer {
     }
     this.header = header;
     this.ramps = rampsOf(header);
-    this.layers.clear(); this.images.clear(); this.thumbs.clear(); this.layersB.clear(); this.diffCache.clear();
+    this.layers.clear(); this.images.clear(); this.rooms.clear(); this.thumbs.clear(); this.layersB.clear(); this.diffCache.clear();
     this.predMap = null; this.predRows = [];
     // Diff mode: a second payload B on the same aligned tokens, and the ranking in the options.
     const o = this.model.get("options") || {};
@@ -211,6 +220,8 @@ export class Viewer {
       next = { ...next, cs: g.cs > g.fit ? g.cs : null, k0: g.k0, q0: g.q0 };
     }
     const selChanged = next.sel !== this.st.sel || next.stack !== this.st.stack || next.layer !== this.st.layer || next.head !== this.st.head;
+    // A tooltip describes what was under the pointer in the old view: it goes with that view.
+    if (selChanged || next.view !== this.st.view) this.dom.tip.hidden = true;
     this.st = next;
     if (selChanged) this.infoStale = true;
     syncControls(this, false);
@@ -225,10 +236,40 @@ export class Viewer {
   geom(st = this.st) {
     const info = this.stackInfo(st.stack);
     const [, , Q, K] = info.shape;
-    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info) }, st);
+    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info), room: this.labelRoom(info) }, st);
   }
 
-  size() { return canvasSize(this.dom.root.clientWidth); }
+  /**
+   * The canvas size: the root's width, and the window's height below the canvas's top (less
+   * the status line), so the whole matrix is on screen when the viewer's top is.
+   */
+  size() {
+    const root = this.dom.root;
+    let below = 0;
+    if (typeof window !== "undefined" && window.innerHeight) {
+      const top = this.dom.canvas.getBoundingClientRect().top - root.getBoundingClientRect().top;
+      below = window.innerHeight - top - 44;
+    }
+    return canvasSize(root.clientWidth, below);
+  }
+
+  /**
+   * How wide the widest row and column labels are drawn (at the largest label font), per stack.
+   * @param {StackInfo} info
+   * @returns {import("./layout.js").LabelRoom}
+   */
+  labelRoom(info) {
+    let r = this.rooms.get(info.name);
+    if (!r) {
+      const ctx = ctx2d(document.createElement("canvas"));
+      ctx.font = "12px system-ui, sans-serif";
+      /** @param {string[]} toks */
+      const widest = (toks) => toks.reduce((m, t) => Math.max(m, ctx.measureText(short(t)).width), 0) + 10;
+      r = { rows: widest(info.query_tokens), cols: widest(info.key_tokens) };
+      this.rooms.set(info.name, r);
+    }
+    return r;
+  }
 
   /**
    * Predictions of the shown stack's query rows: position → record, or null.

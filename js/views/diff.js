@@ -5,7 +5,7 @@ import { css, darkEntry, lutIndex } from "../colour.js";
 import { diffData, headData } from "../data.js";
 import { fmtScore } from "../analysis.js";
 import { paintFloat } from "../images.js";
-import { FONT, rampBar, setupCanvas, short, title } from "../draw.js";
+import { FONT, hatch, rampBar, setupCanvas, short, title } from "../draw.js";
 
 /** @typedef {import("../viewer.js").Viewer} Viewer */
 /** @typedef {import("../data.js").DiffHead} DiffHead */
@@ -47,6 +47,7 @@ export function paintDiff(v) {
   for (let p = 0; p < 3; p++) {
     const x = left + p * (pw + gap + bar);
     x0s.push(x);
+    hatch(ctx, x, top, pw, ph); // shows through the masked (transparent) cells
     ctx.drawImage(dd.images[p], x, top, pw, ph);
     ctx.strokeStyle = "#888"; ctx.lineWidth = 1; ctx.strokeRect(x - 0.5, top - 0.5, pw + 1, ph + 1);
     ctx.fillStyle = "#222"; ctx.font = "bold 11px system-ui, sans-serif"; ctx.textAlign = "left"; ctx.textBaseline = "middle";

@@ -5,7 +5,7 @@ import { M, PRED_W } from "../layout.js";
 import { LOG_DECADES, darkEntry, lutIndex, tOf } from "../colour.js";
 import { value } from "../data.js";
 import { fmtScore } from "../analysis.js";
-import { FONT, fmt, labels, rampBar, roleBands, setupCanvas, short, title } from "../draw.js";
+import { FONT, axisTitles, fmt, hatch, labels, rampBar, roleBands, setupCanvas, short, title } from "../draw.js";
 
 /** @typedef {import("../viewer.js").Viewer} Viewer */
 /** @typedef {import("../types.js").HeadData} HeadData */
@@ -17,8 +17,10 @@ import { FONT, fmt, labels, rampBar, roleBands, setupCanvas, short, title } from
  */
 export function paintHeatmap(v, d) {
   const st = v.st, info = v.stackInfo(), g = v.geom();
-  // The canvas hugs the matrix (plus labels and colour bar) so the side panel sits beside it.
-  const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), g.h);
+  // The canvas hugs the matrix (plus labels and colour bar) so the side panel sits beside it,
+  // and ends below the matrix or the colour bar's legend, whichever is lower.
+  const ch = Math.min(g.h, Math.max(g.y0 + g.ph + M.pad, g.y0 + Math.min(g.ph, 260) + 64));
+  const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), ch);
   const { canvas: img, vmax } = v.image(d);
   title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}`);
   // Matrix: whole source cells, scaled without smoothing so each cell stays a crisp square.
@@ -28,13 +30,16 @@ export function paintHeatmap(v, d) {
   ctx.beginPath(); ctx.rect(g.x0, g.y0, g.pw, g.ph); ctx.clip();
   ctx.imageSmoothingEnabled = false;
   const dx = g.x0 + (sk - g.k0) * g.cs, dy = g.y0 + (sq - g.q0) * g.cs;
+  hatch(ctx, g.x0, g.y0, g.pw, g.ph); // shows through the masked (transparent) cells
   ctx.drawImage(img, sk, sq, nk, nq, dx, dy, nk * g.cs, nq * g.cs);
   if (g.cs >= 30) cellValues(v, ctx, d, g, { sk, sq, nk, nq, dx, dy }, vmax);
   if (st.sel) paintSelection(v, ctx, g, img);
+  if (st.mark) paintMark(ctx, g, st.mark);
   ctx.restore();
   ctx.strokeStyle = "#888"; ctx.lineWidth = 1;
   ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
   labels(ctx, g, info, st.sel);
+  v.axes = axisTitles(ctx, g);
   v.bands = roleBands(ctx, g, info);
   v.predRows = g.pred ? paintPredictions(v, ctx, g) : [];
   colourBar(v, ctx, g, vmax);
@@ -82,14 +87,31 @@ function paintSelection(v, ctx, g, img) {
   ctx.imageSmoothingEnabled = false;
   if (q != null) {
     const y = g.y0 + (q - g.q0) * g.cs;
+    hatch(ctx, g.x0, y, g.pw, g.cs);
     ctx.drawImage(img, 0, q, g.K, 1, g.x0 - g.k0 * g.cs, y, g.K * g.cs, g.cs);
     ctx.strokeRect(g.x0, y, g.pw, g.cs);
   }
   if (k != null) {
     const x = g.x0 + (k - g.k0) * g.cs;
+    hatch(ctx, x, g.y0, g.cs, g.ph);
     ctx.drawImage(img, k, 0, 1, g.Q, x, g.y0 - g.q0 * g.cs, g.cs, g.Q * g.cs);
     ctx.strokeRect(x, g.y0, g.cs, g.ph);
   }
+}
+
+export const MARK = "#c2255c";
+
+/**
+ * Outline the cells a relation measures (its "from" rows × "to" columns).
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ * @param {import("../types.js").Mark} m
+ */
+function paintMark(ctx, g, m) {
+  const x = g.x0 + (m.k[0] - g.k0) * g.cs, y = g.y0 + (m.q[0] - g.q0) * g.cs;
+  const w = (m.k[1] - m.k[0]) * g.cs, hh = (m.q[1] - m.q[0]) * g.cs;
+  ctx.strokeStyle = MARK; ctx.lineWidth = 3;
+  ctx.strokeRect(x + 1.5, y + 1.5, Math.max(1, w - 3), Math.max(1, hh - 3));
 }
 
 /**
@@ -138,8 +160,8 @@ function colourBar(v, ctx, g, vmax) {
   const ticks = st.scale === "log" ? [0, 1, 2, 3].map((i) => [vmax * 10 ** -i, 1 - i / LOG_DECADES]) : [0, 0.25, 0.5, 0.75, 1].map((f) => [f * vmax, f]);
   for (const [val, f] of ticks) ctx.fillText(fmt(val), x + bw + 4, y + (1 - f) * (bh - 1));
   const my = y + bh + 14;
-  ctx.fillStyle = "#c8c8c8"; ctx.fillRect(x, my, 6, 6); ctx.fillStyle = "#e2e2e2"; ctx.fillRect(x + 6, my, 6, 6);
-  ctx.fillRect(x, my + 6, 6, 6); ctx.fillStyle = "#c8c8c8"; ctx.fillRect(x + 6, my + 6, 6, 6);
+  hatch(ctx, x, my, 12, 12);
+  ctx.strokeStyle = "#aaa"; ctx.strokeRect(x - 0.5, my - 0.5, 13, 13);
   ctx.fillStyle = "#333"; ctx.fillText("masked", x + bw + 4, my + 6);
   if (st.ignoreFirst && st.scale !== "unit") ctx.fillText("key 0 ignored", x - 2, my + 24);
   ctx.font = "9px system-ui, sans-serif"; ctx.fillStyle = "#888";
@@ -156,6 +178,7 @@ function colourBar(v, ctx, g, vmax) {
 function paintMini(v, img, g) {
   const side = 160, r = Math.min(side / g.K, side / g.Q), w = Math.max(1, Math.round(g.K * r)), hh = Math.max(1, Math.round(g.Q * r));
   const ctx = setupCanvas(v.dom.mini, w, hh);
+  hatch(ctx, 0, 0, w, hh);
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(img, 0, 0, w, hh);
   v.miniScale = r;

@@ -207,3 +207,22 @@ def test_old_exclude_spellings_still_work_with_a_warning():
     with pytest.warns(AttnmapDeprecationWarning, match="ignore_first"):
         old = head_scores(make_run(a), exclude_first=True)
     assert old == head_scores(make_run(a), ignore_first=True)
+
+
+def test_next_token_head_on_a_bidirectional_stack():
+    n = 5
+    a = np.eye(n, k=1)  # each row looks at the token after it …
+    a[-1, -1] = 1.0  # … except the last, which has none
+    s = scores(make_run(a, causal=False))
+    assert s["next_token"] == 1.0  # the last row has no next token and does not count
+    assert s["previous_token"] == 0.0
+    # half on the next token, half on itself: 0.5 in the rows that have a next token
+    b = (np.eye(n, k=1) + np.eye(n)) / 2
+    b[-1, -1] = 1.0
+    assert scores(make_run(b, causal=False))["next_token"] == pytest.approx(0.5)
+
+
+def test_next_token_is_none_for_a_causal_stack():
+    # A causal row never sees the token after it: no score, not a misleading 0.
+    s = scores(make_run(previous_head(5)))
+    assert s["next_token"] is None

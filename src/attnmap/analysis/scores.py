@@ -18,6 +18,7 @@ from ..run import STACK_SIDES, AttentionRun
 SCORE_NAMES = (
     "self",
     "previous_token",
+    "next_token",
     "first_token",
     "duplicate_token",
     "induction",
@@ -152,6 +153,8 @@ def head_scores(
         res: dict[str, np.ndarray] = {
             "self": _mean(a[:, self_rows, self_rows]),
             "previous_token": _pattern(prev, a, kept),
+            # rows whose next token is a key they may see: none in a causal stack (None)
+            "next_token": _mean(a[:, su.next_rows, su.next_rows + 1]),
             # only rows that could see the first token (a window hides it from later rows)
             "first_token": _mean(a[:, su.first_rows, 0]) if first_ok else _none(h),
             "duplicate_token": _pattern(dup, a, kept),
@@ -194,6 +197,7 @@ class _Setup:
         self.broad_rows = n_allowed > 1  # entropy_norm is undefined with one allowed key
         self.log_allowed = np.log(np.maximum(n_allowed, 1)).astype(np.float64)
         self.self_rows = idx[allowed[idx, idx]]
+        self.next_rows = idx[:-1][allowed[idx[:-1], idx[:-1] + 1]] if n > 1 else idx[:0]
         self.first_rows = np.nonzero(allowed[:, 0])[0]
         self.first_ok = bool(len(self.first_rows))
         self.blocks = _row_blocks(allowed)

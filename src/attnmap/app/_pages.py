@@ -11,7 +11,8 @@ from ._errors import ApiError, quote
 
 STATIC = Path(__file__).parent / "static"
 VIEWER_STATIC = Path(__file__).parent.parent / "viewer" / "static"
-APP_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+APP_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+             "favicon.svg": "image/svg+xml"}
 VIEWER_FILES = {"viewer.js": APP_FILES["app.js"], "viewer.css": APP_FILES["app.css"]}
 
 router = APIRouter(include_in_schema=False)
@@ -26,6 +27,12 @@ def _file(path: Path, media_type: str) -> Response:
 @router.get("/")
 async def index() -> Response:
     return _file(STATIC / "index.html", "text/html; charset=utf-8")
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    # Browsers ask for it whatever the page says; a 404 here is an error in every console.
+    return _file(STATIC / "favicon.svg", APP_FILES["favicon.svg"])
 
 
 @router.get("/app/{name}")

@@ -21,10 +21,10 @@ from ._common import (
 )
 from ._print import json_text, one_line
 
-SCORES = ("self", "previous_token", "first_token", "duplicate_token", "induction", "locality",
-          "mean_distance", "entropy", "entropy_norm", "special")
+SCORES = ("self", "previous_token", "next_token", "first_token", "duplicate_token", "induction",
+          "locality", "mean_distance", "entropy", "entropy_norm", "special")
 # Short column titles so that the whole table fits an 80-column terminal.
-_TITLES = {"self": "self", "previous_token": "prev", "first_token": "first",
+_TITLES = {"self": "self", "previous_token": "prev", "next_token": "next", "first_token": "first",
            "duplicate_token": "dup", "induction": "induct", "locality": "local",
            "mean_distance": "dist", "entropy": "H", "entropy_norm": "H/ln k",
            "special": "special"}

@@ -291,11 +291,20 @@ async function openRun(runId) {
   state.diff = null;
   showDiffBar(null);
   showFacts(facts);
+  fillForm(facts);
   await mountViewer({ payload, options: {}, layer_url: `/api/runs/${id}/layers` });
   say(`run ${runId}`);
   await refreshRuns();
   if (seq !== state.seq) return;
   settled({ run: runId, view: "run" });
+}
+
+// The form shows the open run's text, model and decoder text, ready to edit and run again.
+function fillForm(facts) {
+  $("text").value = facts.text;
+  if (state.models.some((m) => m.id === facts.model)) $("model").value = facts.model;
+  updateTargetRow();
+  $("target").value = facts.target_text || "";
 }
 
 // The page's view is complete (viewer mounted, runs list refreshed): only now say which run

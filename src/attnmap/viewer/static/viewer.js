@@ -90,7 +90,6 @@ function b85decode(text, length) {
 // js/colour.js
 var LOG_DECADES = 3;
 var MASK_A = rgba(200, 200, 200);
-var MASK_B = rgba(226, 226, 226);
 function rgba(r, g, b) {
   return (255 << 24 | b << 16 | g << 8 | r) >>> 0;
 }
@@ -238,8 +237,25 @@ function diffData(da, db) {
 }
 
 // js/analysis.js
-var ABBR = { self: "self", previous_token: "prev", first_token: "first", duplicate_token: "dup", induction: "ind", locality: "local", mean_distance: "dist", entropy: "ent", entropy_norm: "ent/max", special: "spec" };
-var BADGE_SCORES = ["self", "previous_token", "first_token", "duplicate_token", "induction", "special"];
+var ABBR = { self: "self", previous_token: "prev", next_token: "next", first_token: "first", duplicate_token: "dup", induction: "ind", locality: "local", mean_distance: "dist", entropy: "ent", entropy_norm: "ent/max", special: "spec" };
+var BADGE_SCORES = ["self", "previous_token", "next_token", "first_token", "duplicate_token", "induction", "special"];
+var BADGE_HELP = {
+  self: "attention to the token itself",
+  prev: "attention to the token just before",
+  next: "attention to the token just after (models that see both ways)",
+  first: "attention to the first token (the attention sink)",
+  dup: "attention to earlier copies of the same token",
+  ind: "induction: attention to the token after an earlier copy",
+  spec: "attention to special tokens ([CLS], [SEP], <s> …)",
+  local: "attention to tokens nearby",
+  dist: "mean distance to the keys looked at, in tokens",
+  ent: "entropy of each row (nats): 0 = one key, larger = spread out",
+  "ent/max": "entropy ÷ its maximum: 0 = one key, 1 = uniform"
+};
+function badgeWords(text) {
+  const help = BADGE_HELP[text.split(" ")[0]];
+  return help ? `${text}: ${help}` : text;
+}
 function fmtScore(v) {
   if (v === null || v === void 0) return "–";
   return Math.abs(v) < 1 ? v.toFixed(2).replace(/^(-?)0\./, "$1.") : v.toFixed(1);
@@ -341,18 +357,21 @@ function roleRuns(roles, messages) {
 }
 
 // js/layout.js
-var M = { top: 24, label: 110, bar: 88, pad: 6 };
+var M = { top: 24, axis: 16, label: 110, bar: 88, pad: 6 };
 var PRED_W = 128;
 var BAND = 14;
 var MAX_CELL = 80;
-function canvasSize(width) {
+function canvasSize(width, height = 0) {
   const w = Math.max(420, Math.min(1100, (width || 900) - 190));
-  return { w, h: Math.round(Math.min(820, Math.max(360, w * 0.82))) };
+  const room = height > 0 ? height : Infinity;
+  return { w, h: Math.round(Math.min(820, Math.max(360, Math.min(w * 0.82, room)))) };
 }
 function heatmapGeometry(size, Q, K, extras, st) {
   const { w, h: h2 } = size;
   const pred = extras.predictions ? PRED_W : 0, band = extras.bands ? BAND : 0;
-  const x0 = M.label + band, y0 = M.top + M.label + band;
+  const room = (x) => Math.round(Math.max(24, Math.min(M.label, x ?? M.label)));
+  const lw = room(extras.room?.rows), lh = room(extras.room?.cols);
+  const x0 = M.axis + lw + band, y0 = M.top + M.axis + lh + band;
   const pw = w - x0 - M.bar - pred, ph = h2 - y0 - M.pad;
   const fit = Math.min(pw / Math.max(1, K), ph / Math.max(1, Q));
   const cs = st.cs && st.cs > fit ? st.cs : fit;
@@ -360,7 +379,7 @@ function heatmapGeometry(size, Q, K, extras, st) {
   const zoomed = cs !== fit;
   const k0 = zoomed ? Math.max(0, Math.min(st.k0, K - vk)) : 0;
   const q0 = zoomed ? Math.max(0, Math.min(st.q0, Q - vq)) : 0;
-  return { w, h: h2, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band };
+  return { w, h: h2, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band, lw, lh };
 }
 function zoomAbout(g, f, px, py) {
   const ck = g.k0 + (px - g.x0) / g.cs, cq = g.q0 + (py - g.y0) / g.cs;
@@ -381,6 +400,15 @@ function headsGrid(n, w) {
     if (hh < w * 0.9 && (!best || t > best.t)) best = { cols, rows, t, gap: lay.gap, cap: lay.cap, hh };
   }
   return best || { cols: H, rows: 1, t: 16, gap: 8, cap: 14, hh: 80 };
+}
+function labelStep(cs) {
+  return Math.max(1, Math.ceil(12 / cs));
+}
+function nearestLabel(t, n, step, sel = null) {
+  const last = Math.floor((n - 1) / step) * step;
+  let best = Math.max(0, Math.min(last, Math.round((t - 0.5) / step) * step));
+  if (sel != null && sel >= 0 && sel < n && Math.abs(sel + 0.5 - t) < Math.abs(best + 0.5 - t)) best = sel;
+  return best;
 }
 
 // js/draw.js
@@ -430,7 +458,7 @@ function rampBar(ctx, ramp, x, y, bw, bh) {
 }
 function labels(ctx, g, info, sel) {
   const s = sel || { q: null, k: null };
-  const step = Math.max(1, Math.ceil(12 / g.cs));
+  const step = labelStep(g.cs);
   const size = Math.max(7, Math.min(12, Math.floor(g.cs - 1)));
   const lx = g.x0 - g.band - 4, ly = g.y0 - g.band - 4;
   ctx.font = `${size}px system-ui, sans-serif`;
@@ -442,7 +470,7 @@ function labels(ctx, g, info, sel) {
     const y = g.y0 + (i - g.q0 + 0.5) * g.cs;
     if (i % step && i !== s.q || y < g.y0 || y > g.y0 + g.ph) continue;
     ctx.fillStyle = colour(info.query_special[i], i === s.q);
-    ctx.fillText(short(info.query_tokens[i]), lx, y, M.label - 8);
+    ctx.fillText(short(info.query_tokens[i]), lx, y, g.lw - 6);
   }
   ctx.textAlign = "left";
   const k1 = Math.min(g.K, Math.ceil(g.k0 + g.vk));
@@ -453,10 +481,48 @@ function labels(ctx, g, info, sel) {
     ctx.translate(x, ly);
     ctx.rotate(-Math.PI / 2);
     ctx.fillStyle = colour(info.key_special[j], j === s.k);
-    ctx.fillText(short(info.key_tokens[j]), 0, 0, M.label - 8);
+    ctx.fillText(short(info.key_tokens[j]), 0, 0, g.lh - 6);
     ctx.restore();
   }
   ctx.font = FONT;
+}
+var AXES = { query: "query: the token doing the looking", key: "key: the token looked at" };
+function axisTitles(ctx, g, names = {}) {
+  const q = names.query ?? AXES.query, k = names.key ?? AXES.key;
+  ctx.save();
+  ctx.font = "italic 11px system-ui, sans-serif";
+  ctx.fillStyle = "#666";
+  ctx.textBaseline = "middle";
+  const ky = M.top + M.axis / 2;
+  ctx.textAlign = "left";
+  ctx.fillText(k + " →", g.x0, ky, Math.max(120, g.w - g.x0 - 4));
+  const qx = M.axis / 2 + 1, qy = g.y0 + Math.min(g.ph, g.h - g.y0) / 2;
+  ctx.translate(qx, qy);
+  ctx.rotate(-Math.PI / 2);
+  ctx.textAlign = "center";
+  ctx.fillText("← " + q, 0, 0, Math.max(120, g.ph + g.lh));
+  ctx.restore();
+  return { query: { text: "← " + q, x: qx, y: qy }, key: { text: k + " →", x: g.x0, y: ky } };
+}
+var HATCH = { face: "#e2e2e2", line: "#c0c0c0", step: 6 };
+function hatch(ctx, x, y, w, hh) {
+  if (w <= 0 || hh <= 0) return;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(x, y, w, hh);
+  ctx.clip();
+  ctx.fillStyle = HATCH.face;
+  ctx.fillRect(x, y, w, hh);
+  ctx.strokeStyle = HATCH.line;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  const s = HATCH.step, end = x + w + y + hh;
+  for (let c = Math.floor((x + y) / s) * s; c <= end + s; c += s) {
+    ctx.moveTo(c - y, y);
+    ctx.lineTo(c - y - hh, y + hh);
+  }
+  ctx.stroke();
+  ctx.restore();
 }
 function roleBands(ctx, g, info) {
   const out = [];
@@ -511,6 +577,7 @@ function toCanvas(w, h2, img) {
   ctx2d(c).putImageData(img, 0, 0);
   return c;
 }
+var CLEAR = 0;
 function paintImage(d, vmax, scale, ramp) {
   const img = new ImageData(Math.max(1, d.k), Math.max(1, d.q));
   const px = new Uint32Array(img.data.buffer);
@@ -521,7 +588,7 @@ function paintImage(d, vmax, scale, ramp) {
     const base = i * d.k;
     for (let j = 0; j < d.k; j++) {
       const c = d.codes[base + j];
-      px[base + j] = c === MASKED ? i + j & 1 ? MASK_A : MASK_B : row[c];
+      px[base + j] = c === MASKED ? CLEAR : row[c];
     }
   }
   return toCanvas(img.width, img.height, img);
@@ -531,7 +598,7 @@ function paintFloat(vals, q, k, lo, hi, ramp) {
   for (let i = 0; i < q; i++) {
     for (let j = 0; j < k; j++) {
       const v = vals[i * k + j];
-      px[i * k + j] = Number.isNaN(v) ? i + j & 1 ? MASK_A : MASK_B : ramp.words[lutIndex((v - lo) / span)];
+      px[i * k + j] = Number.isNaN(v) ? CLEAR : ramp.words[lutIndex((v - lo) / span)];
     }
   }
   return toCanvas(img.width, img.height, img);
@@ -577,7 +644,8 @@ function initialState(header, o, diff) {
     q0: 0,
     sel: null,
     score: null,
-    min: null
+    min: null,
+    mark: null
   };
 }
 function applyPatch(st, patch, header) {
@@ -636,6 +704,7 @@ function buildDom() {
   const zoomIn = button("am-zoom-in", "+", "zoom in (+)");
   const fit = button("am-fit", "fit", "whole matrix (0)");
   const png = button("am-png", "PNG", "download this view as PNG");
+  const helpBtn = button("am-help-btn", "?", "keys and mouse (?)");
   const census = h("div", "am-bar am-census");
   const score = field(census, "score", h("select", "am-score"));
   const min = field(census, "at least", h("input", "am-min"));
@@ -643,12 +712,21 @@ function buildDom() {
   min.step = "0.05";
   min.placeholder = "any";
   min.style.width = "5em";
+  const legend = h("div", "am-legend");
+  legend.append(h("span", "am-k", "badges: each head's strongest pattern, as a share of its attention (0–1) ·"));
+  for (const b of ["self", "prev", "next", "first", "dup", "ind", "spec"]) {
+    const item = h("span", "am-legend-item");
+    item.dataset.badge = b;
+    item.append(h("b", "", b), document.createTextNode(" " + BADGE_HELP[b]));
+    legend.append(item);
+  }
   const main = h("div", "am-main");
   const stage = h("div", "am-stage");
   const canvas = h("canvas", "am-canvas");
   const tip = h("div", "am-tip");
   tip.hidden = true;
-  stage.append(canvas, tip);
+  const help = helpBox();
+  stage.append(canvas, tip, help);
   const side = h("div", "am-side");
   const mini = h("canvas", "am-mini");
   const info = h("div", "am-info");
@@ -662,9 +740,36 @@ function buildDom() {
   side.append(mini, info, relBox);
   main.append(stage, side);
   const status = h("div", "am-status");
-  root.append(bar, census, main, status);
-  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, score, min, from, to, vs };
-  return { root, ui, census, canvas, tip, mini, info, relBox, relOut, status };
+  root.append(bar, census, legend, main, status);
+  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs };
+  return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status };
+}
+var HELP = [
+  ["← → or h l", "previous / next head"],
+  ["↑ ↓ or k j", "previous / next layer"],
+  ["+ −", "zoom in / out"],
+  ["0", "fit: the whole matrix"],
+  ["Ctrl / ⌘ + wheel", "zoom about the pointer"],
+  ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways)"],
+  ["drag", "pan the zoomed matrix; drag on the minimap to jump"],
+  ["click a label", "highlight that token's row and column"],
+  ["Esc", "clear the highlight; close this help"],
+  ["?", "open / close this help"]
+];
+function helpBox() {
+  const box = h("div", "am-help");
+  box.hidden = true;
+  box.setAttribute("role", "dialog");
+  box.setAttribute("aria-label", "keys and mouse");
+  box.append(h("div", "am-help-title", "Keys and mouse"));
+  const table = h("table");
+  for (const [k, what] of HELP) {
+    const tr = h("tr");
+    tr.append(h("th", "", k), h("td", "", what));
+    table.append(tr);
+  }
+  box.append(table, h("div", "am-k", "Esc or ? to close"));
+  return box;
 }
 function syncControls(v, full) {
   const u = v.dom.ui, st = v.st, info = v.stackInfo(), [L, H] = info.shape;
@@ -700,6 +805,7 @@ function syncControls(v, full) {
   for (const b of [u.zoomIn, u.zoomOut, u.fit]) b.disabled = st.view !== "heatmap";
   const sc = info.scores;
   v.dom.census.hidden = !sc;
+  v.dom.legend.hidden = !sc || !["heads", "layers"].includes(st.view);
   if (sc && u.score.options.length !== sc.names.length + 1) {
     u.score.replaceChildren(new Option("top score", ""), ...sc.names.map((n) => new Option(n, n)));
   }
@@ -797,20 +903,25 @@ async function relate(v) {
   }
   const key2 = alt ? "diff" : "to";
   heads.sort((p, q) => (q[key2] ?? 0) - (p[key2] ?? 0) || p.layer - q.layer || p.head - q.head);
-  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads };
+  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads, from_tokens: src, to_tokens: dst };
   showRelation(v, mem.relation);
   return mem.relation;
 }
 function showRelation(v, r) {
   const out = v.dom.relOut;
   out.replaceChildren();
+  const head = h("div", "am-row am-rel-head");
+  head.append(h("span", "", "head"), h("span", "", r.vs ? "to − vs" : "attention to"));
+  out.append(head);
+  const span = (t) => [Math.min(...t), Math.max(...t) + 1];
+  const mark = r.from_tokens.length && r.to_tokens.length ? { q: span(r.from_tokens), k: span(r.to_tokens) } : null;
   for (const x of r.heads.slice(0, 10)) {
     const row = h("div", "am-row am-rel-row");
     row.dataset.layer = String(x.layer);
     row.dataset.head = String(x.head);
-    row.title = r.vs ? `to ${x.to.toFixed(3)} · vs ${(x.vs ?? 0).toFixed(3)}` : `to ${x.to.toFixed(3)}`;
-    row.append(h("span", "am-k", `${x.layer}.${x.head}`), h("span", "am-num", ((r.vs ? x.diff : x.to) ?? 0).toFixed(3)));
-    v.listen(row, "click", () => v.set({ layer: x.layer, head: x.head, view: "heatmap" }));
+    row.title = `layer ${x.layer}, head ${x.head}: ` + (r.vs ? `to ${x.to.toFixed(3)} · vs ${(x.vs ?? 0).toFixed(3)}` : `to ${x.to.toFixed(3)}`);
+    row.append(h("span", "am-k", `L${x.layer} H${x.head}`), h("span", "am-num", ((r.vs ? x.diff : x.to) ?? 0).toFixed(3)));
+    v.listen(row, "click", () => v.set({ layer: x.layer, head: x.head, view: "heatmap", mark }));
     out.append(row);
   }
 }
@@ -848,6 +959,7 @@ function paintDiff(v) {
   for (let p = 0; p < 3; p++) {
     const x = left + p * (pw + gap + bar);
     x0s.push(x);
+    hatch(ctx, x, top, pw, ph);
     ctx.drawImage(dd.images[p], x, top, pw, ph);
     ctx.strokeStyle = "#888";
     ctx.lineWidth = 1;
@@ -960,9 +1072,13 @@ function hit(v, x, y) {
   const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
   const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
   if (inX && inY) return { kind: "cell", q, k };
-  if (inY && x < g.x0 && x >= 0) return { kind: "row", q };
-  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred && v.predictions()?.has(q)) return { kind: "pred", q };
-  if (inX && y < g.y0 && y >= M.top) return { kind: "col", k };
+  const step = labelStep(g.cs), sel = st.sel;
+  if (inY && x < g.x0 && x >= 0) return { kind: "row", q: nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q) };
+  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred) {
+    const p = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
+    return v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
+  }
+  if (inX && y < g.y0 && y >= M.top + M.axis) return { kind: "col", k: nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k) };
   return null;
 }
 function hover(v, e) {
@@ -1007,7 +1123,9 @@ function hover(v, e) {
   } else if (t.kind === "col") {
     tip.append(line(`key ${t.k} `, info.key_tokens[t.k]), h("div", "am-k", "click: highlight"));
   } else {
-    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`), h("div", "am-k", "click to open"));
+    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`));
+    if (t.badge) tip.append(h("div", "am-badge-words", badgeWords(t.badge)));
+    tip.append(h("div", "am-k", "click to open"));
   }
   tip.hidden = false;
   const r = v.dom.canvas.getBoundingClientRect();
@@ -1107,13 +1225,22 @@ function key(v, e) {
     "=": () => zoom(v, 2),
     "-": () => zoom(v, 0.5),
     0: () => v.set({ cs: null }),
-    Escape: () => v.set({ sel: null })
+    Escape: () => {
+      if (!v.dom.help.hidden) showHelp(v, false);
+      else v.set({ sel: null, mark: null });
+    },
+    "?": () => showHelp(v, v.dom.help.hidden)
   };
   const f = acts[e.key];
   if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
   e.preventDefault();
   e.stopPropagation();
   f();
+}
+function showHelp(v, open) {
+  v.dom.help.hidden = !open;
+  v.dom.ui.help.setAttribute("aria-expanded", String(open));
+  if (open) v.dom.tip.hidden = true;
 }
 function download(v) {
   const st = v.st, name = `attnmap-${st.stack}-L${st.layer}-${typeof st.head === "number" ? "H" + st.head : st.head}-${st.view}.png`;
@@ -1131,7 +1258,7 @@ function download(v) {
 }
 function attachInput(v) {
   const u = v.dom.ui, c = v.dom.canvas;
-  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null }));
+  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null, mark: null }));
   v.listen(u.layer, "change", () => v.set({ layer: +u.layer.value }));
   v.listen(u.head, "change", () => v.set({ head: /^\d+$/.test(u.head.value) ? +u.head.value : (
     /** @type {"mean" | "max"} */
@@ -1151,6 +1278,7 @@ function attachInput(v) {
   v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
   v.listen(u.fit, "click", () => v.set({ cs: null }));
   v.listen(u.png, "click", () => download(v));
+  v.listen(u.help, "click", () => showHelp(v, v.dom.help.hidden));
   v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
   v.listen(u.min, "input", () => {
     const x = parseFloat(u.min.value);
@@ -1170,7 +1298,8 @@ function attachInput(v) {
 // js/views/heatmap.js
 function paintHeatmap(v, d) {
   const st = v.st, info = v.stackInfo(), g = v.geom();
-  const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), g.h);
+  const ch = Math.min(g.h, Math.max(g.y0 + g.ph + M.pad, g.y0 + Math.min(g.ph, 260) + 64));
+  const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), ch);
   const { canvas: img, vmax } = v.image(d);
   title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}`);
   const sk = Math.floor(g.k0), sq = Math.floor(g.q0);
@@ -1181,14 +1310,17 @@ function paintHeatmap(v, d) {
   ctx.clip();
   ctx.imageSmoothingEnabled = false;
   const dx = g.x0 + (sk - g.k0) * g.cs, dy = g.y0 + (sq - g.q0) * g.cs;
+  hatch(ctx, g.x0, g.y0, g.pw, g.ph);
   ctx.drawImage(img, sk, sq, nk, nq, dx, dy, nk * g.cs, nq * g.cs);
   if (g.cs >= 30) cellValues(v, ctx, d, g, { sk, sq, nk, nq, dx, dy }, vmax);
   if (st.sel) paintSelection(v, ctx, g, img);
+  if (st.mark) paintMark(ctx, g, st.mark);
   ctx.restore();
   ctx.strokeStyle = "#888";
   ctx.lineWidth = 1;
   ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
   labels(ctx, g, info, st.sel);
+  v.axes = axisTitles(ctx, g);
   v.bands = roleBands(ctx, g, info);
   v.predRows = g.pred ? paintPredictions(v, ctx, g) : [];
   colourBar(v, ctx, g, vmax);
@@ -1220,14 +1352,24 @@ function paintSelection(v, ctx, g, img) {
   ctx.imageSmoothingEnabled = false;
   if (q != null) {
     const y = g.y0 + (q - g.q0) * g.cs;
+    hatch(ctx, g.x0, y, g.pw, g.cs);
     ctx.drawImage(img, 0, q, g.K, 1, g.x0 - g.k0 * g.cs, y, g.K * g.cs, g.cs);
     ctx.strokeRect(g.x0, y, g.pw, g.cs);
   }
   if (k != null) {
     const x = g.x0 + (k - g.k0) * g.cs;
+    hatch(ctx, x, g.y0, g.cs, g.ph);
     ctx.drawImage(img, k, 0, 1, g.Q, x, g.y0 - g.q0 * g.cs, g.cs, g.Q * g.cs);
     ctx.strokeRect(x, g.y0, g.cs, g.ph);
   }
+}
+var MARK = "#c2255c";
+function paintMark(ctx, g, m) {
+  const x = g.x0 + (m.k[0] - g.k0) * g.cs, y = g.y0 + (m.q[0] - g.q0) * g.cs;
+  const w = (m.k[1] - m.k[0]) * g.cs, hh = (m.q[1] - m.q[0]) * g.cs;
+  ctx.strokeStyle = MARK;
+  ctx.lineWidth = 3;
+  ctx.strokeRect(x + 1.5, y + 1.5, Math.max(1, w - 3), Math.max(1, hh - 3));
 }
 function paintPredictions(v, ctx, g) {
   const preds = v.predictions(), sel = v.st.sel, x = g.x0 + g.pw + 6;
@@ -1270,13 +1412,9 @@ function colourBar(v, ctx, g, vmax) {
   const ticks = st.scale === "log" ? [0, 1, 2, 3].map((i) => [vmax * 10 ** -i, 1 - i / LOG_DECADES]) : [0, 0.25, 0.5, 0.75, 1].map((f) => [f * vmax, f]);
   for (const [val, f] of ticks) ctx.fillText(fmt(val), x + bw + 4, y + (1 - f) * (bh - 1));
   const my = y + bh + 14;
-  ctx.fillStyle = "#c8c8c8";
-  ctx.fillRect(x, my, 6, 6);
-  ctx.fillStyle = "#e2e2e2";
-  ctx.fillRect(x + 6, my, 6, 6);
-  ctx.fillRect(x, my + 6, 6, 6);
-  ctx.fillStyle = "#c8c8c8";
-  ctx.fillRect(x + 6, my + 6, 6, 6);
+  hatch(ctx, x, my, 12, 12);
+  ctx.strokeStyle = "#aaa";
+  ctx.strokeRect(x - 0.5, my - 0.5, 13, 13);
   ctx.fillStyle = "#333";
   ctx.fillText("masked", x + bw + 4, my + 6);
   if (st.ignoreFirst && st.scale !== "unit") ctx.fillText("key 0 ignored", x - 2, my + 24);
@@ -1288,6 +1426,7 @@ function colourBar(v, ctx, g, vmax) {
 function paintMini(v, img, g) {
   const side = 160, r = Math.min(side / g.K, side / g.Q), w = Math.max(1, Math.round(g.K * r)), hh = Math.max(1, Math.round(g.Q * r));
   const ctx = setupCanvas(v.dom.mini, w, hh);
+  hatch(ctx, 0, 0, w, hh);
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(img, 0, 0, w, hh);
   v.miniScale = r;
@@ -1492,6 +1631,14 @@ function hooks(v) {
     get canvasSize() {
       return { w: v.dom.canvas.width, h: v.dom.canvas.height };
     },
+    /** The heatmap's geometry in CSS pixels of the canvas, and the canvas's place in the window. */
+    get geometry() {
+      const g = v.geom(), r = v.dom.canvas.getBoundingClientRect();
+      return { ...g, left: r.left, top: r.top, width: r.width, height: r.height };
+    },
+    get axes() {
+      return v.axes;
+    },
     /**
      * @param {number} q
      * @param {number} k
@@ -1579,7 +1726,7 @@ var Viewer = class {
     this.diff = null;
     this.changeBy = /* @__PURE__ */ new Map();
     this.ramps = rampsOf(null);
-    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null };
+    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null };
     this.words = [];
     this.predMap = null;
     this.hits = [];
@@ -1587,7 +1734,9 @@ var Viewer = class {
     this.predRows = [];
     this.changeCells = [];
     this.bands = [];
+    this.axes = null;
     this.miniScale = 1;
+    this.rooms = /* @__PURE__ */ new Map();
     this.infoStale = false;
     this.dom = buildDom();
     this.el.append(this.dom.root);
@@ -1629,6 +1778,15 @@ var Viewer = class {
       ro.observe(this.dom.root);
       this.off.push(() => ro.disconnect());
     }
+    if (typeof window !== "undefined") {
+      let hgt = window.innerHeight;
+      this.listen(window, "resize", () => {
+        if (window.innerHeight !== hgt) {
+          hgt = window.innerHeight;
+          if (this.header) this.set({});
+        }
+      });
+    }
     this.load();
   }
   destroy() {
@@ -1651,6 +1809,7 @@ var Viewer = class {
     this.ramps = rampsOf(header);
     this.layers.clear();
     this.images.clear();
+    this.rooms.clear();
     this.thumbs.clear();
     this.layersB.clear();
     this.diffCache.clear();
@@ -1710,6 +1869,7 @@ var Viewer = class {
       next = { ...next, cs: g.cs > g.fit ? g.cs : null, k0: g.k0, q0: g.q0 };
     }
     const selChanged = next.sel !== this.st.sel || next.stack !== this.st.stack || next.layer !== this.st.layer || next.head !== this.st.head;
+    if (selChanged || next.view !== this.st.view) this.dom.tip.hidden = true;
     this.st = next;
     if (selChanged) this.infoStale = true;
     syncControls(this, false);
@@ -1723,10 +1883,36 @@ var Viewer = class {
   geom(st = this.st) {
     const info = this.stackInfo(st.stack);
     const [, , Q, K] = info.shape;
-    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info) }, st);
+    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info), room: this.labelRoom(info) }, st);
   }
+  /**
+   * The canvas size: the root's width, and the window's height below the canvas's top (less
+   * the status line), so the whole matrix is on screen when the viewer's top is.
+   */
   size() {
-    return canvasSize(this.dom.root.clientWidth);
+    const root = this.dom.root;
+    let below = 0;
+    if (typeof window !== "undefined" && window.innerHeight) {
+      const top = this.dom.canvas.getBoundingClientRect().top - root.getBoundingClientRect().top;
+      below = window.innerHeight - top - 44;
+    }
+    return canvasSize(root.clientWidth, below);
+  }
+  /**
+   * How wide the widest row and column labels are drawn (at the largest label font), per stack.
+   * @param {StackInfo} info
+   * @returns {import("./layout.js").LabelRoom}
+   */
+  labelRoom(info) {
+    let r = this.rooms.get(info.name);
+    if (!r) {
+      const ctx = ctx2d(document.createElement("canvas"));
+      ctx.font = "12px system-ui, sans-serif";
+      const widest = (toks) => toks.reduce((m, t) => Math.max(m, ctx.measureText(short(t)).width), 0) + 10;
+      r = { rows: widest(info.query_tokens), cols: widest(info.key_tokens) };
+      this.rooms.set(info.name, r);
+    }
+    return r;
   }
   /**
    * Predictions of the shown stack's query rows: position → record, or null.
