@@ -141,15 +141,6 @@ def test_run_module_does_not_load_the_viewer():
     assert out.stdout.strip() == "[]"
 
 
-def test_public_surface():
-    assert set(attnmap.__all__) == {
-        "AttentionRun", "AttentionStack", "AttnmapError", "AttnmapWarning", "Token",
-        "__version__", "capture", "load", "heatmap", "show", "to_html", "head_scores",
-        "relate", "rollout", "merge_words", "transform", "from_arrays",
-    }
-    assert callable(attnmap.capture) and callable(attnmap.heatmap)
-
-
 def test_written_file_has_ordinary_permissions(tmp_path):
     import os
 
