@@ -6,8 +6,8 @@ JavaScript, through DNS rebinding) on the machine:
 * only the models named at start-up run; a request can name one of them, never a path, a
   hub id or remote code;
 * the Host header must be one the server was bound to (loopback by default);
-* request bodies are bounded (413) and must arrive within ``body_timeout`` seconds (408), texts by the model's maximum in tokens (400) and by the
-  memory one run would take (413);
+* request bodies are bounded (413) and must arrive within ``body_timeout`` seconds (408),
+  texts by the model's maximum in tokens (400) and by the memory one run would take (413);
 * runs are kept in an LRU bounded by count and bytes; an evicted run answers 404 saying so;
 * each model forward runs in a worker thread (the event loop keeps answering), one at a time
   per model, and a request that takes longer than ``timeout`` answers 504.
