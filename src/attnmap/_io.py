@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ._errors import AttnmapError
 
@@ -34,18 +37,65 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp makes the file private (0600); give it the mode a plain open() would,
-        # or keep the mode of the file it replaces.
-        if target.exists():
-            mode = target.stat().st_mode & 0o7777
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp_path, mode)
-        os.replace(tmp_path, target)
+        with _removed_on_signals(tmp_path):
+            yield tmp_path
+            # mkstemp makes the file private (0600); give it the mode a plain open() would,
+            # or keep the mode of the file it replaces.
+            if target.exists():
+                mode = target.stat().st_mode & 0o7777
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            os.chmod(tmp_path, mode)
+            os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+# Ctrl+C raises KeyboardInterrupt, which the block above already cleans up after; these end
+# the process without unwinding, so they need a handler of their own.
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def _removed_on_signals(tmp_path: Path) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP first remove `tmp_path`, then do what they
+    did before: end the process as the signal does by default, or call the handler the
+    program had set (its exception unwinds through `atomic_path`, which removes the file).
+
+    Only the main thread can set handlers; elsewhere, and for a signal set to be ignored (or
+    handled outside Python), nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def restore() -> None:
+        while previous:
+            signum, handler = previous.popitem()
+            signal.signal(signum, handler)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        before = previous.get(signum, signal.SIG_DFL)
+        restore()
+        if callable(before):
+            before(signum, frame)  # the program's own handler decides
+            return
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        signal.raise_signal(signum)  # SIG_DFL again: end the way the signal would have
+
+    for signum in _SIGNALS:
+        before = signal.getsignal(signum)
+        if before is signal.SIG_IGN or before is None:
+            continue
+        previous[signum] = before
+        signal.signal(signum, on_signal)
+    try:
+        yield
+    finally:
+        restore()
