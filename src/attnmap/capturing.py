@@ -114,6 +114,10 @@ def capture(
 
     tok = loaded.tokenizer
     info = loaded.info
+    if target is not None and info["architecture"] != "encoder-decoder":
+        raise AttnmapError(
+            f"target is the decoder's text of an encoder-decoder model; {info['id']!r} is "
+            f"{info['architecture']}-only and reads one text: leave target (--target) out")
     extra: dict[str, Any] = {}
     if messages is not None:
         text, ids, tokens = _encode_chat(tok, messages, info, truncate=truncate)

@@ -461,6 +461,28 @@ def _predictions_column(ax: Any, preds: dict[int, dict[str, Any]], nq: int, nk: 
                 fontfamily=["DejaVu Sans", "sans-serif"])
 
 
+# Beyond these a figure takes minutes to draw (~60 ms a panel) and is too big to read; no
+# real model comes near them (the largest have about 128 layers and 128 heads).
+GRID_MAX_HEADS = 256
+OVERVIEW_MAX_LAYERS = 512
+OVERVIEW_MAX_HEADS = 256
+OVERVIEW_MAX_PANELS = 16_384  # 128 layers × 128 heads
+
+
+def _check_panels(n_layers: int, n_heads: int, *, overview: bool) -> None:
+    if not overview:
+        if n_heads > GRID_MAX_HEADS:
+            raise AttnmapError(f"a grid draws at most {GRID_MAX_HEADS} heads (this layer has "
+                               f"{n_heads:,}); draw single heads with heatmap instead")
+        return
+    if n_layers > OVERVIEW_MAX_LAYERS or n_heads > OVERVIEW_MAX_HEADS or (
+            n_layers * n_heads > OVERVIEW_MAX_PANELS):
+        raise AttnmapError(
+            f"an overview draws at most {OVERVIEW_MAX_LAYERS} layers, {OVERVIEW_MAX_HEADS} heads "
+            f"and {OVERVIEW_MAX_PANELS:,} panels in all (this run: {n_layers:,} layers × "
+            f"{n_heads:,} heads); draw one layer with grid, or single heads with heatmap")
+
+
 @_literal
 def grid(
     run: AttentionRun,
@@ -476,6 +498,7 @@ def grid(
     scale = check_scale(scale)
     st = run.stack(stack)
     li = run.layer_index(layer, stack)
+    _check_panels(1, st.n_heads, overview=False)
     heads = run.layer(li, stack)  # [head, query, key]
     n_heads, nq, nk = heads.shape
     cols = min(n_heads, 4 if n_heads <= 8 else 6)
@@ -515,6 +538,7 @@ def overview(
     scale = check_scale(scale)
     st = run.stack(stack)
     n_layers, n_heads = st.n_layers, st.n_heads
+    _check_panels(n_layers, n_heads, overview=True)
     panel = float(min(1.2, 14.0 / n_heads))
     fig = new_figure(n_heads * panel + 1.2, n_layers * panel + 0.8)
     img = None

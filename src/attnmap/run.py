@@ -43,6 +43,10 @@ def set_display(hook: Callable[[Any], dict[str, Any]] | None) -> None:
 # and predictions; version 3 per-layer masks (sliding windows, alternating layer types). A run
 # that needs none of these is still written as version 1.
 FORMAT_VERSION = 3
+# The most layers and heads per stack a run file may hold. The largest models have ~128 of
+# each; a file claiming thousands was made by hand, and drawing it would run for minutes.
+MAX_LAYERS = 1024
+MAX_HEADS = 1024
 STACK_ORDER = ("self", "encoder", "decoder", "cross")
 # Which token sequence a stack's queries and keys come from.
 STACK_SIDES = {
@@ -376,7 +380,11 @@ def _index(i: int, n: int, what: str) -> int:
 
 
 def load(path: str | os.PathLike[str]) -> AttentionRun:
-    """Read a run written by :meth:`AttentionRun.save`. Refuses anything else with a clear error."""
+    """Read a run written by :meth:`AttentionRun.save`. Refuses anything else with a clear error.
+
+    A run file can come from anyone: every part is checked (types, shapes, counts, limits)
+    before it is used, and any problem is one :class:`AttnmapError` line.
+    """
     from safetensors import safe_open
 
     p = Path(path).expanduser()
@@ -393,7 +401,11 @@ def load(path: str | os.PathLike[str]) -> AttentionRun:
                     "(no 'attnmap' metadata); make one with `attnmap capture`"
                 )
             meta = json.loads(raw_meta)
-            version = int(meta.get("format_version", 0))
+            if not isinstance(meta, dict):
+                raise ValueError(f"its metadata is a JSON {type(meta).__name__}, not an object")
+            version = meta.get("format_version", 0)
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ValueError(f"format_version must be an integer (not {version!r:.40})")
             if version > FORMAT_VERSION:
                 raise AttnmapError(
                     f"{str(p)!r} uses run format {version}, newer than this attnmap reads "
@@ -405,16 +417,175 @@ def load(path: str | os.PathLike[str]) -> AttentionRun:
     except Exception as exc:  # safetensors raises several types for a bad header
         raise AttnmapError(
             f"{str(p)!r} is not a readable attnmap run file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'bad header'}); re-create it with "
+            f"{_first_line(exc) or 'bad header'}); re-create it with "
             "`attnmap capture`"
         ) from exc
     try:
+        _check_meta(meta)
         return _from_parts(meta, tensors)
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
+    except _TooLarge as exc:
+        raise AttnmapError(f"{str(p)!r}: {exc}") from None
+    except AttnmapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — a hand-made file must never give a traceback
         raise AttnmapError(
-            f"{str(p)!r} is an attnmap run file with missing or inconsistent parts ({exc}); "
-            "re-create it with `attnmap capture`"
+            f"{str(p)!r} is an attnmap run file with missing or inconsistent parts "
+            f"({_first_line(exc) or type(exc).__name__}); re-create it with `attnmap capture`"
         ) from exc
+
+
+class _TooLarge(ValueError):
+    """A run file bigger than any real model makes (its message names the limit)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _check_text(value: Any, where: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string (not {type(value).__name__})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where} holds an unpaired surrogate (\\u{ord(value[exc.start]):04x}) "
+                         f"at position {exc.start}, which is not text") from None
+
+
+def _check_strings(obj: Any, where: str) -> None:
+    """Every string anywhere in `obj` (keys too) must be valid Unicode (no lone surrogates)."""
+    stack = [(obj, where)]
+    while stack:
+        o, w = stack.pop()
+        if isinstance(o, str):
+            _check_text(o, w)
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                _check_text(k, f"a key in {w}")
+                stack.append((v, f"{w}.{k}"))
+        elif isinstance(o, list):
+            stack.extend((v, f"{w}[{i}]") for i, v in enumerate(o))
+
+
+_TOKEN_FIELDS = {
+    "text": (str, False), "raw": (str, False), "id": (int, False), "special": (bool, True),
+    "start": (int, True), "end": (int, True), "message": (int, True), "role": (str, True),
+    "template": (bool, True), "generated": (bool, True),
+}
+
+
+def _check_tokens(info: Any, where: str) -> None:
+    if not isinstance(info, list):
+        raise ValueError(f"{where} must be a list (not {type(info).__name__})")
+    for i, d in enumerate(info):
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}[{i}] must be an object (not {type(d).__name__})")
+        for name, (kind, optional) in _TOKEN_FIELDS.items():
+            v = d.get(name)
+            if v is None and optional:
+                continue
+            if not (_is_int(v) if kind is int else isinstance(v, kind)):
+                what = "an integer" if kind is int else f"a {kind.__name__}"
+                raise ValueError(f"{where}[{i}].{name} must be {what} (not {v!r:.40})")
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    """Types of everything in the JSON metadata the loader and the outputs read."""
+    _check_strings(meta, "metadata")
+    _check_text(meta.get("text"), "text")
+    _check_tokens(meta.get("token_info"), "token_info")
+    if not meta["token_info"]:
+        raise ValueError("the run has no tokens")
+    if meta.get("target_token_info") is not None:
+        _check_tokens(meta["target_token_info"], "target_token_info")
+        _check_text(meta.get("target_text"), "target_text", optional=True)
+    for name in ("stacks", "extra", "model_info"):
+        if meta.get(name) is not None and not isinstance(meta[name], dict):
+            raise ValueError(f"{name} must be an object (not {type(meta[name]).__name__})")
+    for name, smeta in (meta.get("stacks") or {}).items():
+        if not isinstance(smeta, dict):
+            raise ValueError(f"stacks.{name} must be an object")
+        index = smeta.get("layer_masks")
+        if index is not None and (not isinstance(index, list)
+                                  or not all(_is_int(j) and j >= 0 for j in index)):
+            raise ValueError(f"stacks.{name}.layer_masks must be a list of mask numbers")
+        scaling = smeta.get("scaling")
+        if scaling is not None and (not isinstance(scaling, list)
+                                    or not all(_is_number(x) for x in scaling)):
+            raise ValueError(f"stacks.{name}.scaling must be a list of finite numbers "
+                             f"(not {scaling!r:.40})")
+    preds = (meta.get("extra") or {}).get("predictions")
+    if preds is not None:
+        check_predictions(preds)
+
+
+def check_predictions(preds: Any) -> None:
+    """Raise ValueError unless `preds` has the shape :mod:`attnmap.predict` writes."""
+    def number(v: Any, where: str) -> None:
+        if not _is_number(v):
+            raise ValueError(f"predictions: {where} must be a finite number (not {v!r:.40})")
+
+    def text(v: Any, where: str) -> None:
+        if not isinstance(v, str):
+            raise ValueError(f"predictions: {where} must be a string (not {v!r:.40})")
+
+    if not isinstance(preds, list):
+        raise ValueError(f"predictions must be a list (not {type(preds).__name__})")
+    for i, r in enumerate(preds):
+        at = f"record {i}"
+        if not isinstance(r, dict):
+            raise ValueError(f"predictions: {at} must be an object (not {r!r:.40})")
+        if not _is_int(r.get("position")) or r["position"] < 0:
+            raise ValueError(f"predictions: {at}'s position must be an integer ≥ 0 "
+                             f"(not {r.get('position')!r:.40})")
+        text(r.get("token"), f"{at}'s token")
+        top = r.get("top")
+        if not isinstance(top, list) or not top:
+            raise ValueError(f"predictions: {at}'s top must be a non-empty list")
+        for j, t in enumerate(top):
+            if not isinstance(t, dict):
+                raise ValueError(f"predictions: {at}'s top[{j}] must be an object")
+            text(t.get("token"), f"{at}'s top[{j}].token")
+            number(t.get("p"), f"{at}'s top[{j}].p")
+        nxt = r.get("next")
+        if nxt is not None:
+            if not isinstance(nxt, dict):
+                raise ValueError(f"predictions: {at}'s next must be an object or null")
+            text(nxt.get("token"), f"{at}'s next.token")
+            number(nxt.get("p"), f"{at}'s next.p")
+            if not _is_int(nxt.get("rank")) or nxt["rank"] < 1:
+                raise ValueError(f"predictions: {at}'s next.rank must be an integer ≥ 1")
+            if nxt.get("surprisal") is not None:
+                number(nxt["surprisal"], f"{at}'s next.surprisal")
+
+
+def _check_size(name: str, n_layers: int, n_heads: int) -> None:
+    if n_layers > MAX_LAYERS:
+        raise _TooLarge(f"the {name} attention has {n_layers:,} layers, more than attnmap reads "
+                        f"(at most {MAX_LAYERS:,}); no real model has that many — was the file "
+                        "made by hand?")
+    if n_heads > MAX_HEADS:
+        raise _TooLarge(f"the {name} attention has {n_heads:,} heads per layer, more than "
+                        f"attnmap reads (at most {MAX_HEADS:,}); no real model has that many — "
+                        "was the file made by hand?")
+    if n_heads < 1:
+        raise ValueError(f"the {name} attention has 0 heads")
+
+
+def _check_float(arr: np.ndarray, what: str) -> None:
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{what} must hold floats (not {arr.dtype})")
 
 
 def _numbered(tensors: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
@@ -439,7 +610,11 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
         nq = len(target_tokens or []) if q_side == "target" else len(tokens)
         nk = len(target_tokens or []) if k_side == "target" else len(tokens)
         n_layers = len(qs) or len(layers)
+        if nq < 1 or nk < 1:
+            raise ValueError(f"the {name} attention has no {'query' if nq < 1 else 'key'} tokens")
         smeta = (meta.get("stacks") or {}).get(name) or {}
+        if n_layers > MAX_LAYERS:
+            _check_size(name, n_layers, 1)
         index = smeta.get("layer_masks")
         if index is None:
             mask = tensors[f"{prefix}mask"].astype(bool)
@@ -449,6 +624,8 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
             if len(index) != n_layers or not distinct:
                 raise ValueError(f"{name}: {len(index)} layer masks for {n_layers} layers")
             distinct = [m.astype(bool) for m in distinct]
+            if any(j >= len(distinct) for j in index):
+                raise ValueError(f"{name}: a layer names a mask the file does not hold")
             layer_masks = [distinct[int(j)] for j in index]
             mask = layer_masks[0]
         for m in [mask, *(layer_masks or [])]:
@@ -459,22 +636,34 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
             if len(qs) != len(ks) or len(scaling) != len(qs):
                 raise ValueError(f"{name}: queries, keys and scalings differ in number")
             for q, k in zip(qs, ks):
-                if q.ndim != 3 or k.ndim != 3 or q.shape[1] != nq or k.shape[1] != nk or (
-                        q.shape[0] % k.shape[0]):
+                _check_float(q, f"{name} queries")
+                _check_float(k, f"{name} keys")
+                if q.ndim != 3 or k.ndim != 3 or q.shape[1] != nq or k.shape[1] != nk:
                     raise ValueError(f"{name}: queries {q.shape} / keys {k.shape} do not fit")
+                if k.shape[0] < 1:
+                    raise ValueError(f"{name}: the keys have 0 heads")
+                if q.shape[0] % k.shape[0] or q.shape[2] != k.shape[2] or (
+                        q.shape[0] != qs[0].shape[0]):
+                    raise ValueError(f"{name}: queries {q.shape} / keys {k.shape} do not fit")
+            _check_size(name, n_layers, qs[0].shape[0])
             sinks = _numbered(tensors, f"{prefix}sinks.layer.") or None
+            if sinks is not None and (len(sinks) != len(qs) or any(
+                    s.shape != (qs[0].shape[0],) or s.dtype.kind != "f" for s in sinks)):
+                raise ValueError(f"{name}: sinks must be one float per head and layer")
             softcap = smeta.get("softcap")
             if softcap is not None and (not isinstance(softcap, list) or len(softcap) != len(qs)
-                                        or any(not isinstance(c, (int, float, type(None)))
-                                               or isinstance(c, bool) for c in softcap)):
-                raise ValueError(f"{name}: softcap must be a number or null per layer")
+                                        or any(c is not None and not (_is_number(c) and c > 0)
+                                               for c in softcap)):
+                raise ValueError(f"{name}: softcap must be a positive number or null per layer")
             qk = QKLayers(qs, ks, [float(x) for x in scaling], layer_masks or [mask] * len(qs),
                           softcap=softcap, sinks=sinks)
             stacks[name] = AttentionStack(name, qk, mask, layer_masks)
             continue
         for arr in layers:
+            _check_float(arr, f"{name} layers")
             if arr.ndim != 3 or arr.shape[1:] != (nq, nk) or arr.shape[0] != layers[0].shape[0]:
                 raise ValueError(f"{name} layer of shape {arr.shape} does not fit {nq}×{nk} tokens")
+        _check_size(name, n_layers, layers[0].shape[0])
         stacks[name] = AttentionStack(name, layers, mask, layer_masks)
     if not stacks:
         raise ValueError("no attention tensors")

@@ -83,7 +83,7 @@ def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | Non
 
 def test_every_command_offers_the_same_stack_and_scale_choices():
     stacks, scales = set(), set()
-    for name, parser in _commands().items():
+    for parser in _commands().values():
         st = _option(parser, "--stack")
         if st is not None:
             stacks.add(tuple(st.choices))

@@ -83,7 +83,7 @@ async def list_models(runner: RunnerDep) -> list[dict[str, Any]]:
 
 @router.post("/runs", status_code=201, summary="Run a model on a text",
              response_model=RunFacts, response_model_exclude_unset=True,
-             responses=errors(413, 422, 503, 504))
+             responses=errors(408, 413, 422, 503, 504))
 async def create_run(req: RunRequest, runner: RunnerDep) -> dict[str, Any]:
     if req.trust_remote_code:
         raise ApiError(
@@ -93,14 +93,25 @@ async def create_run(req: RunRequest, runner: RunnerDep) -> dict[str, Any]:
     m = runner.pick(req.model)
     text = check_text(req.text, "text")
     target = None if req.target is None else check_text(req.target, "target")
-    run, seconds = await runner.work(lambda job: runner.capture(m, text, target, job), "the run")
+
+    def job_fn(job: Job) -> Any:
+        if target is not None:
+            arch = m.load().info.get("architecture")
+            if arch != "encoder-decoder":
+                raise ApiError(
+                    400, f"target is the decoder's text of an encoder-decoder model; {m.id!r} "
+                    f"is a{'n' * (arch == 'encoder')} {arch} model that reads only text: "
+                    "leave target out (or put it into text)")
+        return runner.capture(m, text, target, job)
+
+    run, seconds = await runner.work(job_fn, "the run")
     return facts(runner, runner.store.add(run, seconds))
 
 
 @router.post("/runs/{run_id}/perturb", status_code=201,
              summary="Run the text again with one token removed or masked; diff the two",
              response_model=PerturbResult, response_model_exclude_unset=True,
-             responses=errors(404, 413, 422, 503, 504))
+             responses=errors(404, 408, 413, 422, 503, 504))
 async def perturb(run_id: str, req: PerturbRequest, runner: RunnerDep,
                   alignments: AlignmentsDep) -> dict[str, Any]:
     from ..analysis.perturb import perturbed_text

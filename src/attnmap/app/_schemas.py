@@ -19,8 +19,8 @@ class RunRequest(BaseModel):
         None, description="one of the ids from GET /api/models; default the first one"
     )
     target: str | None = Field(
-        None, description="encoder-decoder models: the decoder's text (default: its own "
-        "greedy continuation)"
+        None, description="encoder-decoder models only (400 for any other): the decoder's "
+        "text (default: its own greedy continuation)"
     )
     trust_remote_code: bool = Field(
         False, description="always refused: a request can never make the server run a "
@@ -134,6 +134,8 @@ class DiffResult(BaseModel):
 # --- the error responses routes declare ----------------------------------------------------------
 _WHY = {
     400: "a bad value (the message names it), or a Host header this server does not serve",
+    405: "the path does not take this method (the Allow header lists those it does)",
+    408: "the request body did not arrive within this server's body timeout",
     404: "no such run (or it was evicted: the message says so), stack, layer or file",
     413: "the request body, or the memory one run would need, is over this server's limit",
     422: "the request does not match this schema",

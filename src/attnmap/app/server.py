@@ -6,8 +6,8 @@ JavaScript, through DNS rebinding) on the machine:
 * only the models named at start-up run; a request can name one of them, never a path, a
   hub id or remote code;
 * the Host header must be one the server was bound to (loopback by default);
-* request bodies are bounded (413), texts by the model's maximum in tokens (400) and by the
-  memory one run would take (413);
+* request bodies are bounded (413) and must arrive within ``body_timeout`` seconds (408),
+  texts by the model's maximum in tokens (400) and by the memory one run would take (413);
 * runs are kept in an LRU bounded by count and bytes; an evicted run answers 404 saying so;
 * each model forward runs in a worker thread (the event loop keeps answering), one at a time
   per model, and a request that takes longer than ``timeout`` answers 504.
@@ -27,7 +27,7 @@ from .._errors import AttnmapError
 from ..analysis.perturb import perturbed_text
 from . import _diff, _errors, _pages, _runs
 from ._errors import ApiError
-from ._guard import CSP, Guard, SecurityHeaders, allowed_hosts
+from ._guard import CSP, Guard, Methods, SecurityHeaders, allowed_hosts
 from ._jobs import Model, Runner
 from ._schemas import PerturbRequest, RunRequest
 from ._store import MB, RunStore
@@ -43,6 +43,7 @@ def create_app(
     max_bytes: int = 1024 * MB,
     max_body: int = 1 * MB,
     timeout: float = 120.0,
+    body_timeout: float = 30.0,
     preload: bool = True,
     trust_remote_code: bool = False,
     host: str = "127.0.0.1",
@@ -54,7 +55,8 @@ def create_app(
 
     Only these models can be used. `preload` loads them now (errors surface at start-up);
     otherwise each loads on first use. `max_runs`/`max_bytes` bound the runs kept,
-    `max_body` request bodies, `timeout` (seconds) each request's work; `host` is the
+    `max_body` request bodies, `timeout` (seconds) each request's work, `body_timeout`
+    (seconds) how long a request body may take to arrive (then 408); `host` is the
     address served (its name is accepted in the Host header besides loopback);
     `device`/`torch_dtype` where and in what precision the models run (as in capture);
     `cmap` is the matplotlib colormap the viewer paints with.
@@ -66,8 +68,8 @@ def create_app(
 
     if max_runs < 1:
         raise AttnmapError(f"max_runs must be at least 1 (not {max_runs!r})")
-    if max_bytes < 1 or max_body < 1 or not timeout > 0:
-        raise AttnmapError("max_bytes, max_body and timeout must be positive")
+    if max_bytes < 1 or max_body < 1 or not timeout > 0 or not body_timeout > 0:
+        raise AttnmapError("max_bytes, max_body, timeout and body_timeout must be positive")
     registry: dict[str, Model] = {}
     for name in models or [None]:
         ident = resolve(name)[0]
@@ -91,7 +93,9 @@ def create_app(
     app.state.attnmap = runner
     app.state.attnmap_alignments = _diff.AlignmentCache()
     # The last added runs first: security headers go on the guard's own refusals too.
-    app.add_middleware(Guard, hosts=allowed_hosts(host), max_body=max_body)
+    app.add_middleware(Methods, routes=lambda: app.router.routes)
+    app.add_middleware(Guard, hosts=allowed_hosts(host), max_body=max_body,
+                       body_timeout=body_timeout)
     app.add_middleware(SecurityHeaders)
     _errors.install(app)
     app.include_router(_pages.router)

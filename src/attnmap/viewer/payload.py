@@ -155,6 +155,23 @@ def _which_layers(run: Any, layers: Any) -> list[tuple[str, int]]:
     return out
 
 
+def captured_text(text: str | None, tokens: list[Any] | None) -> str | None:
+    """The part of `text` its tokens were read from.
+
+    A run of an input cut with ``truncate`` holds the whole input text but the tokens of its
+    start only; the viewer gets just the part those tokens cover (a page of a 2 MB text would
+    otherwise carry all of it, and list each of its words). Runs whose tokens carry no
+    offsets, or cover the text up to trailing white space, keep their text as it is.
+    """
+    if not text or not tokens:
+        return text
+    ends = [t.end for t in tokens if t.end is not None]
+    if not ends:
+        return text
+    end = max(ends)
+    return text if not text[end:].strip() else text[:end]
+
+
 def header(
     run: Any, included: list[tuple[str, int]] | None = None, *, cmap: str = DEFAULT_CMAP
 ) -> dict[str, Any]:
@@ -174,8 +191,8 @@ def header(
         "format": "attnmap-payload",
         "version": PAYLOAD_VERSION,
         "model": model,
-        "text": run.text,
-        "target_text": run.target_text,
+        "text": captured_text(run.text, run.tokens),
+        "target_text": captured_text(run.target_text, run.target_tokens),
         "stacks": [_stack_info(run, name) for name in run.stacks],
         "encoding": ENCODING,
         "chunks": [],
@@ -186,12 +203,37 @@ def header(
     }
 
 
+def check_drawable(run: Any) -> None:
+    """Refuse a run the viewer could only show as a blank page: a stack with no layers, heads
+    or tokens, or predictions that are not what :mod:`attnmap.predict` writes."""
+    from ..run import check_predictions
+
+    for name, st in run.stacks.items():
+        if st.n_layers < 1:
+            raise AttnmapError(f"the run's {name} attention has no layers; there is nothing "
+                               "to show (capture a text with a model)")
+        _, n_heads, nq, nk = st.shape
+        if n_heads < 1 or nq < 1 or nk < 1:
+            what = "heads" if n_heads < 1 else "tokens"
+            raise AttnmapError(f"the run's {name} attention has no {what} ({nq} queries × "
+                               f"{nk} keys, {n_heads} heads); there is nothing to show "
+                               "(capture a non-empty text)")
+    preds = (run.extra or {}).get("predictions")
+    if preds is not None:
+        try:
+            check_predictions(preds)
+        except ValueError as exc:
+            raise AttnmapError(f"the run's {exc}; capture it again with predictions=True "
+                               "(--predictions)") from None
+
+
 def encode(
     run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL, cmap: str = DEFAULT_CMAP
 ) -> bytes:
     """Pack `run` for the viewer: header plus the chosen layers ('all', 'none' or numbers),
     coloured with matplotlib colormap `cmap`."""
     check_cmap(cmap)  # before the slow part
+    check_drawable(run)
     included = _which_layers(run, layers)
     chunks = [encode_layer(run, s, i, level=level) for s, i in included]
     head = header(run, included, cmap=cmap)
