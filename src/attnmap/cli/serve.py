@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import socket
 import sys
 import warnings
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest request body in KB (default 1024)")
     p.add_argument("--timeout", type=float, default=120, metavar="SECONDS",
                    help="longest a request may work before it answers 504 (default 120)")
+    p.add_argument("--body-timeout", type=float, default=30, metavar="SECONDS",
+                   help="longest a client may take to send a request body before it gets "
+                   "408 (default 30)")
     add_common(p)
     p.set_defaults(func=serve)
 
@@ -93,8 +97,13 @@ def serve(args: argparse.Namespace) -> int:
         ) from None
     if args.max_runs < 1:
         raise AttnmapError(f"--max-runs must be at least 1 (not {args.max_runs})")
-    if not args.max_mb > 0 or args.max_body_kb < 1 or not args.timeout > 0:
-        raise AttnmapError("--max-mb, --max-body-kb and --timeout must be positive")
+    for flag, value in (("--max-mb", args.max_mb), ("--max-body-kb", args.max_body_kb),
+                        ("--timeout", args.timeout), ("--body-timeout", args.body_timeout)):
+        if not (math.isfinite(value) and value > 0):
+            raise AttnmapError(f"{flag} must be a positive, finite number (not {value})")
+    if args.max_mb > 1024 * 1024:
+        raise AttnmapError(f"--max-mb {args.max_mb:g} is more than 1 TB; give the memory "
+                           "this machine can spare, in MB")
     if not _is_default_host(args.host):
         warnings.warn(
             f"serving on {args.host}, not the default 127.0.0.1: anyone who can reach that "
@@ -119,6 +128,7 @@ def serve(args: argparse.Namespace) -> int:
             max_bytes=int(args.max_mb * 1024 * 1024),
             max_body=args.max_body_kb * 1024,
             timeout=args.timeout,
+            body_timeout=args.body_timeout,
             trust_remote_code=args.trust_remote_code,
             host=args.host,
             device=args.device,

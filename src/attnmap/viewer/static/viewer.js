@@ -744,6 +744,11 @@ function buildDom() {
   const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs };
   return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status };
 }
+function fill(select2, options) {
+  const frag = document.createDocumentFragment();
+  for (const o of options) frag.appendChild(o);
+  select2.replaceChildren(frag);
+}
 var HELP = [
   ["← → or h l", "previous / next head"],
   ["↑ ↓ or k j", "previous / next layer"],
@@ -780,21 +785,21 @@ function syncControls(v, full) {
   if (full) {
     const views = [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]];
     if (v.diff) views.push(["diff", "A, B, A − B"], ["change", "change per head"]);
-    u.view.replaceChildren(...views.map(([val, t]) => new Option(t, val)));
+    fill(u.view, views.map(([val, t]) => new Option(t, val)));
     u.metric.parentElement.hidden = !v.diff;
     const stacks = header.stacks.map((s) => s.name);
-    u.stack.replaceChildren(...stacks.map((s) => new Option(s, s)));
+    fill(u.stack, stacks.map((s) => new Option(s, s)));
     u.stack.parentElement.hidden = stacks.length < 2;
     const wordOpts = (none) => [...none ? [new Option("(none)", "")] : [], ...v.words.map((w, i) => new Option(w.spec, String(i)))];
-    u.from.replaceChildren(...wordOpts(false));
-    u.to.replaceChildren(...wordOpts(false));
-    u.vs.replaceChildren(...wordOpts(true));
+    fill(u.from, wordOpts(false));
+    fill(u.to, wordOpts(false));
+    fill(u.vs, wordOpts(true));
     if (v.words.length > 1) u.to.value = "1";
   }
   u.stack.value = st.stack;
-  if (u.layer.options.length !== L) u.layer.replaceChildren(...Array.from({ length: L }, (_, i) => new Option(String(i), String(i))));
+  if (u.layer.options.length !== L) fill(u.layer, Array.from({ length: L }, (_, i) => new Option(String(i), String(i))));
   if (u.head.options.length !== H + 2) {
-    u.head.replaceChildren(...Array.from({ length: H }, (_, i) => new Option(String(i), String(i))), new Option("mean of heads", "mean"), new Option("max of heads", "max"));
+    fill(u.head, [...Array.from({ length: H }, (_, i) => new Option(String(i), String(i))), new Option("mean of heads", "mean"), new Option("max of heads", "max")]);
   }
   u.layer.value = String(st.layer);
   u.head.value = String(st.head);
