@@ -256,10 +256,10 @@ class _Unsupported(Exception):
 
 def qk_layers(rec: _Recording) -> QKLayers:
     """The recorded queries and keys as lazily computed layers."""
-    sinks = rec.sinks if any(s is not None for s in rec.sinks) else None
-    if sinks is not None:
+    sinks: list[np.ndarray] | None = None
+    if any(s is not None for s in rec.sinks):
         sinks = [s if s is not None else np.full(q.shape[0], -np.inf, np.float32)
-                 for s, q in zip(sinks, rec.q)]
+                 for s, q in zip(rec.sinks, rec.q)]
     masks = [m if m is not None else np.zeros((q.shape[1], k.shape[1]), bool)
              for m, q, k in zip(rec.masks, rec.q, rec.k)]
     return QKLayers(rec.q, rec.k, rec.scaling, masks, softcap=rec.softcap, sinks=sinks)

@@ -390,7 +390,8 @@ def _piece_text(raw: str, kind: str) -> str:
     return _piece_bytes(raw, kind, True).decode("utf-8", errors="ignore").strip(" ")
 
 
-def _rebuild(raws: list[str], special: list[bool], kind: str) -> tuple[str, list[tuple]]:
+def _rebuild(raws: list[str], special: list[bool], kind: str
+             ) -> tuple[str, list[tuple[int | None, int | None]]]:
     """The text the pieces spell and each piece's character span in it.
 
     Bytes go through one incremental UTF-8 decoder, so a character split over two pieces
@@ -418,7 +419,7 @@ def _rebuild(raws: list[str], special: list[bool], kind: str) -> tuple[str, list
     text = "".join(parts)
     shift = 1 if kind == "metaspace" and text.startswith(" ") else 0  # SentencePiece's prefix
     text = text[shift:]
-    spans = []
+    spans: list[tuple[int | None, int | None]] = []
     for span in raw_spans:
         if span is None:
             spans.append((None, None))
@@ -436,9 +437,10 @@ def _trim(text: str, s: int, e: int) -> tuple[int | None, int | None]:
     return (s, e) if e > s else (None, None)
 
 
-def _find_spans(pieces: list[str], special: list[bool], text: str) -> list[tuple]:
+def _find_spans(pieces: list[str], special: list[bool], text: str
+                ) -> list[tuple[int | None, int | None]]:
     """Each piece's span in a text given by the caller, found in order (None if absent)."""
-    spans: list[tuple] = []
+    spans: list[tuple[int | None, int | None]] = []
     cursor = 0
     for piece, sp in zip(pieces, special):
         at = -1 if sp or not piece else text.find(piece, cursor)

@@ -15,7 +15,8 @@ from .tokens import make_tokens
 # Above this many bytes of float32 weights, "auto" keeps queries and keys instead
 # (12 layers × 12 heads pass it between 1,024 and 2,048 tokens).
 WEIGHTS_BUDGET = 1 << 30
-_CACHE: dict[tuple[str, bool], Any] = {}
+# (resolved id, trust_remote_code, device, torch_dtype, device_map) -> Loaded
+_CACHE: dict[tuple[str, bool, str, str, str | None], Any] = {}
 
 
 def get_model(model: Any = None, *, tokenizer: Any = None, trust_remote_code: bool = False,
@@ -123,6 +124,7 @@ def capture(
         text, ids, tokens = _encode_chat(tok, messages, info, truncate=truncate)
         extra["messages"] = messages
     else:
+        assert isinstance(text, str)  # a list of messages took the branch above
         enc = _encode(tok, text, info, truncate=truncate, special_tokens=special_tokens)
         ids = enc["input_ids"]
         tokens = make_tokens(tok, ids, enc.get("offset_mapping"))

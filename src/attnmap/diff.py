@@ -116,10 +116,12 @@ def _js_rows(p: np.ndarray, q: np.ndarray, masked: np.ndarray) -> np.ndarray:
     def kl(x: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(x > 0, x * np.log2(np.where(x > 0, x, 1) / np.where(m > 0, m, 1)), 0.0)
-        return t.sum(-1)
+        kl_rows: np.ndarray = t.sum(-1)  # [query]
+        return kl_rows
 
     js = 0.5 * kl(p) + 0.5 * kl(q)
-    return np.clip(js[ok], 0.0, 1.0)
+    rows: np.ndarray = np.clip(js[ok], 0.0, 1.0)  # [query]
+    return rows
 
 
 def compare(a: AttentionRun, b: AttentionRun, *, stack: str | None = None,
@@ -141,8 +143,8 @@ def compare(a: AttentionRun, b: AttentionRun, *, stack: str | None = None,
     tokens_a = a.query_tokens(name)
     tokens_b = b.query_tokens(name)
     if words:
-        keys_a = [t.text.lower() for t in tokens_a]
-        keys_b = [t.text.lower() for t in tokens_b]
+        keys_a: list[Hashable] = [t.text.lower() for t in tokens_a]
+        keys_b: list[Hashable] = [t.text.lower() for t in tokens_b]
     else:
         keys_a = [t.id for t in tokens_a]
         keys_b = [t.id for t in tokens_b]

@@ -143,7 +143,7 @@ def _quiet_transformers() -> Iterator[None]:
         if _quiet_depth == 0:
             verbosity = tf_logging.get_verbosity()
             set_hook = getattr(tf_logging, "set_tqdm_hook", None)
-            empty = getattr(tf_logging, "EmptyTqdm", None)
+            empty: Any = getattr(tf_logging, "EmptyTqdm", None)
             previous_hook = None
             if empty is None:
                 set_hook = None  # an older transformers: its bars stay as they are
@@ -446,6 +446,8 @@ def model_facts(model_obj: Any, tokenizer: Any, ident: str) -> dict[str, Any]:
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     n_layers = getattr(text_cfg, "num_hidden_layers", None) or getattr(text_cfg, "n_layer", None)
     n_heads = getattr(text_cfg, "num_attention_heads", None) or getattr(text_cfg, "n_head", None)
+    dtype: str | None
+    device: str | None
     try:
         param = next(model_obj.parameters())
         dtype, device = str(param.dtype).replace("torch.", ""), str(param.device)

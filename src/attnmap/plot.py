@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from ._options import AGGREGATES, check_head, check_scale, merge_aggregate
 from .diff import Diff
 from .run import AttentionRun
 from .tokens import Token
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 MASK_FACE = "#d9d9d9"
@@ -60,7 +63,7 @@ def head_matrix(
     if head in AGGREGATES:
         heads = run.layer(layer, stack)  # [head, query, key]
         return heads.mean(axis=0) if head == "mean" else heads.max(axis=0)
-    return run.head(layer, head, stack)
+    return run.head(layer, cast(int, head), stack)
 
 
 @contextmanager
@@ -86,7 +89,7 @@ def _literal(fn: Any) -> Any:
 
 
 # Fonts a paper's PDF/SVG can use: TrueType (Type 42) in PDF and PostScript, text as text in SVG.
-PAPER_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}
+PAPER_RC: dict[RcKeyType, Any] = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}
 
 
 @contextmanager
@@ -185,7 +188,7 @@ def draw_matrix(
     cm = mpl.colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
     data = np.ma.masked_array(matrix, mask=masked)
     if log:
-        norm = mpl.colors.LogNorm(vmin=vmax * 1e-3, vmax=vmax, clip=True)
+        norm: mpl.colors.Normalize = mpl.colors.LogNorm(vmin=vmax * 1e-3, vmax=vmax, clip=True)
         data = np.ma.masked_array(np.maximum(matrix, vmax * 1e-3), mask=masked)
     else:
         norm = mpl.colors.Normalize(vmin=vmin, vmax=vmax)
@@ -340,7 +343,7 @@ def _what(run: AttentionRun, li: int, head: int | str, stack: str | None) -> str
         return f"after layer {li}"  # one combined head per layer
     if head in AGGREGATES:
         return f"layer {li} · {head} of {run.stack(stack).n_heads} heads"
-    return f"layer {li} · head {run.head_index(head, stack)}"
+    return f"layer {li} · head {run.head_index(cast(int, head), stack)}"
 
 
 @_literal

@@ -26,7 +26,7 @@ class QKLayers(Sequence[np.ndarray]):
         self.scaling = [float(s) for s in scaling]
         if isinstance(masks, np.ndarray) and masks.ndim == 2:
             masks = [masks] * len(q)
-        self.masks = list(masks)  # each [query, key] bool, per layer
+        self.masks: list[np.ndarray] = list(masks)  # each [query, key] bool, per layer
         if softcap is None or isinstance(softcap, (int, float)):
             softcap = [softcap] * len(q)
         self.softcap = [None if c is None else float(c) for c in softcap]

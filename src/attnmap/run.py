@@ -277,7 +277,8 @@ class AttentionRun:
     def head(self, layer: int, head: int, stack: str | None = None) -> np.ndarray:
         """One head's matrix ``[query, key]`` as float32."""
         h = self.head_index(head, stack)
-        return self.layer(layer, stack)[h]
+        m: np.ndarray = self.layer(layer, stack)[h]  # [query, key]
+        return m
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={v.shape}" for k, v in self.stacks.items())
@@ -589,7 +590,7 @@ def _check_float(arr: np.ndarray, what: str) -> None:
 
 
 def _numbered(tensors: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
-    out = []
+    out: list[np.ndarray] = []
     while f"{prefix}{len(out)}" in tensors:
         out.append(tensors[f"{prefix}{len(out)}"])
     return out
@@ -668,9 +669,9 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
     if not stacks:
         raise ValueError("no attention tensors")
     extra: dict[str, Any] = dict(meta.get("extra") or {})
-    for k, v in tensors.items():
-        if k.startswith("extra."):
-            extra[k[len("extra.") :]] = v
+    for key, value in tensors.items():
+        if key.startswith("extra."):
+            extra[key[len("extra.") :]] = value
     return AttentionRun(
         text=meta["text"],
         tokens=tokens,

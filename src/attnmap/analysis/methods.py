@@ -30,7 +30,8 @@ _ALIASES = {
 
 def _renorm(m: np.ndarray) -> np.ndarray:
     s = m.sum(axis=-1, keepdims=True)
-    return np.divide(m, s, out=np.zeros_like(m), where=s > 0)
+    out: np.ndarray = np.divide(m, s, out=np.zeros_like(m), where=s > 0)
+    return out
 
 
 def rollout(run: AttentionRun, *, stack: str | None = None) -> np.ndarray:

@@ -58,7 +58,8 @@ def relate(
     def mass(w: dict[str, Any], a: np.ndarray, mask: np.ndarray) -> np.ndarray:
         k = np.asarray(w["tokens"])
         cells = np.where(np.asarray(mask)[np.ix_(q, k)], 0.0, a[:, q][:, :, k])
-        return cells.astype(np.float64).sum(axis=2).mean(axis=1)  # [head]
+        per_head: np.ndarray = cells.astype(np.float64).sum(axis=2).mean(axis=1)  # [head]
+        return per_head
 
     rows: list[dict[str, Any]] = []
     for li in range(st.n_layers):

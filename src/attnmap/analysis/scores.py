@@ -248,7 +248,8 @@ def _mean(x: np.ndarray) -> np.ndarray:
     """Mean over the last axis (rows); NaN when there are no rows."""
     if x.shape[-1] == 0:
         return _none(x.shape[0])
-    return x.mean(axis=-1, dtype=np.float64)
+    means: np.ndarray = x.mean(axis=-1, dtype=np.float64)  # [head]
+    return means
 
 
 def _none(h: int) -> np.ndarray:

@@ -50,6 +50,8 @@ def _word_token(tokens: list[Token], group: list[int], text: str | None) -> Toke
         return parts[0]
     starts = [p.start for p in parts if p.start is not None]
     ends = [p.end for p in parts if p.end is not None]
+    start: int | None
+    end: int | None
     if text is not None and starts and len(starts) == len(parts):
         start, end = min(starts), max(ends)
         label = visible(text[start:end])
@@ -101,7 +103,8 @@ def merge_words(run: AttentionRun) -> AttentionRun:
 
         def word_mask(m: np.ndarray, gq: np.ndarray = gq, gk: np.ndarray = gk) -> np.ndarray:
             # [query word, key word]: masked where every token cell is masked
-            return (gq.T @ (~np.asarray(m, dtype=bool)).astype(np.float64) @ gk) == 0
+            masked: np.ndarray = (gq.T @ (~np.asarray(m, dtype=bool)).astype(np.float64) @ gk) == 0
+            return masked
 
         per_layer = st.with_masks(word_mask)
         shared = word_mask(st.mask(0)) if per_layer is None else per_layer[0]

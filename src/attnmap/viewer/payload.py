@@ -147,7 +147,7 @@ def _which_layers(run: Any, layers: Any) -> list[tuple[str, int]]:
         raise AttnmapError(f"layers must be 'all', 'none' or a list of layer numbers "
                            f"(not {layers!r})")
     wanted = list(layers)
-    out = []
+    out: list[tuple[str, int]] = []
     for name in run.stacks:
         # The same layer numbers in every stack; sorted and without repeats.
         idx = sorted({run.layer_index(i, name) for i in wanted})
@@ -280,7 +280,8 @@ def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVE
     return _PREFIX.pack(LAYER_MAGIC, PAYLOAD_VERSION, len(hb)) + hb + body
 
 
-def _read_prefix(blob: bytes, offset: int, magic: bytes, what: str) -> tuple[dict, int]:
+def _read_prefix(blob: bytes, offset: int, magic: bytes, what: str
+                 ) -> tuple[dict[str, Any], int]:
     if len(blob) - offset < _PREFIX.size:
         raise AttnmapError(f"{what} is truncated ({len(blob) - offset} bytes)")
     got, version, n = _PREFIX.unpack_from(blob, offset)
