@@ -228,8 +228,9 @@ def diff_html(
     """A self-contained page comparing the two runs of `d` (from ``attnmap.diff.compare``).
 
     For any head it shows A, B and A − B on the aligned tokens (A − B on a diverging scale
-    centred on 0, symmetric limits; a substituted token labelled ``keys→key``), and a layers × heads grid coloured by change (JS
-    divergence or mean |A − B|); click a head to open it. Options: ``layer``, ``head`` (default:
+    centred on 0, symmetric limits; a substituted token labelled ``keys→key``), and a
+    layers × heads grid coloured by change (JS divergence or mean |A − B|); click a head to
+    open it. Options: ``layer``, ``head`` (default:
     the most changed head), ``view`` ('diff' or 'change'), ``metric`` ('js' or 'mean_abs').
     A and B use colormap `cmap`; A − B uses matplotlib's RdBu_r, as ``attnmap diff``'s PNG does.
     """
