@@ -41,7 +41,9 @@ export function hooks(v) {
      * @param {number} q
      * @param {number} k
      */
-    diffCell(p, q, k) { const g = dg(); return at(g.x0s[p] + (k + 0.5) * g.cs, g.y0 + (q + 0.5) * g.cs); },
+    diffCell(p, q, k) { const g = dg(); return at(g.x0s[p] + (k + 0.5) * g.cs, g.y0s[p] + (q + 0.5) * g.cs); },
+    /** The diff view's layout: panels, cell size, which positions got a label, the labels. */
+    get diffGeometry() { const g = dg(), r = v.dom.canvas.getBoundingClientRect(); return { ...g, canvasLeft: r.left, canvasWidth: r.width }; },
     get diffHead() {
       const d = diffHead(v);
       /** @param {Float32Array} a */
@@ -53,7 +55,7 @@ export function hooks(v) {
      * @param {number} q
      * @param {number} k
      */
-    diffPixel(p, q, k) { const g = dg(); return px(g.x0s[p] + (k + 0.5) * g.cs, g.y0 + (q + 0.5) * g.cs); },
+    diffPixel(p, q, k) { const g = dg(); return px(g.x0s[p] + (k + 0.5) * g.cs, g.y0s[p] + (q + 0.5) * g.cs); },
     get predRows() { return v.predRows; },
     /** @param {number} q */
     pred(q) { const g = v.geom(); return at(g.x0 + g.pw + 30, g.y0 + (q - g.q0 + 0.5) * g.cs); },

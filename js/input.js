@@ -42,7 +42,8 @@ export function hit(v, x, y) {
     if (!g) return null;
     for (let p = 0; p < 3; p++) {
       const x0 = g.x0s[p];
-      if (x >= x0 && x < x0 + g.pw && y >= g.y0 && y < g.y0 + g.ph) return { kind: "dcell", p, q: Math.floor((y - g.y0) / g.cs), k: Math.floor((x - x0) / g.cs) };
+      const y0 = g.y0s[p];
+      if (x >= x0 && x < x0 + g.pw && y >= y0 && y < y0 + g.ph) return { kind: "dcell", p, q: Math.floor((y - y0) / g.cs), k: Math.floor((x - x0) / g.cs) };
     }
     return null;
   }
@@ -91,7 +92,8 @@ function hover(v, e) {
     tip.dataset.q = String(t.q); tip.dataset.k = String(t.k); tip.dataset.value = val === null ? "masked" : val.toFixed(4);
   } else if (t.kind === "dcell") {
     const dd = diffHead(v), p = t.q * dd.k + t.k;
-    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
+    const lb = v.dgeom ? v.dgeom.labels : info.query_tokens; // "keys→key" where substituted
+    tip.append(line(`query ${t.q} `, lb[t.q] ?? info.query_tokens[t.q]), line(`key ${t.k} `, lb[t.k] ?? info.key_tokens[t.k]));
     if (Number.isNaN(dd.d[p])) tip.append(h("div", "am-val", "masked"));
     else tip.append(h("div", "am-val", `A ${dd.a[p].toFixed(4)} · B ${dd.b[p].toFixed(4)} · A − B ${dd.d[p] >= 0 ? "+" : ""}${dd.d[p].toFixed(4)}`));
     tip.dataset.value = Number.isNaN(dd.d[p]) ? "masked" : dd.d[p].toFixed(4);

@@ -118,6 +118,7 @@
  * @property {string} a
  * @property {string} b
  * @property {string} stack
+ * @property {boolean[]} [changed]  per aligned position: a substitution (A's token ≠ B's)
  */
 
 /**

@@ -99,11 +99,11 @@ export class Viewer {
     // What the last paint drew, for hit tests and the test hooks.
     /** @type {HitBox[]} */
     this.hits = [];
-    /** @type {{ x0s: number[], y0: number, cs: number, pw: number, ph: number, q: number, k: number } | null} */
+    /** @type {import("./views/diff.js").DiffGeometry | null} */
     this.dgeom = null;
     /** @type {{ q: number, text: string, miss: boolean }[]} */
     this.predRows = [];
-    /** @type {{ layer: number, head: number, value: number, rgb: number[] }[]} */
+    /** @type {{ layer: number, head: number, value: number, rgb: number[], label: string | null }[]} */
     this.changeCells = [];
     /** @type {Band[]} */
     this.bands = [];

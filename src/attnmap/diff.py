@@ -1,8 +1,9 @@
 """Compare two runs: two texts through one model, or one text through two models.
 
 Tokens are aligned first (identical sequences one to one; otherwise equal tokens paired in
-their longest common subsequence, or words in the word view). Each head is then scored by
-how much its pattern changed over the aligned cells:
+their longest common subsequence, then the substitutions between them: see
+:func:`align_changes`; words instead of tokens in the word view). Each head is then scored by
+how much its pattern changed over the aligned cells, substituted positions included:
 
 * ``mean_abs``: mean |A − B| over cells that neither run masks;
 * ``js``: mean over query rows of the Jensen–Shannon divergence (base 2, so 0…1) between the
@@ -31,13 +32,39 @@ class Diff:
     a: AttentionRun
     b: AttentionRun
     stack: str
-    ia: np.ndarray  # aligned positions in a
-    ib: np.ndarray  # aligned positions in b
+    ia: np.ndarray  # [aligned] positions in a
+    ib: np.ndarray  # [aligned] positions in b
     ranking: list[dict[str, Any]] = field(default_factory=list)  # most changed first
+    # [aligned] True where the pair is a substitution (a's token differs from b's), False
+    # where the tokens are equal; left out: every pair equal
+    changed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        self.changed = np.asarray(self.changed, dtype=bool)
+        if self.changed.size == 0:
+            self.changed = np.zeros(len(self.ia), dtype=bool)
+        if self.changed.shape != np.shape(self.ia):
+            raise AttnmapError(f"changed must have one flag per aligned position "
+                               f"({len(self.ia)}, not {self.changed.shape})")
 
     @property
     def tokens(self) -> list[Token]:
-        return [self.a.tokens[i] for i in self.ia]
+        """Run a's tokens at the aligned positions (of the compared stack)."""
+        toks = self.a.query_tokens(self.stack)
+        return [toks[i] for i in self.ia]
+
+    @property
+    def tokens_b(self) -> list[Token]:
+        """Run b's tokens at the aligned positions (of the compared stack)."""
+        toks = self.b.query_tokens(self.stack)
+        return [toks[i] for i in self.ib]
+
+    @property
+    def labels(self) -> list[str]:
+        """One label per aligned position: the token's text, or ``"keys→key"`` (a's text,
+        then b's) where the pair is a substitution."""
+        return [f"{ta.text}→{tb.text}" if c else ta.text
+                for ta, tb, c in zip(self.tokens, self.tokens_b, self.changed.tolist())]
 
     def matrices(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                        np.ndarray]:
@@ -103,6 +130,47 @@ def align(a: Sequence[Hashable], b: Sequence[Hashable]) -> tuple[np.ndarray, np.
     return np.array(ia, dtype=np.int64), np.array(ib, dtype=np.int64)
 
 
+def align_changes(a: Sequence[Hashable], b: Sequence[Hashable]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned positions of `a` and `b` with substitutions: ``(ia, ib, changed)``.
+
+    First the equal items of a longest common subsequence (exactly :func:`align`'s pairs);
+    they are anchors. Between two consecutive anchors (or an anchor and either end) each
+    sequence has a gap of unmatched items. Gaps of the same length are a substitution,
+    paired in order, so the changed tokens keep their slot: "The keys to the cabinet are" /
+    "The key to the cabinets is" pairs keys↔key, cabinet↔cabinets and are↔is besides the
+    equal tokens. Gaps of different lengths are insertions and deletions and stay unpaired:
+    pairing them by position would match tokens a reader does not see as counterparts
+    ("the red cat" / "the very big cat" would pair red↔very), and when a tokenizer splits a
+    word differently (cabinets / cabinet·s) no token-to-token pairing is right.
+
+    `changed` is True for a substituted pair, False for an equal one; equal sequences give
+    the identity with nothing changed. The anchors are :func:`align`'s LCS as it is: where a
+    repeated token makes several LCSs (``p 0 0 y`` / ``q 0 z y``), the one it picks may leave
+    gaps of different lengths (here the second 0 pairs; p·0 against q), and those stay
+    unpaired.
+    """
+    ia_eq, ib_eq = align(a, b)
+    n, m = len(a), len(b)
+    ia: list[int] = []
+    ib: list[int] = []
+    changed: list[bool] = []
+    pa = pb = -1  # the previous anchor
+    for na, nb in [*zip(ia_eq.tolist(), ib_eq.tolist()), (n, m)]:
+        ga, gb = na - pa - 1, nb - pb - 1  # gap lengths before this anchor (or the ends)
+        if ga == gb and ga > 0:
+            ia.extend(range(pa + 1, na))
+            ib.extend(range(pb + 1, nb))
+            changed.extend(a[i] != b[j] for i, j in zip(range(pa + 1, na), range(pb + 1, nb)))
+        if na < n:
+            ia.append(na)
+            ib.append(nb)
+            changed.append(False)
+        pa, pb = na, nb
+    return (np.array(ia, dtype=np.int64), np.array(ib, dtype=np.int64),
+            np.array(changed, dtype=bool))
+
+
 def _js_rows(p: np.ndarray, q: np.ndarray, masked: np.ndarray) -> np.ndarray:
     """Per-row JS divergence (bits) of `p` and `q` ``[query, key]`` over unmasked keys."""
     p = np.where(masked, 0.0, p).astype(np.float64)
@@ -125,8 +193,12 @@ def _js_rows(p: np.ndarray, q: np.ndarray, masked: np.ndarray) -> np.ndarray:
 
 
 def compare(a: AttentionRun, b: AttentionRun, *, stack: str | None = None,
-            words: bool = False) -> Diff:
-    """Align `a` and `b` and rank every head by how much its attention changed."""
+            words: bool = False, substitutions: bool = True) -> Diff:
+    """Align `a` and `b` and rank every head by how much its attention changed.
+
+    Substituted tokens (:func:`align_changes`) are compared like equal ones, in their slot;
+    ``substitutions=False`` compares the equal tokens only. Alignment is refused when fewer
+    than half the shorter sequence's tokens are equal."""
     if words:
         from .analysis import merge_words
 
@@ -148,15 +220,18 @@ def compare(a: AttentionRun, b: AttentionRun, *, stack: str | None = None,
     else:
         keys_a = [t.id for t in tokens_a]
         keys_b = [t.id for t in tokens_b]
-    ia, ib = align(keys_a, keys_b)
+    ia, ib, changed = align_changes(keys_a, keys_b)
+    if not substitutions:
+        ia, ib, changed = ia[~changed], ib[~changed], changed[~changed]
     shorter = min(len(keys_a), len(keys_b))
-    if len(ia) < max(1, MIN_ALIGNED * shorter):
+    equal = int((~changed).sum())  # substitutions alone do not make two texts comparable
+    if equal < max(1, MIN_ALIGNED * shorter):
         hint = "" if words else "; try the word view (--words)"
         raise AttnmapError(
-            f"cannot align the two token sequences: only {len(ia)} of {shorter} "
+            f"cannot align the two token sequences: only {equal} of {shorter} "
             f"{'words' if words else 'tokens'} match{hint}"
         )
-    d = Diff(a=a, b=b, stack=name, ia=ia, ib=ib)
+    d = Diff(a=a, b=b, stack=name, ia=ia, ib=ib, changed=changed)
     ranking = []
     for li in range(sa.n_layers):
         la = a.layer(li, name)[:, ia][:, :, ia]  # [head, query, key] on aligned tokens

@@ -576,29 +576,56 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 150) -> Pa
     return Path(path)
 
 
+CHANGED_COLOR = "#c2410c"  # a substituted token's label in a diff figure
+
+
+def _one_line(text: str, limit: int = 100) -> str:
+    """`text` on one line, spaces kept and other invisible characters shown (⏎, ⟨U+200B⟩),
+    cut to `limit` characters with an ellipsis."""
+    from .tokens import visible
+
+    line = "".join(ch if ch == " " else visible(ch) for ch in text)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 @_literal
 def diff_figure(d: Diff, layer: int | None = None, head: int | None = None, *,
-           values: bool | None = None) -> Any:
-    """Heatmaps A, B and A − B side by side (the difference on a diverging scale at 0)."""
+                values: bool | None = None) -> Any:
+    """Heatmaps A, B and A − B side by side (the difference on a diverging scale at 0).
+
+    The aligned tokens label the rows and columns; a substituted pair (``d.changed``) is
+    labelled ``keys→key`` (A's token, then B's), in orange and bold. Cells that either run
+    masks are hatched in all three panels. The title names the model(s), the head and its
+    change, and the two texts (A: …, B: …)."""
+    import dataclasses
+
     if layer is None or head is None:
         top = d.ranking[0]
         layer = top["layer"] if layer is None else layer
         head = top["head"] if head is None else head
     a, b, delta, masked = d.matrices(layer, head)
     li, hi = d.a.layer_index(layer, d.stack), d.a.head_index(head, d.stack)
-    toks = d.tokens
+    changed = d.changed.tolist()
+    toks = [dataclasses.replace(t, text=label) if c else t
+            for t, label, c in zip(d.tokens, d.labels, changed)]
     n = len(toks)
     cell = cell_inches(n, n)
     side = n * cell + 1.8
-    fig = new_figure(3 * side + 1.5, side + 1.0)
+    fig = new_figure(3 * side + 1.5, side + 1.4)
     lim = float(np.abs(np.where(masked, 0, delta)).max()) or 1.0
     panels = [(a, "A", "Blues", 0.0, 1.0), (b, "B", "Blues", 0.0, 1.0),
               (delta, "A − B", "RdBu_r", -lim, lim)]
     for k, (m, label, cmap, lo, hi_) in enumerate(panels):
         ax = fig.add_subplot(1, 3, k + 1)
         img = draw_matrix(ax, m, masked, query_tokens=toks, key_tokens=toks,
-                               values=values, vmin=lo, vmax=hi_, cmap=cmap,
-                               cell_pt=cell * 72.0)
+                          values=values, vmin=lo, vmax=hi_, cmap=cmap,
+                          cell_pt=cell * 72.0)
+        ticks = _tick_positions(n, cell * 72.0)  # the labelled positions, as draw_matrix
+        for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+            for i, tl in zip(ticks, labels):
+                if changed[i]:
+                    tl.set_color(CHANGED_COLOR)
+                    tl.set_fontweight("bold")
         ax.set_title(label, fontsize=10)
         if k == 0:
             ax.set_ylabel("query: the token that looks")
@@ -607,6 +634,14 @@ def diff_figure(d: Diff, layer: int | None = None, head: int | None = None, *,
     ma, mb = d.a.model.get("id"), d.b.model.get("id")
     who = f"{ma}" if ma == mb else f"A: {ma} · B: {mb}"
     r = next(x for x in d.ranking if x["layer"] == li and x["head"] == hi)
-    fig.suptitle(f"{who} · layer {li} · head {hi} · mean |A−B| {r['mean_abs']:.3f} · "
-                 f"JS {r['js']:.3f}", fontsize=11)
+    lines = [f"{who} · layer {li} · head {hi} · mean |A−B| {r['mean_abs']:.3f} · "
+             f"JS {r['js']:.3f}"]
+    if d.a.text == d.b.text:
+        lines.append(f"text: {_one_line(d.a.text)}")
+    else:
+        lines += [f"A: {_one_line(d.a.text)}", f"B: {_one_line(d.b.text)}"]
+    subs = sum(changed)
+    if subs:
+        lines.append(f"{n} aligned tokens, {subs} substituted (orange: A→B)")
+    fig.suptitle("\n".join(lines), fontsize=10)
     return fig

@@ -63,14 +63,19 @@ def test_mask_a_token_with_the_tokenizers_mask(client, bert_dir):
     out = r.json()
     assert out["text"] == TEXT[: tok.start] + mask + TEXT[tok.end :]
     assert out["run"]["model"] == str(bert_dir)
-    # The mask is one token in the token's place: the runs align on every other token, and
-    # the ranking is attnmap.diff.compare's.
+    # The mask is one token in the token's place: a substitution, so the masked token keeps
+    # its slot in the comparison, and the ranking is attnmap.diff.compare's.
     assert out["run"]["tokens"] == [mask if i == pos else t.text
                                     for i, t in enumerate(ref.tokens)]
     assert out["diff_error"] is None
     d = compare(ref, attnmap.capture(out["text"], model=bert_dir))
-    assert pos not in d.ia
-    assert out["aligned"] == len(d.ia) == len(ref.tokens) - 1
+    n = len(ref.tokens)
+    assert d.ia.tolist() == d.ib.tolist() == list(range(n))
+    assert np.flatnonzero(d.changed).tolist() == [pos]
+    assert out["aligned"] == n
+    got = client.get(f"/api/diff/{orig['id']}/{out['run']['id']}").json()
+    assert got["positions"] == {"a": list(range(n)), "b": list(range(n))}
+    assert got["changed"] == [i == pos for i in range(n)]
     assert [(x["layer"], x["head"]) for x in out["ranking"]] == \
         [(x["layer"], x["head"]) for x in d.ranking]
     for got, want in zip(out["ranking"], d.ranking, strict=True):
@@ -127,6 +132,7 @@ def test_diff_after_perturb_serves_the_aligned_pair(client, gpt2_dir):
     assert got["aligned"] == out["aligned"] == len(d.ia)
     assert got["positions"] == {"a": d.ia.tolist(), "b": d.ib.tolist()}
     assert pos not in got["positions"]["a"]  # the removed token is the one left unaligned
+    assert got["changed"] == [False] * len(d.ia)  # a removal substitutes nothing
     assert got["labels"] == {"a": TEXT, "b": out["text"]}
     assert got["ranking"] == out["ranking"]  # the same comparison the perturb call made
     assert [(x["layer"], x["head"]) for x in got["ranking"]] == \
@@ -146,7 +152,12 @@ def test_diff_of_any_two_runs_and_of_a_run_with_itself(client, gpt2_dir):
     d = compare(attnmap.capture(TEXT, model=gpt2_dir), attnmap.capture(other, model=gpt2_dir))
     got = client.get(f"/api/diff/{a['id']}/{b['id']}", params={"stack": "self"}).json()
     assert got["positions"] == {"a": d.ia.tolist(), "b": d.ib.tolist()}
-    assert 0 < got["aligned"] < len(a["tokens"])
+    # cat/dog is a substitution: it keeps its slot, flagged as changed (the tiny tokenizer
+    # splits "rug", so mat has no one counterpart)
+    assert got["changed"] == d.changed.tolist() and 0 < sum(got["changed"])
+    assert got["aligned"] == len(d.ia)
+    subs = {a["tokens"][i] for i, c in zip(d.ia, d.changed) if c}
+    assert "␣cat" in subs and "␣mat" not in subs
     assert [(x["layer"], x["head"]) for x in got["ranking"]] == \
         [(x["layer"], x["head"]) for x in d.ranking]
     for x, want in zip(got["ranking"], d.ranking, strict=True):
@@ -157,6 +168,7 @@ def test_diff_of_any_two_runs_and_of_a_run_with_itself(client, gpt2_dir):
     same = client.get(f"/api/diff/{a['id']}/{a['id']}").json()
     n = len(a["tokens"])
     assert same["positions"] == {"a": list(range(n)), "b": list(range(n))}
+    assert same["changed"] == [False] * n
     assert len(same["ranking"]) == 4  # 2 layers × 2 heads, every one unchanged
     assert all(x["js"] == 0 and x["mean_abs"] == 0 for x in same["ranking"])
     pa = client.get(f"/api/diff/{a['id']}/{a['id']}/payload/a").content

@@ -85,6 +85,116 @@ def test_diff_figure_for_papers(planted, tmp_path):
     assert "A − B" in texts
 
 
+KEYS_A = "The keys to the cabinet are"
+KEYS_B = "The key to the cabinets is"
+KEYS_LABELS = ["[CLS]", "the", "keys→key", "to", "the", "cabinet→cabinets", "are→is", "[SEP]"]
+
+
+@pytest.fixture(scope="module")
+def keys_runs():
+    """The two texts through the bundled MiniLM, whose vocabulary has every word whole."""
+    return attnmap.capture(KEYS_A), attnmap.capture(KEYS_B)
+
+
+def _ranking_over_every_position(a, b):
+    """Each head's mean |A − B| and mean row JS over all n × n cells (an encoder masks
+    nothing): what compare must give when every token, substituted or not, keeps its slot."""
+    out = {}
+    for li in range(a.n_layers):
+        for h in range(a.n_heads):
+            p, q = a.head(li, h).astype(np.float64), b.head(li, h).astype(np.float64)
+            p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+            m = (p + q) / 2
+            js = 0.5 * (p * np.log2(p / m)).sum(-1) + 0.5 * (q * np.log2(q / m)).sum(-1)
+            out[li, h] = (float(np.abs(a.head(li, h) - b.head(li, h)).mean()), float(js.mean()))
+    return out
+
+
+def test_substituted_tokens_keep_their_slot(keys_runs):
+    a, b = keys_runs
+    assert len(a.tokens) == len(b.tokens) == 8
+    d = compare(a, b)
+    assert d.ia.tolist() == d.ib.tolist() == list(range(8))
+    assert d.changed.tolist() == [False, False, True, False, False, True, True, False]
+    assert d.labels == KEYS_LABELS
+    assert [t.text for t in d.tokens_b] == [t.text for t in b.tokens]
+    want = _ranking_over_every_position(a, b)
+    assert len(d.ranking) == a.n_layers * a.n_heads
+    for r in d.ranking:
+        assert r["mean_abs"] == pytest.approx(want[r["layer"], r["head"]][0], abs=1e-6)
+        assert r["js"] == pytest.approx(want[r["layer"], r["head"]][1], abs=1e-5)
+    la, ha = d.ranking[0]["layer"], d.ranking[0]["head"]
+    ma, mb, delta, masked = d.matrices(la, ha)
+    assert delta.shape == (8, 8) and not masked.any()
+    np.testing.assert_array_equal(ma, a.head(la, ha))
+    # The equal tokens alone, as before: five of them, and another ranking.
+    eq = compare(a, b, substitutions=False)
+    assert eq.ia.tolist() == [0, 1, 3, 4, 7] and not eq.changed.any()
+    assert eq.labels == ["[CLS]", "the", "to", "the", "[SEP]"]
+    assert [r["js"] for r in eq.ranking] != [r["js"] for r in d.ranking]
+
+
+def test_identical_tokens_change_nothing(gpt2_run):
+    d = compare(gpt2_run, gpt2_run)
+    assert d.ia.tolist() == list(range(len(gpt2_run.tokens))) and not d.changed.any()
+    assert d.labels == [t.text for t in gpt2_run.tokens]
+
+
+def test_diff_cli_ranks_and_draws_the_substitutions(keys_runs, tmp_path):
+    import re
+
+    out = tmp_path / "keys.svg"
+    res = cli("diff", KEYS_A, KEYS_B, "--json", "-o", out, "-q")
+    assert res.returncode == 0, res.stderr.decode()
+    ranking = json.loads(res.stdout)
+    want = _ranking_over_every_position(*keys_runs)
+    assert len(ranking) == len(want)
+    for r in ranking:  # over all eight tokens, the three substituted ones included
+        assert r["mean_abs"] == pytest.approx(want[r["layer"], r["head"]][0], abs=1e-6)
+        assert r["js"] == pytest.approx(want[r["layer"], r["head"]][1], abs=1e-5)
+    svg = out.read_text("utf-8")
+    texts = re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)
+    for label in ("keys→key", "cabinet→cabinets", "are→is"):
+        assert texts.count(label) == 6, label  # rows and columns of A, B and A − B
+    assert "to" in texts and "keys" not in texts and "key" not in texts
+    assert f"A: {KEYS_A}" in texts and f"B: {KEYS_B}" in texts
+    assert any("3 substituted" in t for t in texts)
+
+
+def test_diff_figure_marks_substitutions_and_keeps_masked_slots(keys_runs, gpt2_dir):
+    import matplotlib.colors as mcolors
+
+    from attnmap.plot import CHANGED_COLOR, diff_figure
+
+    d = compare(*keys_runs)
+    fig = diff_figure(d)
+    panels = [ax for ax in fig.axes if ax.get_title() in ("A", "B", "A − B")]
+    assert len(panels) == 3
+    for ax in panels:
+        for tl in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+            sub = "→" in tl.get_text()
+            assert (mcolors.to_hex(tl.get_color()) == CHANGED_COLOR) == sub, tl.get_text()
+        assert [t.get_text() for t in ax.get_yticklabels()] == KEYS_LABELS
+    title = fig.get_suptitle()
+    assert f"A: {KEYS_A}\nB: {KEYS_B}" in title
+    # A causal model: the masked future is hatched in all three panels and a substituted
+    # token's row and column stay (the tiny GPT-2 splits nothing here but keys/key).
+    a = attnmap.capture("The keys to the table", model=gpt2_dir)
+    b = attnmap.capture("The key to the table", model=gpt2_dir)
+    d = compare(a, b)
+    assert d.changed.sum() == 1 and len(d.ia) == len(a.tokens)
+    _, _, delta, masked = d.matrices(0, 0)
+    np.testing.assert_array_equal(masked, np.triu(np.ones_like(masked), 1))
+    fig = diff_figure(d, 0, 0, values=True)
+    for ax in [ax for ax in fig.axes if ax.get_title() in ("A", "B", "A − B")]:
+        img = ax.get_images()[0]
+        np.testing.assert_array_equal(np.ma.getmaskarray(img.get_array()), masked)
+        assert ax.patch.get_hatch() == "////"
+        # every visible cell prints its value: n(n+1)/2 of them, masked ones none
+        n = len(d.ia)
+        assert len([t for t in ax.texts]) == n * (n + 1) // 2
+
+
 def test_align_two_texts():
     ia, ib = align([5, 1, 2, 3, 9], [5, 1, 7, 3, 9])
     assert ia.tolist() == [0, 1, 3, 4] and ib.tolist() == [0, 1, 3, 4]

@@ -39,10 +39,16 @@ def test_diff_html_page(tmp_path, gpt2_dir):
     top = d.ranking[0]
     assert (opts["view"], opts["layer"], opts["head"]) == ("diff", top["layer"], top["head"])
     assert opts["diff"]["ranking"] == d.ranking and opts["diff"]["aligned"] == len(d.ia)
+    # keys/key is a substitution (the tiny tokenizer splits "cabinets is" differently, so
+    # "are" has no counterpart): the page says which aligned positions are substituted
+    assert opts["diff"]["changed"] == d.changed.tolist()
+    assert [lab for lab, c in zip(d.labels, d.changed) if c] == ["␣keys→␣key"]
     pa, pb = payload(html, "attnmap-payload"), payload(html, "attnmap-payload-b")
-    toks = [t.text for t in d.tokens]
+    toks, toks_b = [t.text for t in d.tokens], [t.text for t in d.tokens_b]
     assert pa["header"]["stacks"][0]["query_tokens"] == toks
-    assert pb["header"]["stacks"][0]["query_tokens"] == toks  # aligned: same tokens both sides
+    assert pb["header"]["stacks"][0]["query_tokens"] == toks_b
+    # aligned: the same tokens both sides, except where substituted
+    assert [x != y for x, y in zip(toks, toks_b)] == d.changed.tolist()
     for li in range(2):
         for hd in range(2):
             a, b, _, masked = d.matrices(li, hd)

@@ -1,4 +1,5 @@
-"""Token alignment for diffs: the bit-parallel LCS against a textbook LCS table."""
+"""Token alignment for diffs: the bit-parallel LCS against a textbook LCS table, and the
+substitutions paired between its equal tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from attnmap.diff import align
+from attnmap.diff import align, align_changes
 
 
 def reference_lcs(a: list, b: list) -> tuple[list[int], list[int]]:
@@ -131,3 +132,81 @@ def test_repeated_text_stays_aligned():
     ia, ib = align(a, b)
     assert len(ia) == len(a) - sum(x == -1 for x in b)
     assert ia.tolist() == ib.tolist()
+
+
+# --- substitutions -----------------------------------------------------------------------------
+def test_keys_to_the_cabinet_pairs_the_substitutions():
+    a = "the keys to the cabinet are on the table".split()
+    b = "the key to the cabinets is on the table".split()
+    assert align(a, b)[0].tolist() == [0, 2, 3, 6, 7, 8]  # the LCS alone drops three words
+    ia, ib, changed = align_changes(a, b)
+    assert ia.tolist() == ib.tolist() == list(range(9))
+    assert changed.dtype == bool
+    assert [(a[i], b[j]) for i, j, c in zip(ia, ib, changed) if c] == [
+        ("keys", "key"), ("cabinet", "cabinets"), ("are", "is")]
+
+
+def test_gaps_of_different_lengths_stay_unpaired():
+    # An insertion: pairing by position would match red with very.
+    ia, ib, changed = align_changes("the red cat sat".split(), "the very big cat sat".split())
+    assert (ia.tolist(), ib.tolist(), changed.tolist()) == ([0, 2, 3], [0, 3, 4], [False] * 3)
+    # A word the tokenizer splits differently: are vs s·␣·i·s, nothing to pair one to one;
+    # the gap of equal length before it still pairs.
+    a = ["The", "keys", "to", "the", "cabinet", "are"]
+    b = ["The", "key", "to", "the", "cabinet", "s", " ", "i", "s"]
+    ia, ib, changed = align_changes(a, b)
+    assert (ia.tolist(), ib.tolist()) == ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4])
+    assert changed.tolist() == [False, True, False, False, False]
+    # A deletion and nothing else: the LCS pairs, unchanged.
+    ia, ib, changed = align_changes([1, 2, 3, 4], [1, 2, 4])
+    assert (ia.tolist(), ib.tolist(), changed.any()) == ([0, 1, 3], [0, 1, 2], False)
+
+
+def test_substitutions_at_the_ends_and_identical_sequences():
+    ia, ib, changed = align_changes([9, 1, 2, 8], [7, 1, 2, 6])
+    assert ia.tolist() == ib.tolist() == [0, 1, 2, 3]
+    assert changed.tolist() == [True, False, False, True]
+    ia, ib, changed = align_changes([4, 4, 4], [4, 4, 4])
+    assert ia.tolist() == ib.tolist() == [0, 1, 2] and not changed.any()
+    ia, ib, changed = align_changes([], [1, 2])
+    assert ia.size == ib.size == changed.size == 0
+    ia, ib, changed = align_changes([1, 2], [3, 4])  # nothing equal: one gap, same length
+    assert ia.tolist() == ib.tolist() == [0, 1] and changed.all()
+
+
+def test_substitutions_only_are_found_exactly():
+    # Sequences of distinct items (so that the LCS is unique) with substitutions by values
+    # that occur nowhere else: every position pairs with itself, and exactly the substituted
+    # ones are flagged.
+    rng = random.Random(3)
+    for _ in range(300):
+        a = rng.sample(range(500), rng.randint(1, 60))
+        b = list(a)
+        subs = set(rng.sample(range(len(a)), rng.randint(0, len(a) // 3)))
+        for p in subs:
+            b[p] = 1000 + p
+        ia, ib, changed = align_changes(a, b)
+        assert ia.tolist() == ib.tolist() == list(range(len(a)))
+        assert set(np.flatnonzero(changed).tolist()) == subs
+
+
+def test_equal_pairs_are_the_lcs_and_substitutions_fill_equal_gaps():
+    rng = random.Random(9)
+    for _ in range(300):
+        vocab = rng.choice([3, 20, 200])
+        a = [rng.randrange(vocab) for _ in range(rng.randint(0, 50))]
+        b = _edited(rng, a, rng.randint(1, 8), vocab + 20)
+        ia, ib, changed = align_changes(a, b)
+        la, lb = align(a, b)
+        assert ia[~changed].tolist() == la.tolist() and ib[~changed].tolist() == lb.tolist()
+        assert np.all(np.diff(ia) > 0) and np.all(np.diff(ib) > 0)  # in order, one to one
+        for i, j, c in zip(ia.tolist(), ib.tolist(), changed.tolist()):
+            assert (a[i] != b[j]) == c
+        # each substitution lies in a gap between anchors that has one length on both sides
+        anchors = [(-1, -1), *zip(la.tolist(), lb.tolist()), (len(a), len(b))]
+        for (pa, pb), (na, nb) in zip(anchors, anchors[1:]):
+            inside = [(i, j) for i, j, c in zip(ia.tolist(), ib.tolist(), changed.tolist())
+                      if c and pa < i < na]
+            want = list(zip(range(pa + 1, na), range(pb + 1, nb))) \
+                if na - pa == nb - pb else []
+            assert inside == want

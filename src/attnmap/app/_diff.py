@@ -1,6 +1,7 @@
 """The app's diff endpoints: any two stored runs compared, and their aligned viewer payloads.
 
-``GET /api/diff/{a}/{b}`` answers the ranking and the aligned token positions;
+``GET /api/diff/{a}/{b}`` answers the ranking and the aligned token positions (equal tokens
+and substitutions, flagged in ``changed``);
 ``GET /api/diff/{a}/{b}/payload/a`` and ``…/b`` the two runs cut to those positions, in the
 form the viewer's diff mode reads (``payload`` and ``payload_b``). The three requests of one
 diff view would each align the runs again, so alignments are kept in a small LRU of their own:
@@ -34,6 +35,7 @@ class Alignment:
     ia: np.ndarray  # [aligned] positions in run a
     ib: np.ndarray  # [aligned] positions in run b
     ranking: list[dict[str, Any]]  # most changed head first, as attnmap.diff.compare ranks
+    changed: np.ndarray  # [aligned] bool: a substituted pair (the tokens differ)
 
 
 class AlignmentCache:
@@ -60,7 +62,8 @@ class AlignmentCache:
 
     def remember(self, id_a: str, id_b: str, d: Any, stack: str | None = None) -> Alignment:
         """Keep the alignment of ``attnmap.diff.compare``'s result `d` (from the perturb call)."""
-        al = Alignment(d.stack, np.asarray(d.ia), np.asarray(d.ib), d.ranking)
+        al = Alignment(d.stack, np.asarray(d.ia), np.asarray(d.ib), d.ranking,
+                       np.asarray(d.changed, dtype=bool))
         self.put((id_a, id_b, stack), al)
         if stack != d.stack:
             self.put((id_a, id_b, d.stack), al)
@@ -110,8 +113,9 @@ async def get_diff(id_a: str, id_b: str, runner: RunnerDep, cache: AlignmentsDep
         "b": id_b,
         "stack": al.stack,
         "aligned": int(al.ia.size),
-        # positions in each run's query tokens of the stack, pairwise equal tokens
+        # positions in each run's query tokens of the stack: equal or substituted pairs
         "positions": {"a": al.ia.tolist(), "b": al.ib.tolist()},
+        "changed": al.changed.tolist(),
         "labels": labels(run_a, run_b),
         "ranking": al.ranking,
     }

@@ -126,7 +126,9 @@ class DiffResult(BaseModel):
     stack: str
     aligned: int
     positions: Pair = Field(description="positions in each run's query tokens of the stack, "
-                            "pairwise equal tokens")
+                            "paired: equal tokens, or substituted ones (see changed)")
+    changed: list[bool] = Field(description="per aligned pair: true where it is a "
+                                "substitution (the tokens differ), false where they are equal")
     labels: Labels = Field(description="the texts for one model, the model ids for two")
     ranking: list[RankedHead]
 

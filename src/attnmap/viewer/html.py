@@ -215,6 +215,7 @@ def diff_page(d: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> str:
         "a": d.a.text if same_model else f"{ma}",
         "b": d.b.text if same_model else f"{mb}",
         "stack": d.stack,
+        "changed": [bool(c) for c in d.changed],  # per aligned position: substituted
     }
     ra, rb = d.aligned_run("a"), d.aligned_run("b")
     return _page(encode(ra, cmap=cmap), opts, encode(rb, cmap=cmap))
@@ -227,8 +228,9 @@ def diff_html(
     """A self-contained page comparing the two runs of `d` (from ``attnmap.diff.compare``).
 
     For any head it shows A, B and A − B on the aligned tokens (A − B on a diverging scale
-    centred on 0, symmetric limits), and a layers × heads grid coloured by change (JS
-    divergence or mean |A − B|); click a head to open it. Options: ``layer``, ``head`` (default:
+    centred on 0, symmetric limits; a substituted token labelled ``keys→key``), and a
+    layers × heads grid coloured by change (JS divergence or mean |A − B|); click a head to
+    open it. Options: ``layer``, ``head`` (default:
     the most changed head), ``view`` ('diff' or 'change'), ``metric`` ('js' or 'mean_abs').
     A and B use colormap `cmap`; A − B uses matplotlib's RdBu_r, as ``attnmap diff``'s PNG does.
     """

@@ -344,7 +344,7 @@ async function openDiff(a, b, info) {
     options: {
       stack: d.stack, layer: top.layer, head: top.head, view: "diff", metric: "js",
       diff: { ranking: d.ranking, aligned: d.aligned, a: d.labels.a, b: d.labels.b,
-              stack: d.stack },
+              stack: d.stack, changed: d.changed },
     },
   });
   // The action that led here is gone from the page: keep keyboard focus on the changed token.
@@ -372,8 +372,10 @@ function showDiffBar(d, info) {
     $("ranking").replaceChildren();
     return;
   }
+  const subs = (d.changed || []).filter(Boolean).length;
   $("diff-title").textContent =
-    `A: run ${d.a} · B: run ${d.b}, ${describe(info)} · ${d.aligned} aligned tokens`;
+    `A: run ${d.a} · B: run ${d.b}, ${describe(info)} · ${d.aligned} aligned tokens` +
+    (subs ? `, ${subs} substituted` : "");
   const list = $("ranking");
   list.replaceChildren();
   for (const r of d.ranking.slice(0, RANKED)) {

@@ -949,21 +949,56 @@ function diffHead(v) {
   }
   return dd;
 }
+var CHANGED = "#c2410c";
+var NEED = 11;
+var GAP = 18;
+var BAR = 46;
+var HEAD = 18;
+function diffLabels(v) {
+  const st = v.st, a = v.stackInfo(st.stack).query_tokens;
+  const sb = v.B?.header.stacks.find((s) => s.name === st.stack);
+  const b = sb ? sb.query_tokens : a;
+  const given = v.diff?.changed;
+  const changed = a.map((t, i) => given && given.length === a.length ? !!given[i] : b[i] !== void 0 && b[i] !== t);
+  return { text: a.map((t, i) => changed[i] ? `${t}→${b[i] ?? "?"}` : t), changed };
+}
+function diffLayout(w, n, left) {
+  const N = Math.max(1, n);
+  const side = (cols) => Math.max(60, Math.floor((w - left - cols * (GAP + BAR)) / cols));
+  for (const cols of [3, 2, 1]) {
+    const cs = side(cols) / N;
+    if (cs >= NEED) {
+      const c = cols === 3 ? cs : Math.min(cs, 18);
+      return { cols, side: c * N, cs: c };
+    }
+  }
+  return { cols: 3, side: side(3), cs: side(3) / N };
+}
+function sig3(x) {
+  if (x === 0) return "0";
+  const a = Math.abs(x);
+  if (a >= 1e-3 && a < 1e3) return x.toPrecision(3).replace(/^(-?)0\./, "$1.");
+  return x.toExponential(2);
+}
 function paintDiff(v) {
-  const st = v.st, info = v.stackInfo(), dd = diffHead(v), { w } = v.size();
-  const gap = 18, bar = 46, left = M.label, top = M.top + 18 + M.label;
-  const side = Math.max(60, Math.floor((w - left - 3 * (gap + bar)) / 3));
-  const cs = side / Math.max(dd.q, dd.k), pw = dd.k * cs, ph = dd.q * cs;
-  const ctx = setupCanvas(v.dom.canvas, w, top + ph + 30);
+  const st = v.st, dd = diffHead(v), { w } = v.size(), labels2 = diffLabels(v);
+  const left = M.label, n = Math.max(dd.q, dd.k), lay = diffLayout(w, n, left), cs = lay.cs;
+  const pw = dd.k * cs, ph = dd.q * cs, rows = Math.ceil(3 / lay.cols);
+  const rowH = HEAD + M.label + ph + 14;
+  const ctx = setupCanvas(v.dom.canvas, w, M.top + rows * rowH + 16);
   const r = v.changeBy.get(`${st.layer}/${st.head}`);
   const stats = r ? ` · mean |A−B| ${r.mean_abs.toFixed(4)} · JS ${r.js.toFixed(4)}` : "";
-  title(ctx, `${st.stack} · layer ${st.layer} · ${v.headName()}${stats}`);
+  const subs = labels2.changed.filter(Boolean).length;
+  title(ctx, `${st.stack} · layer ${st.layer} · ${v.headName()}${stats}${subs ? ` · ${subs} substituted (A→B)` : ""}`);
   const names = ["A: " + (v.diff?.a || "A"), "B: " + (v.diff?.b || "B"), "A − B"];
   const x0s = [];
+  const y0s = [];
   ctx.imageSmoothingEnabled = false;
   for (let p = 0; p < 3; p++) {
-    const x = left + p * (pw + gap + bar);
+    const col = p % lay.cols, row = Math.floor(p / lay.cols);
+    const x = left + col * (pw + GAP + BAR), top = M.top + row * rowH + HEAD + M.label;
     x0s.push(x);
+    y0s.push(top);
     hatch(ctx, x, top, pw, ph);
     ctx.drawImage(dd.images[p], x, top, pw, ph);
     ctx.strokeStyle = "#888";
@@ -973,7 +1008,8 @@ function paintDiff(v) {
     ctx.font = "bold 11px system-ui, sans-serif";
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
-    ctx.fillText(short(names[p], 40), x, M.top + 8, pw + bar);
+    const nameW = (lay.cols === 1 ? w - left : pw + BAR) - 4;
+    ctx.fillText(short(names[p], Math.max(12, Math.floor(nameW / 6))), x, top - M.label - HEAD / 2, nameW);
     ctx.font = FONT;
     const bx = x + pw + 6, bh = Math.min(ph, 200);
     rampBar(ctx, p < 2 ? v.ramps.seq : v.ramps.div, bx, top, 8, bh);
@@ -986,24 +1022,36 @@ function paintDiff(v) {
     if (p === 2) ctx.fillText("0", bx + 10, top + bh / 2);
     ctx.font = FONT;
   }
-  const size = Math.max(7, Math.min(11, Math.floor(cs - 1))), step = Math.max(1, Math.ceil(11 / cs));
-  ctx.font = `${size}px system-ui, sans-serif`;
-  ctx.fillStyle = "#222";
-  ctx.textAlign = "right";
+  const size = Math.max(7, Math.min(11, Math.floor(cs - 1))), step = Math.max(1, Math.ceil(NEED / cs));
+  const drawn = [];
+  for (let i = 0; i < n; i += step) drawn.push(i);
+  const style = (i) => {
+    ctx.font = `${labels2.changed[i] ? "bold " : ""}${size}px system-ui, sans-serif`;
+    ctx.fillStyle = labels2.changed[i] ? CHANGED : "#222";
+  };
   ctx.textBaseline = "middle";
-  for (let i = 0; i < dd.q; i += step) ctx.fillText(short(info.query_tokens[i]), left - 4, top + (i + 0.5) * cs, M.label - 8);
-  ctx.textAlign = "left";
-  for (const x of x0s) {
-    for (let j = 0; j < dd.k; j += step) {
+  for (let p = 0; p < 3; p++) {
+    const x = x0s[p], top = y0s[p];
+    if (p % lay.cols === 0) {
+      ctx.textAlign = "right";
+      for (const i of drawn) if (i < dd.q) {
+        style(i);
+        ctx.fillText(short(labels2.text[i], 24), x - 4, top + (i + 0.5) * cs, M.label - 8);
+      }
+    }
+    ctx.textAlign = "left";
+    for (const j of drawn) {
+      if (j >= dd.k) continue;
+      style(j);
       ctx.save();
       ctx.translate(x + (j + 0.5) * cs, top - 4);
       ctx.rotate(-Math.PI / 2);
-      ctx.fillText(short(info.key_tokens[j]), 0, 0, M.label - 8);
+      ctx.fillText(short(labels2.text[j], 24), 0, 0, M.label - 8);
       ctx.restore();
     }
   }
   ctx.font = FONT;
-  v.dgeom = { x0s, y0: top, cs, pw, ph, q: dd.q, k: dd.k };
+  v.dgeom = { x0s, y0s, cs, pw, ph, q: dd.q, k: dd.k, cols: lay.cols, labelled: drawn, labels: labels2.text, changed: labels2.changed, font: size };
   v.hits = [];
   v.dom.mini.hidden = true;
 }
@@ -1038,15 +1086,19 @@ function paintChange(v) {
       ctx.strokeStyle = on ? "#e8590c" : "#bbb";
       ctx.lineWidth = on ? 2 : 1;
       ctx.strokeRect(x - 0.5, y - 0.5, t + 1, t + 1);
+      let label = null;
       if (t >= 30) {
+        label = sig3(val);
         ctx.fillStyle = darkEntry(ramp, i) ? "#fff" : "#333";
         ctx.textAlign = "center";
-        ctx.font = "10px system-ui, sans-serif";
-        ctx.fillText(fmtScore(val), x + t / 2, y + t / 2);
+        let px = 10;
+        ctx.font = `${px}px system-ui, sans-serif`;
+        while (px > 8 && ctx.measureText(label).width > t - 4) ctx.font = `${--px}px system-ui, sans-serif`;
+        ctx.fillText(label, x + t / 2, y + t / 2, t - 2);
         ctx.font = FONT;
       }
       v.hits.push({ x, y, w: t, h: t, layer: li, head: hd });
-      v.changeCells.push({ layer: li, head: hd, value: val, rgb });
+      v.changeCells.push({ layer: li, head: hd, value: val, rgb, label });
     }
   }
   v.dom.mini.hidden = true;
@@ -1065,7 +1117,8 @@ function hit(v, x, y) {
     if (!g2) return null;
     for (let p = 0; p < 3; p++) {
       const x0 = g2.x0s[p];
-      if (x >= x0 && x < x0 + g2.pw && y >= g2.y0 && y < g2.y0 + g2.ph) return { kind: "dcell", p, q: Math.floor((y - g2.y0) / g2.cs), k: Math.floor((x - x0) / g2.cs) };
+      const y0 = g2.y0s[p];
+      if (x >= x0 && x < x0 + g2.pw && y >= y0 && y < y0 + g2.ph) return { kind: "dcell", p, q: Math.floor((y - y0) / g2.cs), k: Math.floor((x - x0) / g2.cs) };
     }
     return null;
   }
@@ -1110,7 +1163,8 @@ function hover(v, e) {
     tip.dataset.value = val === null ? "masked" : val.toFixed(4);
   } else if (t.kind === "dcell") {
     const dd = diffHead(v), p = t.q * dd.k + t.k;
-    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
+    const lb = v.dgeom ? v.dgeom.labels : info.query_tokens;
+    tip.append(line(`query ${t.q} `, lb[t.q] ?? info.query_tokens[t.q]), line(`key ${t.k} `, lb[t.k] ?? info.key_tokens[t.k]));
     if (Number.isNaN(dd.d[p])) tip.append(h("div", "am-val", "masked"));
     else tip.append(h("div", "am-val", `A ${dd.a[p].toFixed(4)} · B ${dd.b[p].toFixed(4)} · A − B ${dd.d[p] >= 0 ? "+" : ""}${dd.d[p].toFixed(4)}`));
     tip.dataset.value = Number.isNaN(dd.d[p]) ? "masked" : dd.d[p].toFixed(4);
@@ -1592,7 +1646,12 @@ function hooks(v) {
      */
     diffCell(p, q, k) {
       const g = dg();
-      return at(g.x0s[p] + (k + 0.5) * g.cs, g.y0 + (q + 0.5) * g.cs);
+      return at(g.x0s[p] + (k + 0.5) * g.cs, g.y0s[p] + (q + 0.5) * g.cs);
+    },
+    /** The diff view's layout: panels, cell size, which positions got a label, the labels. */
+    get diffGeometry() {
+      const g = dg(), r = v.dom.canvas.getBoundingClientRect();
+      return { ...g, canvasLeft: r.left, canvasWidth: r.width };
     },
     get diffHead() {
       const d = diffHead(v);
@@ -1606,7 +1665,7 @@ function hooks(v) {
      */
     diffPixel(p, q, k) {
       const g = dg();
-      return px(g.x0s[p] + (k + 0.5) * g.cs, g.y0 + (q + 0.5) * g.cs);
+      return px(g.x0s[p] + (k + 0.5) * g.cs, g.y0s[p] + (q + 0.5) * g.cs);
     },
     get predRows() {
       return v.predRows;
