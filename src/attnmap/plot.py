@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,14 +77,30 @@ def literal_text() -> Iterator[None]:
         yield
 
 
+def drawable(text: str) -> str:
+    """`text` as the renderer can draw it: control characters and lone surrogates (which a
+    hand-made token or model id may hold) spelled out as ``⟨U+001B⟩``."""
+    if text.isprintable():
+        return text
+    return "".join(f"⟨U+{ord(c):04X}⟩" if unicodedata.category(c) in ("Cc", "Cs") else c
+                   for c in text)
+
+
 def _literal(fn: Any) -> Any:
-    """Decorator: draw the whole figure with :func:`literal_text`."""
+    """Decorator: draw the whole figure with :func:`literal_text`, every text drawable."""
     import functools
+
+    from matplotlib.text import Text
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with literal_text():
-            return fn(*args, **kwargs)
+            fig = fn(*args, **kwargs)
+        for t in fig.findobj(Text):
+            shown = t.get_text()
+            if isinstance(shown, str) and not shown.isprintable():
+                t.set_text(drawable(shown))
+        return fig
 
     return wrapper
 
@@ -120,7 +137,9 @@ def _paper_figure_class() -> Any:
         """A Figure whose ``savefig`` uses ``paper_fonts``, also when the user calls it."""
 
         def savefig(self, *args: Any, **kwargs: Any) -> Any:
-            with paper_fonts():
+            # a token in a script the font lacks draws as a box, as in save_figure: no warning
+            with paper_fonts(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Glyph .* missing")
                 return super().savefig(*args, **kwargs)
 
     PaperFigure.__module__ = __name__  # pickled as attnmap.plot.PaperFigure
@@ -149,7 +168,7 @@ def _tick_positions(n: int, cell_pt: float) -> list[int]:
 def _label_tokens(ax: Any, axis: str, tokens: list[Token], cell_pt: float) -> None:
     pos = _tick_positions(len(tokens), cell_pt)
     size = float(min(10.0, max(4.0, cell_pt * 0.7)))
-    labels = [tokens[i].text for i in pos]
+    labels = [drawable(tokens[i].text) for i in pos]
     if axis == "x":
         ax.set_xticks(pos, labels, rotation=90, fontsize=size)
         ticklabels = ax.get_xticklabels()

@@ -77,7 +77,16 @@ def _deflate(data: bytes, level: int) -> bytes:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+    raw = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        return raw.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a hand-made token or model id
+        bad = raw[exc.start]
+        near = raw[max(0, exc.start - 30):exc.start].encode("utf-8", "replace").decode()
+        raise AttnmapError(
+            f"the run holds a lone surrogate U+{ord(bad):04X} (after {near!r}), which is not "
+            "text; fix the token, text or metadata that holds it (Python: str.encode('utf-8') "
+            "finds it)") from None
 
 
 def _stack_info(run: Any, name: str) -> dict[str, Any]:
