@@ -354,24 +354,30 @@ def load(
     return Loaded(id=ident, source=source, model=model_obj, tokenizer=tokenizer, info=info)
 
 
+def _config(ident: str, source: str, local: bool, kwargs: dict[str, Any]) -> tuple[Any, bool]:
+    """The model's config from the cache or folder first (no network wait), else from the hub
+    once it answers; and whether everything else may be read locally only."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True, **kwargs), True
+    except OSError:
+        if local:
+            raise
+        unreachable = _hub_unreachable(ident, source)
+        if unreachable is not None:
+            raise unreachable from None
+        return AutoConfig.from_pretrained(source, **kwargs), False
+
+
 def _load_pretrained(ident: str, source: str, local: bool, kwargs: dict[str, Any], dev: str,
                      torch_dtype: str | None, device_map: str | None) -> tuple[Any, Any]:
     """Config, tokenizer and model from the cache or the folder first, from the hub only when
     it is not there; every failure a user can fix becomes one AttnmapError line."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
-        try:
-            config = AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
-            local_only = True
-        except OSError:
-            if local:
-                raise
-            unreachable = _hub_unreachable(ident, source)
-            if unreachable is not None:
-                raise unreachable from None
-            config = AutoConfig.from_pretrained(source, **kwargs)
-            local_only = False
+        config, local_only = _config(ident, source, local, kwargs)
         kwargs = dict(kwargs, local_files_only=local_only)
         cls = saved_class(config)
         if cls is not None:
@@ -532,22 +538,12 @@ def describe(model: str | os.PathLike[str] | None = None, *,
              trust_remote_code: bool = False) -> dict[str, Any]:
     """Model facts without loading weights: architecture, layers, heads, maximum length."""
     ident, source, local = resolve(model)
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         with _quiet_transformers():
-            try:
-                config = AutoConfig.from_pretrained(source, local_files_only=True,
-                                                    trust_remote_code=trust_remote_code)
-                local_only = True
-            except OSError:
-                if local:
-                    raise
-                unreachable = _hub_unreachable(ident, source)
-                if unreachable is not None:
-                    raise unreachable from None
-                config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-                local_only = False
+            config, local_only = _config(ident, source, local,
+                                         {"trust_remote_code": trust_remote_code})
             cls = saved_class(config)
             if cls is not None:
                 check_text_model(ident, cls)
