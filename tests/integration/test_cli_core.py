@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from _cli import run_cli
 
 import attnmap
+from _cli import run_cli
 from attnmap import capturing
 
 TEXT = "The cat that sat on the mat was black."

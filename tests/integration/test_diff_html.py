@@ -1,4 +1,5 @@
-"""`attnmap diff … -o diff.html` as a user runs it (in process): one standalone page, two aligned payloads."""
+"""`attnmap diff … -o diff.html` as a user runs it (in process): one standalone page, two
+aligned payloads."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import json
 import re
 
 import numpy as np
-from _cli import run_cli
 
 import attnmap
+from _cli import run_cli
 from attnmap.diff import compare
 
 from .test_html_cli import payload_of

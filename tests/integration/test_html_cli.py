@@ -1,4 +1,5 @@
-"""`attnmap html` as a user runs it (in process) with a tiny real model; the page's payload decoded back."""
+"""`attnmap html` as a user runs it (in process) with a tiny real model; the page's payload
+decoded back."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import re
 
 import numpy as np
 import pytest
-from _cli import run_cli
 
+from _cli import run_cli
 from attnmap.viewer import decode
 from attnmap.viewer.html import B85
 

@@ -1,13 +1,14 @@
-"""``attnmap heads`` and ``attnmap relate`` as a user runs them: the real command line (in process), real files."""
+"""``attnmap heads`` and ``attnmap relate`` as a user runs them: the real command line (in
+process), real files."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from _cli import run_cli
 
 import attnmap
+from _cli import run_cli
 from attnmap.analysis import SCORE_NAMES, head_scores, relate
 from attnmap.probes import repeat_probe
 

@@ -12,8 +12,8 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import attnmap
-from attnmap._errors import AttnmapDeprecationWarning
 from attnmap import AttentionRun, AttentionStack, AttnmapError, Token
+from attnmap._errors import AttnmapDeprecationWarning
 from attnmap.plot import grid, overview, save_figure
 
 
