@@ -28,7 +28,8 @@ def test_usage_error_is_system_exit_2_as_one_line(tmp_path):
 def test_stdin_bytes_are_read_and_bad_bytes_named(tmp_path):
     # text that is not UTF-8 on standard input stops before any model is loaded, whether the
     # command reads a pipe by itself (capture) or is told to with '-'
-    for args in (["capture", "-o", tmp_path / "x.safetensors"], ["render", "-", "-o", tmp_path / "x.png"]):
+    for args in (["capture", "-o", tmp_path / "x.safetensors"],
+                 ["render", "-", "-o", tmp_path / "x.png"]):
         res = run_cli(*args, stdin=b"caf\xe9")
         assert res.returncode == 2, args
         assert res.stderr == (
