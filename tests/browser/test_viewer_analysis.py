@@ -125,13 +125,11 @@ def short(s: str, n: int = 10) -> str:
 
 
 def test_predictions_column_from_the_cli(page, tmp_path, gpt2_dir):
-    import subprocess
-    import sys
+    from _cli import run_cli
 
     out = tmp_path / "pred.html"
-    r = subprocess.run([sys.executable, "-m", "attnmap", "html", TEXT, "--model", str(gpt2_dir),
-                        "--predictions", "--top-k", "3", "-o", str(out), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("html", TEXT, "--model", gpt2_dir, "--predictions", "--top-k", "3", "-o", out,
+                "--quiet")
     assert r.returncode == 0, r.stderr
     run = attnmap.capture(TEXT, model=gpt2_dir, predictions=True, top_k=3)
     preds = run.predictions

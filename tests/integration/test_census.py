@@ -283,6 +283,14 @@ def test_attention_x_gradient_masked_lm_needs_a_mask(bert_dir):
     assert "masked position" in what and np.allclose(rel.sum(-1), 1.0)
 
 
+def test_methods_needing_a_model_refuse_a_word_merged_run(gpt2_run):
+    # (a unit test in spirit, here because value_norm imports torch before it checks the run)
+    merged = transform(gpt2_run, words=True)
+    for method in ("value-norm", "grad"):
+        with pytest.raises(attnmap.AttnmapError, match="before merging words"):
+            transform(merged, method=method)
+
+
 def test_transform_gives_runs_every_output_can_draw(gpt2_run, minilm_run):
     ro = transform(gpt2_run, method="rollout")
     assert ro.model["method"] == "rollout" and ro.stack().shape == (2, 1, *gpt2_run.masked.shape)

@@ -1,29 +1,26 @@
-"""The core commands as a user runs them: real subprocesses, real files."""
+"""The core commands as a user runs them: the real command line (in process), real files."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import attnmap
+from _cli import run_cli
+from attnmap import capturing
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 TEXT = "The cat that sat on the mat was black."
 
 
 def cli(*args, stdin=b"", cwd=None):
     # Standard input is an empty pipe by default, as under CI: never a terminal.
-    return subprocess.run([sys.executable, "-m", "attnmap", *map(str, args)], input=stdin,
-                          capture_output=True, env=ENV, cwd=cwd, timeout=300)
+    return run_cli(*args, stdin=stdin, cwd=cwd, env={"HF_HUB_OFFLINE": "1"})
 
 
 def assert_user_error(res, *needles):
-    err = res.stderr.decode()
+    err = res.stderr
     assert res.returncode == 2, err
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("attnmap: error:")]
@@ -32,26 +29,27 @@ def assert_user_error(res, *needles):
         assert n in lines[0], lines[0]
 
 
-def test_render_bundled_default(tmp_path):
+def test_render_bundled_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(capturing, "_CACHE", {})  # a fresh load, as in a new process
     out = tmp_path / "cat.png"
     res = cli("render", TEXT, "-o", out)
-    assert res.returncode == 0, res.stderr.decode()
+    assert res.returncode == 0, res.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert "loading all-MiniLM-L6-v2" in res.stderr.decode()  # progress on stderr
-    assert res.stdout == b""
+    assert "loading all-MiniLM-L6-v2" in res.stderr  # progress on stderr
+    assert res.stdout == ""
 
 
 def test_capture_then_render_from_run(tmp_path, gpt2_dir):
     run_file = tmp_path / "run.safetensors"
     res = cli("capture", TEXT, "--model", gpt2_dir, "-o", run_file)
-    assert res.returncode == 0, res.stderr.decode()
+    assert res.returncode == 0, res.stderr
     run = attnmap.load(run_file)
     direct = attnmap.capture(TEXT, model=gpt2_dir)
     np.testing.assert_array_equal(run.attention, direct.attention)
     for extra in (["--head", "all"], ["--overview"], ["--aggregate", "max"], ["--layer", "-1"]):
         out = tmp_path / f"o{len(extra)}{extra[-1]}.svg"
         res = cli("render", "--run", run_file, *extra, "-o", out)
-        assert res.returncode == 0, res.stderr.decode()
+        assert res.returncode == 0, res.stderr
         assert out.read_bytes().lstrip().startswith(b"<?xml")
 
 
@@ -61,8 +59,8 @@ def test_text_from_file_and_stdin(tmp_path, gpt2_dir):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     assert cli("capture", "--file", f, "--model", gpt2_dir, "-o", a, "-q").returncode == 0
     res = cli("capture", "--model", gpt2_dir, "-o", b, "-q", stdin=TEXT.encode())
-    assert res.returncode == 0, res.stderr.decode()
-    assert res.stderr == b""  # --quiet
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # --quiet
     assert attnmap.load(a).text == attnmap.load(b).text == TEXT
 
 
@@ -70,7 +68,7 @@ def test_encoder_decoder_cross_render(tmp_path, t5_dir):
     out = tmp_path / "cross.png"
     res = cli("render", TEXT, "--model", t5_dir, "--target", "The mat.", "--stack", "cross",
               "-o", out)
-    assert res.returncode == 0, res.stderr.decode()
+    assert res.returncode == 0, res.stderr
     assert out.exists()
 
 
@@ -80,7 +78,7 @@ def test_info(gpt2_dir):
     assert facts["layers"] == 2 and facts["heads"] == 2
     assert facts["causal"] is True and facts["max_length"] == 64
     res = cli("info")
-    assert "all-MiniLM-L6-v2" in res.stdout.decode() and "512" in res.stdout.decode()
+    assert "all-MiniLM-L6-v2" in res.stdout and "512" in res.stdout
 
 
 def test_bad_inputs(tmp_path, gpt2_dir):
@@ -117,7 +115,7 @@ def test_bad_inputs(tmp_path, gpt2_dir):
 
 def test_debug_shows_traceback(tmp_path):
     res = cli("render", "", "-o", tmp_path / "x.png", "--debug")
-    assert res.returncode != 0 and b"Traceback" in res.stderr
+    assert res.returncode != 0 and "Traceback" in res.stderr
 
 
 def test_existing_output_kept_on_error(tmp_path, gpt2_dir):
@@ -136,4 +134,4 @@ def test_help_mentions_zero_based(args):
     res = cli(*args)
     assert res.returncode == 0
     if args[0] == "render":
-        assert "0-based" in res.stdout.decode()
+        assert "0-based" in res.stdout

@@ -60,7 +60,7 @@ def test_diff_cli_json_and_picture(planted, tmp_path):
     a_dir, b_dir = planted
     out = tmp_path / "diff.png"
     res = cli("diff", TEXT, "--model", a_dir, "--against", b_dir, "--json", "-o", out, "-q")
-    assert res.returncode == 0, res.stderr.decode()
+    assert res.returncode == 0, res.stderr
     ranking = json.loads(res.stdout)
     assert set(ranking[0]) == {"layer", "head", "mean_abs", "js"}
     assert (ranking[0]["layer"], ranking[0]["head"]) == (1, 1)
@@ -258,16 +258,16 @@ def test_predictions_stored_and_old_files_still_load(gpt2_dir, tmp_path):
 
 def test_predict_cli(gpt2_dir, bert_dir):
     res = cli("predict", "The cat sat", "--model", gpt2_dir, "--json", "--top-k", "2", "-q")
-    assert res.returncode == 0, res.stderr.decode()
+    assert res.returncode == 0, res.stderr
     preds = json.loads(res.stdout)
     assert [p["position"] for p in preds] == list(range(len(preds)))
     assert all(len(p["top"]) == 2 for p in preds)
     assert preds[-1]["next"] is None and set(preds[0]["next"]) >= {"token", "p", "rank"}
     res = cli("predict", "The cat sat on the <mask> .", "--model", bert_dir, "--json", "-q")
-    assert res.returncode == 0, res.stderr.decode()
+    assert res.returncode == 0, res.stderr
     masked = json.loads(res.stdout)
     assert len(masked) == 1 and masked[0]["token"] == "<mask>" and masked[0]["next"] is None
     assert_user_error(cli("predict", "The cat sat", "--model", bert_dir), "mask")
     assert_user_error(cli("predict", "The cat sat"), "no language-model head")
     table = cli("predict", "The cat sat", "--model", gpt2_dir, "-q")
-    assert table.returncode == 0 and "rank" in table.stdout.decode()
+    assert table.returncode == 0 and "rank" in table.stdout

@@ -1,15 +1,15 @@
-"""`attnmap diff … -o diff.html` as a real process: one standalone page, two aligned payloads."""
+"""`attnmap diff … -o diff.html` as a user runs it (in process): one standalone page, two
+aligned payloads."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 
 import attnmap
+from _cli import run_cli
 from attnmap.diff import compare
 
 from .test_html_cli import payload_of
@@ -19,8 +19,7 @@ B = "The key to the cabinets is on the table."
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "attnmap", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return run_cli(*args)
 
 
 def payload(html: str, ident: str) -> dict:

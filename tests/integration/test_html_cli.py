@@ -1,21 +1,20 @@
-"""`attnmap html` as a real process with a tiny real model; the page's payload decoded back."""
+"""`attnmap html` as a user runs it (in process) with a tiny real model; the page's payload
+decoded back."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from _cli import run_cli
 from attnmap.viewer import decode
 from attnmap.viewer.html import B85
 
 
-def attnmap_cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "attnmap", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=300)
+def attnmap_cli(*args, stdin=b""):
+    return run_cli(*args, stdin=stdin)
 
 
 def payload_of(html: str, ident: str = "attnmap-payload") -> dict:

@@ -1,23 +1,20 @@
-"""``attnmap heads`` and ``attnmap relate`` as a user runs them: a subprocess, real files."""
+"""``attnmap heads`` and ``attnmap relate`` as a user runs them: the real command line (in
+process), real files."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import attnmap
+from _cli import run_cli
 from attnmap.analysis import SCORE_NAMES, head_scores, relate
 from attnmap.probes import repeat_probe
 
 
 def cli(*args, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "attnmap", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd,
-                          stdin=subprocess.DEVNULL)
-    return proc
+    return run_cli(*args, cwd=cwd)  # standard input: empty, not a terminal
 
 
 def one_line_error(proc, *needles):
@@ -66,11 +63,12 @@ def test_heads_table(run_file):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = next(ln for ln in lines if "layer" in ln)
-    assert header.split() == ["layer", "head", "self", "prev", "first", "dup", "induct",
+    assert header.split() == ["layer", "head", "self", "prev", "next", "first", "dup", "induct",
                               "local", "dist", "H", "H/ln", "k", "special"]
     rows = [ln.split() for ln in lines if ln.split()[:1] and ln.split()[0].isdigit()]
     assert len(rows) == 4
-    entropies = [float(r[9]) for r in rows]
+    assert all(r[4] == "–" for r in rows)  # a causal stack has no next token
+    entropies = [float(r[10]) for r in rows]
     assert entropies == sorted(entropies, reverse=True)
 
 

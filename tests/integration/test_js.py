@@ -1,4 +1,5 @@
-"""The viewer's JS sources: type check (tsc), unit tests (node --test), and the shipped bundle.
+"""The viewer's JS sources: type check (tsc), unit tests (node --test), and the shipped bundle
+(integration tier: each runs Node.js as a real process).
 
 ``src/attnmap/viewer/static/viewer.js`` is built from ``js/`` by esbuild; these
 tests need the pinned dev tools from ``package-lock.json``: run ``npm ci`` at the repository root.
