@@ -152,3 +152,14 @@ def test_tokens_loaded_from_a_file_are_shown_like_captured_ones(tmp_path):
     back = attnmap.load(_hostile_file(tmp_path))
     assert [t.text for t in back.tokens][:3] == [
         "a⟨U+001B⟩]0;pwned⟨U+0007⟩", "b⟨U+202E⟩c", "d⟨U+0000⟩"]
+
+
+def test_piped_text_works_for_commands_that_also_take_a_run(tmp_path, gpt2_dir):
+    from _cli import run_cli
+
+    out = tmp_path / "p.png"
+    res = run_cli("render", "--model", gpt2_dir, "-o", out, "-q", stdin=b"The cat sat.")
+    assert res.returncode == 0, res.stderr
+    assert out.stat().st_size > 0
+    empty = run_cli("render", "--model", gpt2_dir, "-o", out, "-q", stdin=b"")
+    assert empty.returncode == 2 and "no text given" in empty.stderr

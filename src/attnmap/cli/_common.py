@@ -104,18 +104,21 @@ def read_text(args: argparse.Namespace) -> str | None:
                 f"--file {path!r} is not UTF-8 text (bad byte at position {exc.start}); "
                 "convert it with `iconv -t UTF-8`"
             ) from None
+    # piped text counts as the text (`echo hi | attnmap render -o x.png`) unless --run is given
     implicit_stdin = (text is None and not getattr(args, "run", None)
-                      and getattr(args, "_text_required", True) and sys.stdin is not None
-                      and not sys.stdin.isatty())
+                      and sys.stdin is not None and not sys.stdin.isatty())
     if text == "-" or implicit_stdin:
         try:
             if sys.stdin is None:  # started with standard input closed
                 raise AttnmapError("no text given; pass TEXT or --file PATH")
-            return sys.stdin.buffer.read().decode("utf-8")
+            piped = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as exc:
             raise AttnmapError(
                 f"standard input is not UTF-8 text (bad byte at position {exc.start})"
             ) from None
+        if text == "-" or piped:
+            return piped
+        # nothing was piped: the same as no text at all
     if text is None and getattr(args, "_text_required", True) and not getattr(args, "run", None):
         raise AttnmapError("no text given; pass TEXT, --file PATH, or pipe text to stdin")
     return text
