@@ -79,11 +79,12 @@ def literal_text() -> Iterator[None]:
 
 def drawable(text: str) -> str:
     """`text` as the renderer can draw it: control characters and lone surrogates (which a
-    hand-made token or model id may hold) spelled out as ``⟨U+001B⟩``."""
+    hand-made token or model id may hold) spelled out as ``⟨U+001B⟩``; a newline (a title's
+    second line) stays."""
     if text.isprintable():
         return text
-    return "".join(f"⟨U+{ord(c):04X}⟩" if unicodedata.category(c) in ("Cc", "Cs") else c
-                   for c in text)
+    return "".join(f"⟨U+{ord(c):04X}⟩" if c != "\n" and unicodedata.category(c) in ("Cc", "Cs")
+                   else c for c in text)
 
 
 def _literal(fn: Any) -> Any:
