@@ -190,9 +190,11 @@ export function hatch(ctx, x, y, w, hh) {
  * @param {CanvasRenderingContext2D} ctx
  * @param {Geometry} g
  * @param {StackInfo} info
+ * @param {{ qEnd?: number, kEnd?: number }} [lim]  tokens from here on are not drawn yet (step
+ *   playback), so their bands are not either
  * @returns {Band[]}
  */
-export function roleBands(ctx, g, info) {
+export function roleBands(ctx, g, info, lim = {}) {
   /** @type {Band[]} */
   const out = [];
   if (!g.band) return out;
@@ -206,7 +208,7 @@ export function roleBands(ctx, g, info) {
    * @param {(number | null)[] | undefined} messages
    */
   const one = (axis, roles, messages) => {
-    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? g.Q : g.K;
+    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? lim.qEnd ?? g.Q : lim.kEnd ?? g.K;
     const lo = along ? g.y0 : g.x0, span = along ? g.ph : g.pw;
     for (const r of roleRuns(roles, messages)) {
       if (r.start >= n) continue;

@@ -47,7 +47,7 @@ export function paintHeatmap(v, d) {
   ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
   labels(ctx, g, info, st.sel, { qEnd, kEnd, hi, hiColour: STEP });
   v.axes = axisTitles(ctx, g);
-  v.bands = roleBands(ctx, g, info);
+  v.bands = roleBands(ctx, g, info, { qEnd, kEnd });
   v.boundary = paintBoundary(ctx, g, info);
   v.stepRow = hi;
   v.predRows = g.pred ? paintPredictions(v, ctx, g, qEnd) : [];

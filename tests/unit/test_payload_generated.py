@@ -106,3 +106,15 @@ def test_options_generated_view_and_step():
     with pytest.raises(AttnmapError, match="view must be 'heatmap', 'heads', 'layers', "
                                            "'generated' "):
         check_options(plain, {"view": "grid"})
+
+
+def test_widget_and_page_carry_the_same_generated_options():
+    pytest.importorskip("anywidget")
+    from attnmap.viewer import show
+
+    run = generated_run(n=9, prompt=6)
+    w = show(run, view="generated", step=1)
+    assert w.options == {"view": "generated", "step": 1}
+    assert P.decode(w.payload)["header"]["generation"]["boundary"] == 6
+    with pytest.raises(AttnmapError, match="step must be"):
+        show(run, step=9)

@@ -533,7 +533,7 @@ function hatch(ctx, x, y, w, hh) {
   ctx.stroke();
   ctx.restore();
 }
-function roleBands(ctx, g, info) {
+function roleBands(ctx, g, info, lim = {}) {
   const out = [];
   if (!g.band) return out;
   const b = g.band - 2;
@@ -542,7 +542,7 @@ function roleBands(ctx, g, info) {
   ctx.textBaseline = "middle";
   ctx.textAlign = "center";
   const one = (axis, roles, messages) => {
-    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? g.Q : g.K;
+    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? lim.qEnd ?? g.Q : lim.kEnd ?? g.K;
     const lo = along ? g.y0 : g.x0, span = along ? g.ph : g.pw;
     for (const r of roleRuns(roles, messages)) {
       if (r.start >= n) continue;
@@ -1576,7 +1576,7 @@ function paintHeatmap(v, d) {
   ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
   labels(ctx, g, info, st.sel, { qEnd, kEnd, hi, hiColour: STEP });
   v.axes = axisTitles(ctx, g);
-  v.bands = roleBands(ctx, g, info);
+  v.bands = roleBands(ctx, g, info, { qEnd, kEnd });
   v.boundary = paintBoundary(ctx, g, info);
   v.stepRow = hi;
   v.predRows = g.pred ? paintPredictions(v, ctx, g, qEnd) : [];
