@@ -18,6 +18,18 @@ export function headData(layer, h) {
 }
 
 /**
+ * Rows [r0, r1) of a head, as a head of their own (views, no copy).
+ * @param {HeadData} d
+ * @param {number} r0
+ * @param {number} r1
+ * @returns {HeadData}
+ */
+export function rowSlice(d, r0, r1) {
+  if (r0 === 0 && r1 === d.q) return d;
+  return { q: r1 - r0, k: d.k, scales: d.scales.subarray(r0, r1), codes: d.codes.subarray(r0 * d.k, r1 * d.k), stats: null };
+}
+
+/**
  * Mean or max over the heads, re-quantised per row like the payload; cached on the layer.
  * @param {Layer} layer
  * @param {"mean" | "max"} how

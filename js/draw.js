@@ -92,9 +92,13 @@ export function rampBar(ctx, ramp, x, y, bw, bh) {
  * @param {Geometry} g
  * @param {StackInfo} info
  * @param {{ q: number | null, k: number | null } | null} sel
+ * @param {{ qEnd?: number, kEnd?: number, hi?: number | null, hiColour?: string }} [lim]  rows
+ *   from qEnd and columns from kEnd get no label (not generated yet); row `hi` is drawn bold
+ *   in hiColour (the token written at the current step)
  */
-export function labels(ctx, g, info, sel) {
+export function labels(ctx, g, info, sel, lim = {}) {
   const s = sel || { q: null, k: null };
+  const qEnd = lim.qEnd ?? g.Q, kEnd = lim.kEnd ?? g.K, hi = lim.hi ?? null;
   const step = labelStep(g.cs);
   const size = Math.max(7, Math.min(12, Math.floor(g.cs - 1)));
   const lx = g.x0 - g.band - 4, ly = g.y0 - g.band - 4;
@@ -102,15 +106,17 @@ export function labels(ctx, g, info, sel) {
   /** @param {boolean} special @param {boolean} on */
   const colour = (special, on) => (on ? "#e8590c" : special ? "#aaa" : "#222");
   ctx.textAlign = "right"; ctx.textBaseline = "middle";
-  const q1 = Math.min(g.Q, Math.ceil(g.q0 + g.vq));
+  const q1 = Math.min(qEnd, Math.ceil(g.q0 + g.vq));
   for (let i = Math.floor(g.q0); i < q1; i++) {
     const y = g.y0 + (i - g.q0 + 0.5) * g.cs;
-    if ((i % step && i !== s.q) || y < g.y0 || y > g.y0 + g.ph) continue; // only rows in view
-    ctx.fillStyle = colour(info.query_special[i], i === s.q);
+    if ((i % step && i !== s.q && i !== hi) || y < g.y0 || y > g.y0 + g.ph) continue; // only rows in view
+    ctx.fillStyle = i === hi && i !== s.q ? lim.hiColour ?? "#222" : colour(info.query_special[i], i === s.q);
+    if (i === hi) ctx.font = `bold ${size}px system-ui, sans-serif`;
     ctx.fillText(short(info.query_tokens[i]), lx, y, g.lw - 6);
+    if (i === hi) ctx.font = `${size}px system-ui, sans-serif`;
   }
   ctx.textAlign = "left";
-  const k1 = Math.min(g.K, Math.ceil(g.k0 + g.vk));
+  const k1 = Math.min(kEnd, Math.ceil(g.k0 + g.vk));
   for (let j = Math.floor(g.k0); j < k1; j++) {
     const x = g.x0 + (j - g.k0 + 0.5) * g.cs;
     if ((j % step && j !== s.k) || x < g.x0 || x > g.x0 + g.pw) continue;
@@ -184,9 +190,11 @@ export function hatch(ctx, x, y, w, hh) {
  * @param {CanvasRenderingContext2D} ctx
  * @param {Geometry} g
  * @param {StackInfo} info
+ * @param {{ qEnd?: number, kEnd?: number }} [lim]  tokens from here on are not drawn yet (step
+ *   playback), so their bands are not either
  * @returns {Band[]}
  */
-export function roleBands(ctx, g, info) {
+export function roleBands(ctx, g, info, lim = {}) {
   /** @type {Band[]} */
   const out = [];
   if (!g.band) return out;
@@ -200,7 +208,7 @@ export function roleBands(ctx, g, info) {
    * @param {(number | null)[] | undefined} messages
    */
   const one = (axis, roles, messages) => {
-    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? g.Q : g.K;
+    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? lim.qEnd ?? g.Q : lim.kEnd ?? g.K;
     const lo = along ? g.y0 : g.x0, span = along ? g.ph : g.pw;
     for (const r of roleRuns(roles, messages)) {
       if (r.start >= n) continue;

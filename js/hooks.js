@@ -4,6 +4,7 @@
 import { ctx2d } from "./draw.js";
 import { relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
+import { rowWindow, stepCount } from "./steps.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 
@@ -36,6 +37,14 @@ export function hooks(v) {
     get changeCells() { return v.changeCells; },
     get colormap() { return { name: v.ramps.seq.name, diverging: v.ramps.div.name }; },
     get bands() { return v.bands.map((b) => ({ ...b })); },
+    /** The step playback: the step (null: everything shown), how many, the highlighted row,
+     * the rows the heatmap shows [r0, r1), where the prompt/generation lines went, playing. */
+    get steps() {
+      return {
+        step: v.st.step, count: v.header ? stepCount(v.header) : 0, row: v.stepRow, gen: v.st.gen,
+        window: rowWindow(v.st, v.stackInfo()), boundary: { ...v.boundary }, playing: v.timer !== null,
+      };
+    },
     /**
      * @param {number} p  panel: 0 A, 1 B, 2 A − B
      * @param {number} q

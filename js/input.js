@@ -7,6 +7,7 @@ import { stepHead } from "./state.js";
 import { h, relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
 import { badgeWords } from "./analysis.js";
+import { colSpan, moveStep, rowSpan, shownEnd, stepCount } from "./steps.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 /** @typedef {import("./types.js").State} State */
@@ -51,19 +52,27 @@ export function hit(v, x, y) {
     const t = v.hits.find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + b.h);
     return t ? { kind: "thumb", ...t } : null;
   }
-  const g = v.geom();
+  const g = v.geom(), info = v.stackInfo();
   const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
   const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
-  if (inX && inY) return { kind: "cell", q, k };
+  // Step playback: tokens not written yet are blank and answer nothing.
+  const qEnd = shownEnd(st, rowSpan(info), g.Q), kEnd = shownEnd(st, colSpan(info), g.K);
+  if (inX && inY) return q < qEnd && k < kEnd ? { kind: "cell", q, k } : null;
   // On the labels, the token is the one whose label is nearest (labels are thinned and taller
   // than small cells), found from the geometry, as labels() placed them.
   const step = labelStep(g.cs), sel = st.sel;
-  if (inY && x < g.x0 && x >= 0) return { kind: "row", q: nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q) };
+  if (inY && x < g.x0 && x >= 0) {
+    const r = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
+    return r < qEnd ? { kind: "row", q: r } : null;
+  }
   if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred) {
     const p = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
-    return v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
+    return p < qEnd && v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
   }
-  if (inX && y < g.y0 && y >= M.top + M.axis) return { kind: "col", k: nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k) };
+  if (inX && y < g.y0 && y >= M.top + M.axis) {
+    const c = nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k);
+    return c < kEnd ? { kind: "col", k: c } : null;
+  }
   return null;
 }
 
@@ -224,6 +233,7 @@ function key(v, e) {
     ArrowUp: layer(-1), k: layer(-1), ArrowDown: layer(1), j: layer(1),
     "+": () => zoom(v, 2), "=": () => zoom(v, 2), "-": () => zoom(v, 0.5), 0: () => v.set({ cs: null }),
     Escape: () => { if (!v.dom.help.hidden) showHelp(v, false); else v.set({ sel: null, mark: null }); },
+    ",": () => stepBy(v, -1), ".": () => stepBy(v, 1),
     "?": () => showHelp(v, v.dom.help.hidden),
   };
   const f = acts[e.key];
@@ -231,6 +241,40 @@ function key(v, e) {
   e.preventDefault();
   e.stopPropagation();
   f();
+}
+
+/**
+ * One token back (d = -1) or on (d = 1) in the step playback; pauses it.
+ * @param {Viewer} v
+ * @param {number} d
+ */
+export function stepBy(v, d) {
+  const n = v.header ? stepCount(v.header) : 0;
+  if (!n || !rowSpan(v.stackInfo())) return;
+  v.pause();
+  v.set({ step: moveStep(v.st.step, d, n) });
+}
+
+export const PLAY_MS = 450; // one generated token every PLAY_MS while playing
+
+/**
+ * Play the generation token by token from the start (or from where it stands), or pause.
+ * @param {Viewer} v
+ */
+export function togglePlay(v) {
+  const n = v.header ? stepCount(v.header) : 0;
+  if (v.timer !== null) { v.pause(); return; }
+  if (!n) return;
+  if (v.st.step === null || v.st.step >= n) v.set({ step: 0 });
+  v.timer = setInterval(() => {
+    const s = v.st.step ?? n;
+    if (s >= n) { v.pause(); return; }
+    v.set({ step: s + 1 });
+    if (s + 1 >= n) v.pause();
+  }, PLAY_MS);
+  v.dom.root.dataset.playing = "true";
+  v.dom.ui.play.textContent = "⏸";
+  v.dom.ui.play.title = "pause";
 }
 
 /**
@@ -282,6 +326,14 @@ export function attachInput(v) {
   v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
   v.listen(u.min, "input", () => { const x = parseFloat(u.min.value); v.set({ min: Number.isFinite(x) ? x : null }); });
   for (const s of [u.from, u.to, u.vs]) v.listen(s, "change", () => relate(v));
+  v.listen(u.play, "click", () => togglePlay(v));
+  v.listen(u.prev, "click", () => stepBy(v, -1));
+  v.listen(u.next, "click", () => stepBy(v, 1));
+  v.listen(u.step, "input", () => { v.pause(); v.set({ step: +u.step.value }); });
+  v.listen(u.gen, "change", () => {
+    v.set({ gen: u.gen.checked, sel: null, mark: null });
+    if (v.dom.relOut.childElementCount) relate(v); // the shown relation counts other rows now
+  });
   v.listen(v.dom.root, "keydown", (/** @type {KeyboardEvent} */ e) => key(v, e));
   v.listen(c, "mousemove", (/** @type {MouseEvent} */ e) => hover(v, e));
   v.listen(c, "mouseleave", () => { v.dom.tip.hidden = true; });

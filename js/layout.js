@@ -46,6 +46,9 @@ export function canvasSize(width, height = 0) {
  * @property {number} band  width of the role bands (0 without roles)
  * @property {number} lw  room for the row labels (left of the bands)
  * @property {number} lh  room for the column labels (above the bands)
+ * @property {number} r0  first query row of the window the matrix shows (0, or the first
+ *   generated token in the generated-only view); q0 and every row index stay absolute
+ * @property {number} r1  end of that window (Q for every row)
  */
 
 /**
@@ -53,8 +56,9 @@ export function canvasSize(width, height = 0) {
  * @param {{ w: number, h: number }} size
  * @param {number} Q  queries
  * @param {number} K  keys
- * @param {{ predictions: boolean, bands: boolean, room?: LabelRoom }} extras  room: the
- *   labels' measured widths (default: M.label each)
+ * @param {{ predictions: boolean, bands: boolean, room?: LabelRoom, rows?: [number, number] }} extras
+ *   room: the labels' measured widths (default: M.label each); rows: the window of query
+ *   rows [r0, r1) to show (default: all)
  * @param {State} st
  * @returns {Geometry}
  */
@@ -67,13 +71,15 @@ export function heatmapGeometry(size, Q, K, extras, st) {
   // An axis title strip left of the row labels and one above the column labels.
   const x0 = M.axis + lw + band, y0 = M.top + M.axis + lh + band;
   const pw = w - x0 - M.bar - pred, ph = h - y0 - M.pad;
-  const fit = Math.min(pw / Math.max(1, K), ph / Math.max(1, Q));
+  const r0 = Math.max(0, Math.min(Q, extras.rows ? extras.rows[0] : 0));
+  const r1 = Math.max(r0, Math.min(Q, extras.rows ? extras.rows[1] : Q)), nq = r1 - r0;
+  const fit = Math.min(pw / Math.max(1, K), ph / Math.max(1, nq));
   const cs = st.cs && st.cs > fit ? st.cs : fit;
   const vk = pw / cs, vq = ph / cs; // visible cells
   const zoomed = cs !== fit;
   const k0 = zoomed ? Math.max(0, Math.min(st.k0, K - vk)) : 0;
-  const q0 = zoomed ? Math.max(0, Math.min(st.q0, Q - vq)) : 0;
-  return { w, h, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band, lw, lh };
+  const q0 = zoomed ? Math.max(r0, Math.min(st.q0, r1 - vq)) : r0;
+  return { w, h, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, nq * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band, lw, lh, r0, r1 };
 }
 
 /**

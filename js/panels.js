@@ -2,7 +2,8 @@
 // Token text goes in only as textContent and option text, never as markup.
 
 import { value } from "./data.js";
-import { BADGE_HELP, relationMass, wordTokens } from "./analysis.js";
+import { BADGE_HELP, fmtScore, relationMass, wordTokens } from "./analysis.js";
+import { choiceAt, rowSpan, stepCount, stepRow } from "./steps.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 /** @typedef {import("./types.js").StackInfo} StackInfo */
@@ -40,6 +41,12 @@ export function h(tag, cls, text) {
  * @property {HTMLSelectElement} from
  * @property {HTMLSelectElement} to
  * @property {HTMLSelectElement} vs
+ * @property {HTMLButtonElement} play
+ * @property {HTMLButtonElement} prev
+ * @property {HTMLButtonElement} next
+ * @property {HTMLInputElement} step
+ * @property {HTMLSpanElement} stepLabel
+ * @property {HTMLInputElement} gen
  */
 
 /**
@@ -56,6 +63,8 @@ export function h(tag, cls, text) {
  * @property {HTMLDivElement} relBox
  * @property {HTMLDivElement} relOut
  * @property {HTMLDivElement} status
+ * @property {HTMLDivElement} steps  the step playback's bar (generated runs only)
+ * @property {HTMLDivElement} stepInfo  what the model chose at the current step
  */
 
 /** @returns {Dom} */
@@ -117,6 +126,36 @@ export function buildDom() {
     item.append(h("b", "", b), document.createTextNode(" " + BADGE_HELP[b]));
     legend.append(item);
   }
+  // Step playback of a generated run: play/pause, one token back/on, the slider, where it is,
+  // and the switch to the generated part only.
+  const steps = h("div", "am-bar am-steps");
+  steps.hidden = true;
+  /**
+   * @param {string} cls
+   * @param {string} text
+   * @param {string} tip
+   */
+  const stepButton = (cls, text, tip) => {
+    const b = h("button", "am-btn " + cls, text);
+    b.type = "button"; b.title = tip;
+    steps.append(b);
+    return b;
+  };
+  const play = stepButton("am-play", "▶", "play the generation step by step");
+  const prev = stepButton("am-step-prev", "‹", "one token back (,)");
+  const step = h("input", "am-step");
+  step.type = "range"; step.min = "0"; step.step = "1";
+  step.setAttribute("aria-label", "generation step");
+  steps.append(step);
+  const next = stepButton("am-step-next", "›", "one token on (.)");
+  const stepLabel = h("span", "am-step-label");
+  steps.append(stepLabel);
+  const genBox = h("label", "am-field am-check");
+  const gen = h("input", "am-gen");
+  gen.type = "checkbox";
+  genBox.append(gen, document.createTextNode(" generated tokens only"));
+  genBox.title = "rows of the generated tokens only (columns: every token); the census and relations count those rows";
+  steps.append(genBox);
   const main = h("div", "am-main");
   const stage = h("div", "am-stage");
   const canvas = h("canvas", "am-canvas");
@@ -127,6 +166,8 @@ export function buildDom() {
   const side = h("div", "am-side");
   const mini = h("canvas", "am-mini");
   const info = h("div", "am-info");
+  const stepInfo = h("div", "am-step-info");
+  stepInfo.hidden = true;
   // Relation panel: heads ranked by attention from one word to another (minus a third).
   const relBox = h("div", "am-rel");
   relBox.append(h("div", "am-k", "relation: heads ranked by to − vs"));
@@ -135,12 +176,12 @@ export function buildDom() {
   const vs = field(relBox, "vs", h("select", "am-rel-vs"));
   const relOut = h("div", "am-rel-out");
   relBox.append(relOut);
-  side.append(mini, info, relBox);
+  side.append(mini, stepInfo, info, relBox);
   main.append(stage, side);
   const status = h("div", "am-status");
-  root.append(bar, census, legend, main, status);
-  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs };
-  return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status };
+  root.append(bar, steps, census, legend, main, status);
+  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs, play, prev, next, step, stepLabel, gen };
+  return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status, steps, stepInfo };
 }
 
 /**
@@ -165,6 +206,7 @@ const HELP = [
   ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways)"],
   ["drag", "pan the zoomed matrix; drag on the minimap to jump"],
   ["click a label", "highlight that token's row and column"],
+  [", .", "generated runs: one token back / on (step playback)"],
   ["Esc", "clear the highlight; close this help"],
   ["?", "open / close this help"],
 ];
@@ -228,6 +270,60 @@ export function syncControls(v, full) {
   }
   if (sc) u.score.value = st.score || "";
   v.dom.relBox.hidden = !relationStack(v) || v.words.length === 0;
+  syncSteps(v);
+}
+
+/**
+ * The step bar and the step panel: shown for a stack with generated rows.
+ * @param {Viewer} v
+ */
+function syncSteps(v) {
+  const u = v.dom.ui, st = v.st, info = v.stackInfo();
+  const n = v.header ? stepCount(v.header) : 0, span = rowSpan(info);
+  v.dom.steps.hidden = !n || !span;
+  if (!n || !span) { v.dom.stepInfo.hidden = true; return; }
+  u.step.max = String(n);
+  u.step.value = String(st.step ?? n);
+  u.gen.checked = st.gen;
+  u.stepLabel.textContent = st.step === null ? `${n} tokens generated` : `step ${st.step} of ${n}`;
+  u.prev.disabled = st.step === 0;
+  u.next.disabled = st.step === null || st.step >= n;
+  showStep(v);
+}
+
+/**
+ * The step panel: the token written at this step, and what the model chose it from (top-k,
+ * the chosen token's probability, rank and entropy). Token text only as textContent.
+ * @param {Viewer} v
+ */
+function showStep(v) {
+  const st = v.st, info = v.stackInfo(), box = v.dom.stepInfo, span = rowSpan(info);
+  box.replaceChildren();
+  box.hidden = st.step === null || !span;
+  if (st.step === null || !span) return;
+  const n = v.header ? stepCount(v.header) : 0;
+  box.append(h("div", "am-k", `step ${st.step} of ${n}`));
+  const q = stepRow(st, info);
+  if (q === null) { box.append(h("div", "am-step-new", `the prompt: ${span.first} tokens`)); return; }
+  const head = h("div", "am-sel am-step-new");
+  head.append(h("span", "am-k", `wrote (row ${q}) `), h("span", "am-tok", info.query_tokens[q]));
+  box.append(head);
+  const c = choiceAt(v.predictions(), q);
+  if (!c || !c.next) return;
+  const nx = c.next, facts = [`p ${nx.p.toFixed(3)}`, `rank ${nx.rank}`];
+  if (typeof c.entropy === "number" && Number.isFinite(c.entropy)) facts.push(`entropy ${fmtScore(c.entropy)}`);
+  const chosen = h("div", "am-step-chosen" + (nx.rank !== 1 ? " am-pred-miss" : ""));
+  chosen.append(h("span", "am-k", "chosen: "), h("span", "am-num", facts.join(" · ")));
+  box.append(chosen);
+  const list = h("div", "am-list am-pred am-step-top");
+  list.append(h("div", "am-k", "it was chosen from, top-k"));
+  for (const t of c.top) {
+    const r = h("div", "am-row am-pred-row");
+    if (t.token === nx.token) r.classList.add("am-pred-true");
+    r.append(h("span", "am-tok", t.token), h("span", "am-num", t.p.toFixed(3)));
+    list.append(r);
+  }
+  box.append(list);
 }
 
 /**
@@ -292,7 +388,7 @@ export function relationStack(v) {
 
 /**
  * @typedef {{ layer: number, head: number, to: number, vs?: number, diff?: number }} RelHead
- * @typedef {{ stack: string, from: string, to: string, vs: string | null, ranked_by: string, heads: RelHead[], from_tokens: number[], to_tokens: number[] }} Relation
+ * @typedef {{ stack: string, from: string, to: string, vs: string | null, ranked_by: string, heads: RelHead[], from_tokens: number[], to_tokens: number[], rows: "all" | "generated" }} Relation
  */
 
 /** @type {WeakMap<Viewer, { seq: number, relation: Relation | null }>} */
@@ -320,8 +416,15 @@ export async function relate(v) {
   if (!from || !to) return null;
   /** @param {import("./analysis.js").Word} w */
   const toks = (w) => wordTokens(offsets, w.s, w.e);
-  const src = toks(from), dst = toks(to), alt = vs ? toks(vs) : null;
+  const span = v.st.gen ? rowSpan(info) : null;
+  // The generated-only switch: the "from" word's generated tokens only.
+  const src = toks(from).filter((i) => !span || (i >= span.first && i < span.end)), dst = toks(to), alt = vs ? toks(vs) : null;
   const seq = ++mem.seq;
+  if (!src.length) {
+    mem.relation = null;
+    v.dom.relOut.replaceChildren(h("div", "am-k am-rel-none", `“${from.spec}” has no generated token; pick a word the model wrote, or turn off “generated tokens only”`));
+    return null;
+  }
   const [L] = info.shape;
   /** @type {RelHead[]} */
   const heads = [];
@@ -339,7 +442,7 @@ export async function relate(v) {
   }
   const key = alt ? "diff" : "to";
   heads.sort((p, q) => (q[key] ?? 0) - (p[key] ?? 0) || p.layer - q.layer || p.head - q.head);
-  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads, from_tokens: src, to_tokens: dst };
+  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads, from_tokens: src, to_tokens: dst, rows: span ? "generated" : "all" };
   showRelation(v, mem.relation);
   return mem.relation;
 }

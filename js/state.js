@@ -5,6 +5,8 @@
 /** @typedef {import("./types.js").Header} Header */
 /** @typedef {import("./types.js").Head} Head */
 
+import { stepCount } from "./steps.js";
+
 /**
  * @param {unknown} v
  * @param {number} n
@@ -27,11 +29,15 @@ export function initialState(header, o, diff) {
   const [L, H] = info.shape;
   /** @type {import("./types.js").View} */
   const view = ["heads", "layers"].includes(o.view) || (diff && ["diff", "change"].includes(o.view)) ? o.view : "heatmap";
+  // "generated" is the heatmap of the generated rows: the heatmap with the switch on.
+  const n = stepCount(header), gen = n > 0 && o.view === "generated";
+  const step = n > 0 && Number.isInteger(o.step) ? Math.max(0, Math.min(n, o.step)) : null;
   return {
     stack, layer: wrap(o.layer, L), head: o.head === "mean" || o.head === "max" ? o.head : wrap(o.head, H),
     view, scale: ["unit", "head", "log"].includes(o.scale) ? o.scale : "head",
     metric: o.metric === "mean_abs" ? "mean_abs" : "js",
     ignoreFirst: !!o.ignore_first, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null,
+    step, gen,
   };
 }
 
@@ -50,6 +56,9 @@ export function applyPatch(st, patch, header) {
   const [L, H] = info.shape;
   next.layer = Math.min(L - 1, Math.max(0, Math.trunc(next.layer) || 0));
   if (typeof next.head === "number") next.head = Math.min(H - 1, Math.max(0, Math.trunc(next.head) || 0));
+  const n = stepCount(header);
+  next.step = n > 0 && next.step !== null ? Math.min(n, Math.max(0, Math.trunc(next.step) || 0)) : null;
+  next.gen = n > 0 && !!next.gen;
   return next;
 }
 

@@ -16,6 +16,10 @@
  * @property {(number | null)[]} [query_messages]  chat message index of each query token
  * @property {(string | null)[]} [key_roles]
  * @property {(number | null)[]} [key_messages]
+ * @property {boolean[]} [query_generated]  per query token: written by the model
+ * @property {boolean[]} [key_generated]
+ * @property {{ names: string[], values: (number | null)[][] } | null} [scores_generated]  the
+ *   census over the generated rows only
  */
 
 /**
@@ -24,6 +28,7 @@
  * @property {string} token
  * @property {{ token: string, p: number }[]} top
  * @property {{ token: string, p: number, rank: number, surprisal: number } | null} next
+ * @property {number} [entropy]  of the distribution the next token was chosen from
  */
 
 /**
@@ -45,6 +50,8 @@
  * @property {string[]} [predictions_stacks]
  * @property {LutEntry} [colormap]
  * @property {LutEntry} [diverging]
+ * @property {{ side: string, boundary: number, count: number, positions: number[] }} [generation]
+ *   where the generated tokens are (runs from attnmap.generate)
  */
 
 /**
@@ -91,6 +98,9 @@
  * @property {string | null} score  census score that sorts and filters head grids
  * @property {number | null} min    census threshold
  * @property {Mark | null} mark  cells outlined for the relation panel's opened head
+ * @property {number | null} step  playback: the prompt and the first `step` generated tokens
+ *   are shown; null = everything, no playback
+ * @property {boolean} gen  the generated part only: the heatmap's rows, the census, relations
  */
 
 /**

@@ -16,6 +16,7 @@ import { paintHeatmap } from "./views/heatmap.js";
 import { paintHeads, paintLayers } from "./views/grids.js";
 import { paintDiff, paintChange } from "./views/diff.js";
 import { hooks } from "./hooks.js";
+import { rowWindow } from "./steps.js";
 
 /** @typedef {import("./types.js").State} State */
 /** @typedef {import("./types.js").Header} Header */
@@ -91,7 +92,7 @@ export class Viewer {
     this.changeBy = new Map();
     this.ramps = rampsOf(null);
     /** @type {State} */
-    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null };
+    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null, step: null, gen: false };
     /** @type {Word[]} */
     this.words = [];
     /** @type {Map<number, Prediction> | null} */
@@ -110,6 +111,12 @@ export class Viewer {
     /** @type {{ query: { text: string, x: number, y: number }, key: { text: string, x: number, y: number } } | null} */
     this.axes = null;
     this.miniScale = 1;
+    /** @type {{ row: number | null, col: number | null }} where the prompt/generation lines went */
+    this.boundary = { row: null, col: null };
+    /** @type {number | null} the row the step playback highlights */
+    this.stepRow = null;
+    /** @type {ReturnType<typeof setInterval> | null} the step playback's timer while it plays */
+    this.timer = null;
     /** @type {Map<string, import("./layout.js").LabelRoom>} stack → room its labels need */
     this.rooms = new Map();
     this.infoStale = false; // the info panel waits for the layer it describes
@@ -154,6 +161,7 @@ export class Viewer {
 
   destroy() {
     this.seq++;
+    this.pause();
     for (const f of this.off) f();
     this.off = [];
     this.dom.root.remove();
@@ -170,6 +178,7 @@ export class Viewer {
       this.fail(err);
       return;
     }
+    this.pause();
     this.header = header;
     this.ramps = rampsOf(header);
     this.layers.clear(); this.images.clear(); this.rooms.clear(); this.thumbs.clear(); this.layersB.clear(); this.diffCache.clear();
@@ -236,7 +245,15 @@ export class Viewer {
   geom(st = this.st) {
     const info = this.stackInfo(st.stack);
     const [, , Q, K] = info.shape;
-    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info), room: this.labelRoom(info) }, st);
+    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info), room: this.labelRoom(info), rows: rowWindow(st, info) }, st);
+  }
+
+  /** Stop the step playback (a no-op when it is not playing). */
+  pause() {
+    if (this.timer !== null) { clearInterval(this.timer); this.timer = null; }
+    this.dom.root.dataset.playing = "false";
+    this.dom.ui.play.textContent = "▶";
+    this.dom.ui.play.title = "play the generation step by step";
   }
 
   /**

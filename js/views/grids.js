@@ -2,7 +2,8 @@
 
 import { M } from "../layout.js";
 import { headsGrid } from "../layout.js";
-import { headData } from "../data.js";
+import { headData, rowSlice } from "../data.js";
+import { censusInfo, rowWindow } from "../steps.js";
 import { badge, passes, scoreOf } from "../analysis.js";
 import { paintThumb } from "../images.js";
 import { FONT, setupCanvas, title } from "../draw.js";
@@ -38,9 +39,10 @@ function drawBadge(ctx, x, y, t, text) {
  * @param {number} t
  */
 function thumb(v, ctx, layer, hd, x, y, t) {
-  const st = v.st, key = `${st.stack}/${layer.layer}/${hd}/${st.ignoreFirst}`;
+  const st = v.st, [r0, r1] = rowWindow(st, v.stackInfo()), key = `${st.stack}/${layer.layer}/${hd}/${st.ignoreFirst}/${r0}`;
   let c = v.thumbs.get(key);
-  if (!c) { c = paintThumb(headData(layer, hd), 128, st.ignoreFirst, v.ramps.seq); v.thumbs.set(key, c); }
+  // In the generated-only view a thumbnail shows the generated rows, as the census counts them.
+  if (!c) { c = paintThumb(rowSlice(headData(layer, hd), r0, r1), 128, st.ignoreFirst, v.ramps.seq); v.thumbs.set(key, c); }
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(c, x, y, t, t);
   const on = layer.layer === st.layer && hd === st.head;
@@ -51,7 +53,7 @@ function thumb(v, ctx, layer, hd, x, y, t) {
 
 /** @param {Viewer} v */
 export function paintHeads(v) {
-  const st = v.st, info = v.stackInfo(), layer = v.cached(st.stack, st.layer), { w } = v.size();
+  const st = v.st, info = censusInfo(v.stackInfo(), st.gen), layer = v.cached(st.stack, st.layer), { w } = v.size();
   if (!layer) return;
   // Census: best heads first when a score is picked, and only the heads above the threshold.
   let order = Array.from({ length: layer.heads }, (_, i) => i).filter((hd) => passes(info, st.layer, hd, st.score, st.min));
@@ -91,7 +93,7 @@ export function paintHeads(v) {
  * @param {number} t0
  */
 export async function paintLayers(v, seq, t0) {
-  const st = v.st, info = v.stackInfo(), [L, H] = info.shape, { w } = v.size();
+  const st = v.st, info = censusInfo(v.stackInfo(), st.gen), [L, H] = info.shape, { w } = v.size();
   const left = 58, top = M.top + 16, gap = 4;
   const t = Math.max(8, Math.min(72, Math.floor((w - left) / H) - gap));
   const hh = top + L * (t + gap) + gap;

@@ -6,6 +6,7 @@ import { LOG_DECADES, darkEntry, lutIndex, tOf } from "../colour.js";
 import { value } from "../data.js";
 import { fmtScore } from "../analysis.js";
 import { FONT, axisTitles, fmt, hatch, labels, rampBar, roleBands, setupCanvas, short, title } from "../draw.js";
+import { colSpan, rowSpan, shownEnd, stepCount, stepRow } from "../steps.js";
 
 /** @typedef {import("../viewer.js").Viewer} Viewer */
 /** @typedef {import("../types.js").HeadData} HeadData */
@@ -22,7 +23,9 @@ export function paintHeatmap(v, d) {
   const ch = Math.min(g.h, Math.max(g.y0 + g.ph + M.pad, g.y0 + Math.min(g.ph, 260) + 64));
   const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), ch);
   const { canvas: img, vmax } = v.image(d);
-  title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}`);
+  const steps = v.header ? stepCount(v.header) : 0;
+  const where = st.step !== null && rowSpan(info) ? ` · step ${st.step} of ${steps}` : st.gen && rowSpan(info) ? " · generated tokens" : "";
+  title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}${where}`);
   // Matrix: whole source cells, scaled without smoothing so each cell stays a crisp square.
   const sk = Math.floor(g.k0), sq = Math.floor(g.q0);
   const nk = Math.min(g.K - sk, Math.ceil(g.k0 + g.vk) - sk + 1), nq = Math.min(g.Q - sq, Math.ceil(g.q0 + g.vq) - sq + 1);
@@ -35,13 +38,19 @@ export function paintHeatmap(v, d) {
   if (g.cs >= 30) cellValues(v, ctx, d, g, { sk, sq, nk, nq, dx, dy }, vmax);
   if (st.sel) paintSelection(v, ctx, g, img);
   if (st.mark) paintMark(ctx, g, st.mark);
+  // Step playback: rows (and columns) the model has not written yet are blank.
+  const qEnd = shownEnd(st, rowSpan(info), g.Q), kEnd = shownEnd(st, colSpan(info), g.K), hi = stepRow(st, info);
+  blankAfter(ctx, g, qEnd, kEnd);
+  if (hi !== null) paintStepRow(ctx, g, hi);
   ctx.restore();
   ctx.strokeStyle = "#888"; ctx.lineWidth = 1;
   ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
-  labels(ctx, g, info, st.sel);
+  labels(ctx, g, info, st.sel, { qEnd, kEnd, hi, hiColour: STEP });
   v.axes = axisTitles(ctx, g);
-  v.bands = roleBands(ctx, g, info);
-  v.predRows = g.pred ? paintPredictions(v, ctx, g) : [];
+  v.bands = roleBands(ctx, g, info, { qEnd, kEnd });
+  v.boundary = paintBoundary(ctx, g, info);
+  v.stepRow = hi;
+  v.predRows = g.pred ? paintPredictions(v, ctx, g, qEnd) : [];
   colourBar(v, ctx, g, vmax);
   paintMini(v, img, g);
   v.hits = [];
@@ -100,6 +109,64 @@ function paintSelection(v, ctx, g, img) {
 }
 
 export const MARK = "#c2255c";
+export const STEP = "#7048e8"; // the row of the token written at the current step
+export const BOUNDARY = "#2b8a3e"; // between the prompt and the generated tokens
+
+/**
+ * Blank the rows from `qEnd` and the columns from `kEnd` on (not yet generated).
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ * @param {number} qEnd
+ * @param {number} kEnd
+ */
+function blankAfter(ctx, g, qEnd, kEnd) {
+  ctx.fillStyle = "#fff";
+  const ya = Math.max(g.y0, g.y0 + (qEnd - g.q0) * g.cs), xa = Math.max(g.x0, g.x0 + (kEnd - g.k0) * g.cs);
+  if (ya < g.y0 + g.ph) ctx.fillRect(g.x0, ya, g.pw, g.y0 + g.ph - ya);
+  if (xa < g.x0 + g.pw) ctx.fillRect(xa, g.y0, g.x0 + g.pw - xa, g.ph);
+}
+
+/**
+ * Outline the row of the token written at the current step.
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ * @param {number} q
+ */
+function paintStepRow(ctx, g, q) {
+  const y = g.y0 + (q - g.q0) * g.cs;
+  ctx.strokeStyle = STEP; ctx.lineWidth = 2;
+  ctx.strokeRect(g.x0 + 1, y - 1, g.pw - 2, g.cs + 2);
+}
+
+/**
+ * The line between the last prompt token and the first generated one, across the rows (with
+ * their labels) and down the columns. Returns where the lines went (null: not drawn).
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {Geometry} g
+ * @param {import("../types.js").StackInfo} info
+ * @returns {{ row: number | null, col: number | null }}
+ */
+function paintBoundary(ctx, g, info) {
+  const rs = rowSpan(info), ks = colSpan(info), out = { row: /** @type {number | null} */ (null), col: /** @type {number | null} */ (null) };
+  ctx.save();
+  ctx.strokeStyle = BOUNDARY; ctx.lineWidth = 2;
+  if (rs && rs.first > 0) {
+    const y = g.y0 + (rs.first - g.q0) * g.cs;
+    if (y >= g.y0 - 0.5 && y <= g.y0 + g.ph + 0.5) {
+      ctx.beginPath(); ctx.moveTo(M.axis, y); ctx.lineTo(g.x0 + g.pw, y); ctx.stroke();
+      out.row = y;
+    }
+  }
+  if (ks && ks.first > 0) {
+    const x = g.x0 + (ks.first - g.k0) * g.cs;
+    if (x >= g.x0 - 0.5 && x <= g.x0 + g.pw + 0.5) {
+      ctx.beginPath(); ctx.moveTo(x, M.top + M.axis); ctx.lineTo(x, g.y0 + g.ph); ctx.stroke();
+      out.col = x;
+    }
+  }
+  ctx.restore();
+  return out;
+}
 
 /**
  * Outline the cells a relation measures (its "from" rows × "to" columns).
@@ -120,8 +187,9 @@ function paintMark(ctx, g, m) {
  * @param {Viewer} v
  * @param {CanvasRenderingContext2D} ctx
  * @param {Geometry} g
+ * @param {number} qEnd  rows from here on are not shown (step playback)
  */
-function paintPredictions(v, ctx, g) {
+function paintPredictions(v, ctx, g, qEnd) {
   const preds = v.predictions(), sel = v.st.sel, x = g.x0 + g.pw + 6;
   /** @type {{ q: number, text: string, miss: boolean }[]} */
   const rows = [];
@@ -131,7 +199,7 @@ function paintPredictions(v, ctx, g) {
   ctx.font = "bold 10px system-ui, sans-serif"; ctx.fillStyle = "#555"; ctx.textAlign = "left"; ctx.textBaseline = "bottom";
   ctx.fillText("predicted (p)", x, g.y0 - 4);
   ctx.font = `${size}px system-ui, sans-serif`; ctx.textBaseline = "middle";
-  const q1 = Math.min(g.Q, Math.ceil(g.q0 + g.vq));
+  const q1 = Math.min(qEnd, Math.ceil(g.q0 + g.vq));
   for (let i = Math.floor(g.q0); i < q1; i++) {
     const r = preds.get(i), y = g.y0 + (i - g.q0 + 0.5) * g.cs;
     if (!r || !r.top.length || (i % step && i !== sel?.q) || y < g.y0 || y > g.y0 + g.ph) continue;
@@ -183,8 +251,8 @@ function paintMini(v, img, g) {
   ctx.drawImage(img, 0, 0, w, hh);
   v.miniScale = r;
   v.dom.mini.hidden = false;
-  if (g.cs > g.fit) {
+  if (g.cs > g.fit || g.r0 > 0 || g.r1 < g.Q) {
     ctx.strokeStyle = "#e8590c"; ctx.lineWidth = 2;
-    ctx.strokeRect(g.k0 * r, g.q0 * r, Math.min(g.vk, g.K) * r, Math.min(g.vq, g.Q) * r);
+    ctx.strokeRect(g.k0 * r, g.q0 * r, Math.min(g.vk, g.K) * r, Math.min(g.vq, g.r1 - g.q0) * r);
   }
 }

@@ -26,7 +26,7 @@ from ._errors import AttnmapError, deprecated
 STACKS = ("self", "encoder", "decoder", "cross")
 AGGREGATES = ("mean", "max")
 SCALES = ("unit", "data", "log")
-VIEWS = ("heatmap", "heads", "layers")
+VIEWS = ("heatmap", "heads", "layers", "generated")  # generated: rows of generated tokens
 
 
 def check_scale(scale: Any, *, stacklevel: int = 4) -> str:

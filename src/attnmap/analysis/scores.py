@@ -95,6 +95,7 @@ def head_scores(
     locality_k: int = 2,
     exclude_first: bool | None = None,
     exclude_current: bool | None = None,
+    rows: Any = None,
 ) -> list[dict[str, Any]]:
     """Scores for every head: ``[{"layer", "head", "scores": {name: float | None}}, …]``.
 
@@ -103,7 +104,8 @@ def head_scores(
     and the query's own key out of both the targets and the row's mass for the pattern scores
     (previous_token, duplicate_token, induction, locality), as TransformerLens's
     ``exclude_bos``/``exclude_current_token`` do. ``exclude_first``/``exclude_current`` are
-    the old spellings.
+    the old spellings. `rows` (query positions, default all) limits the means to those rows,
+    e.g. the tokens a model generated; the keys they look at are still every key.
     """
     if exclude_first is not None:
         deprecated("head_scores(exclude_first=)", "ignore_first=")
@@ -120,6 +122,13 @@ def head_scores(
     tokens = run.query_tokens(name)
     n = len(tokens)
     idx = np.arange(n)
+    only = np.ones(n, dtype=bool)  # [query] rows the means run over
+    if rows is not None:
+        picked = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if picked.size and (picked.min() < 0 or picked.max() >= n):
+            raise AttnmapError(f"rows must be query positions in 0..{n - 1}")
+        only[:] = False
+        only[picked] = True
     excluded = np.zeros((n, n), dtype=bool)  # [query, key] cells taken out of pattern scores
     if ignore_first:
         excluded[:, 0] = True
@@ -134,7 +143,8 @@ def head_scores(
     for li in range(st.n_layers):
         mask = st.mask(li)
         if id(mask) not in setups:
-            setups[id(mask)] = _Setup(np.asarray(mask, dtype=bool), excluded, pairs, locality_k)
+            setups[id(mask)] = _Setup(np.asarray(mask, dtype=bool), excluded, pairs, locality_k,
+                                      only)
         su = setups[id(mask)]
         allowed, dist, blocks = su.allowed, su.dist, su.blocks
         prev, local, dup, induct = su.prev, su.local, su.dup, su.induct
@@ -160,11 +170,11 @@ def head_scores(
             "duplicate_token": _pattern(dup, a, kept),
             "induction": _pattern(induct, a, kept),
             "locality": _pattern(local, a, kept),
-            "mean_distance": _mean(distance_rows),
-            "entropy": _mean(entropy_rows),
+            "mean_distance": _mean(distance_rows[:, su.only]),
+            "entropy": _mean(entropy_rows[:, su.only]),
             "entropy_norm": _mean(entropy_rows[:, broad_rows] / log_allowed[broad_rows])
             if broad_rows.any() else _none(h),
-            "special": _mean(a[:, :, special_cols].sum(axis=2, dtype=np.float64)),
+            "special": _mean(a[:, :, special_cols].sum(axis=2, dtype=np.float64)[:, su.only]),
         }
         for hi in range(h):
             out.append({
@@ -179,8 +189,11 @@ class _Setup:
     """What the scores need to know about one layer mask: targets, distances, row blocks."""
 
     def __init__(self, masked: np.ndarray, excluded: np.ndarray,
-                 pairs: tuple[np.ndarray, np.ndarray], locality_k: int) -> None:
+                 pairs: tuple[np.ndarray, np.ndarray], locality_k: int,
+                 only: np.ndarray) -> None:
         n = masked.shape[0]
+        self.only = only  # [query] rows the means run over
+        excluded = excluded | ~only[:, None]  # rows left out have no pattern targets
         allowed = ~masked  # [query, key]
         idx = np.arange(n)
         dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)  # [query, key]
@@ -194,11 +207,12 @@ class _Setup:
         # Induction: query at a later copy attends to the token right after the earlier copy.
         self.induct = _Targets(late, early + 1, n, masked, excluded)
         n_allowed = allowed.sum(axis=1)  # [query]
-        self.broad_rows = n_allowed > 1  # entropy_norm is undefined with one allowed key
+        self.broad_rows = (n_allowed > 1) & only  # entropy_norm is undefined with one allowed key
         self.log_allowed = np.log(np.maximum(n_allowed, 1)).astype(np.float64)
-        self.self_rows = idx[allowed[idx, idx]]
-        self.next_rows = idx[:-1][allowed[idx[:-1], idx[:-1] + 1]] if n > 1 else idx[:0]
-        self.first_rows = np.nonzero(allowed[:, 0])[0]
+        self.self_rows = idx[allowed[idx, idx] & only]
+        nxt = allowed[idx[:-1], idx[:-1] + 1] & only[:-1] if n > 1 else np.zeros(0, bool)
+        self.next_rows = idx[:-1][nxt] if n > 1 else idx[:0]
+        self.first_rows = np.nonzero(allowed[:, 0] & only)[0]
         self.first_ok = bool(len(self.first_rows))
         self.blocks = _row_blocks(allowed)
 

@@ -51,19 +51,21 @@ def show(
     scale: str | None = None,
     view: str | None = None,
     ignore_first: bool | None = None,
+    step: int | None = None,
     cmap: str = "Blues",
 ) -> Any:
     """A notebook widget showing `run` (display it, or leave it last in a cell).
 
     The keywords set the first view, as in :func:`attnmap.to_html`: `stack`, `layer`, `head`
     (a number, ``"mean"`` or ``"max"``), `scale` (``"unit"``, ``"data"``, ``"log"``), `view`
-    (``"heatmap"``, ``"heads"``, ``"layers"``), `ignore_first`; `cmap` names the matplotlib
-    colormap. Needs anywidget (``pip install attnmap[widget]``).
+    (``"heatmap"``, ``"heads"``, ``"layers"``, ``"generated"``), `ignore_first`, `step` (the
+    step playback's first step, for generated runs); `cmap` names the matplotlib colormap.
+    Needs anywidget (``pip install attnmap[widget]``).
     """
     from .widget import make_widget
 
     options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
-               "ignore_first": ignore_first}
+               "ignore_first": ignore_first, "step": step}
     return make_widget(run, cmap=cmap, **{k: v for k, v in options.items() if v is not None})
 
 

@@ -30,7 +30,7 @@ B85 = "!#$%()*+,.0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_abcdefghijklmnopqr
 assert len(B85) == 85 and not set(B85) & set("<>&\"'\\`/-")
 _B85 = np.frombuffer(B85.encode("ascii"), dtype=np.uint8)
 
-OPTION_KEYS = ("stack", "layer", "head", "scale", "view", "ignore_first")
+OPTION_KEYS = ("stack", "layer", "head", "scale", "view", "ignore_first", "step")
 
 
 def b85encode(data: bytes) -> str:
@@ -73,11 +73,30 @@ def check_options(run: Any, options: dict[str, Any]) -> dict[str, Any]:
     view = options.get("view")
     if view is not None:
         if view not in VIEWS:
-            raise AttnmapError(f"view must be 'heatmap', 'heads' or 'layers' (not {view!r})")
+            raise AttnmapError(f"view must be {', '.join(map(repr, VIEWS))} (not {view!r})")
+        if view == "generated":
+            _generated_count(run, "view='generated'")
         out["view"] = view
     if options.get("ignore_first") is not None:
         out["ignore_first"] = bool(options["ignore_first"])
+    step = options.get("step")
+    if step is not None:
+        n = _generated_count(run, "step")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step <= n:
+            raise AttnmapError(f"step must be a whole number in 0..{n}, the generated tokens "
+                               f"shown (not {step!r})")
+        out["step"] = int(step)
     return out
+
+
+def _generated_count(run: Any, what: str) -> int:
+    """How many tokens the model generated in `run`; an error naming `what` when none."""
+    tokens = list(run.target_tokens or []) + list(run.tokens or [])
+    n = sum(bool(getattr(t, "generated", False)) for t in tokens)
+    if not n:
+        raise AttnmapError(f"{what} needs a run with generated tokens (make one with "
+                           "attnmap.generate)")
+    return n
 
 
 def _script_safe(text: str, what: str) -> str:
@@ -160,6 +179,7 @@ def to_html(
     scale: str | None = None,
     view: str | None = None,
     ignore_first: bool | None = None,
+    step: int | None = None,
     cmap: str = DEFAULT_CMAP,
 ) -> str:
     """A self-contained HTML page that shows `run`; written to `path` when given.
@@ -167,13 +187,15 @@ def to_html(
     The keywords set the first view (the page can change all of them): `stack`, `layer`,
     `head` (a number, ``"mean"`` or ``"max"``), `scale` (``"unit"``, ``"data"`` — the
     default, 0 to the head's largest value — or ``"log"``), `view` (``"heatmap"``,
-    ``"heads"``, ``"layers"``), `ignore_first` (leave the first token out of the colour
-    scale). `cmap` is a matplotlib colormap name (default Blues, as in ``attnmap.heatmap``):
+    ``"heads"``, ``"layers"``, or ``"generated"``: the rows of the generated tokens, for runs
+    from ``attnmap.generate``), `ignore_first` (leave the first token out of the colour
+    scale), `step` (open the step playback at step t: the prompt and the first t generated
+    tokens). `cmap` is a matplotlib colormap name (default Blues, as in ``attnmap.heatmap``):
     a value gets the same colour on the page as in the PNG. The page opens from ``file://``
     with the network off.
     """
     options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
-               "ignore_first": ignore_first}
+               "ignore_first": ignore_first, "step": step}
     html = page(run, cmap=cmap, **{k: v for k, v in options.items() if v is not None})
     if path is not None:
         with atomic_path(path) as tmp:

@@ -38,6 +38,12 @@ Optional header fields (a viewer that does not know them ignores them, so the ve
 * per stack ``query_roles`` / ``key_roles`` (chat role per token: "system", "user", … or
   ``null``) and ``query_messages`` / ``key_messages`` (the chat message each token belongs to,
   or ``null``): only where the tokens carry them; the viewer draws role bands from them.
+* per stack ``query_generated`` / ``key_generated`` (per token: written by the model, from
+  ``Token.generated``) and ``scores_generated`` (the census over the generated query rows
+  only), and ``generation``: ``{"side": "input" | "target", "boundary": first generated
+  position, "count", "positions"}``: only for runs with generated tokens (``attnmap.generate``);
+  the viewer's step playback, generated-only rows and prompt/generation boundary read them.
+  Generated runs' predictions (``predictions_kind`` "generate") may carry ``entropy``.
 
 A diff page (``attnmap.viewer.diff_html``) carries two ordinary payloads, A and B, each a run
 restricted to the aligned tokens (so both have the same shape and row i of A faces row i of
@@ -106,7 +112,22 @@ def _stack_info(run: Any, name: str) -> dict[str, Any]:
         "scores": _scores(run, name),
         **_roles("query", q),
         **_roles("key", k),
+        **_generated(run, name, q, k),
     }
+
+
+def _generated(run: Any, name: str, q: list[Any], k: list[Any]) -> dict[str, Any]:
+    """``{side}_generated`` (per token: written by the model) where any token was generated,
+    and ``scores_generated``, the census over the generated rows only; else nothing."""
+    out: dict[str, Any] = {}
+    for side, tokens in (("query", q), ("key", k)):
+        flags = [bool(getattr(t, "generated", False)) for t in tokens]
+        if any(flags):
+            out[f"{side}_generated"] = flags
+    rows = [i for i, f in enumerate(out.get("query_generated", [])) if f]
+    if rows:
+        out["scores_generated"] = _scores(run, name, rows)
+    return out
 
 
 def _roles(side: str, tokens: list[Any]) -> dict[str, Any]:
@@ -127,8 +148,9 @@ def _offsets(t: Any) -> list[int] | None:
     return [int(t.start), int(t.end)]
 
 
-def _scores(run: Any, name: str) -> dict[str, Any] | None:
-    """The head census of one self-attention stack, or None where it does not apply."""
+def _scores(run: Any, name: str, rows: list[int] | None = None) -> dict[str, Any] | None:
+    """The head census of one self-attention stack (over query `rows`, default all), or
+    None where it does not apply."""
     from ..analysis.scores import SCORE_NAMES, head_scores
     from ..run import STACK_SIDES
 
@@ -137,10 +159,10 @@ def _scores(run: Any, name: str) -> dict[str, Any] | None:
     if q_side != k_side or n == 0 or n > SCORES_MAX_TOKENS:
         return None
 
-    rows = head_scores(run, stack=name)  # layer-major, as the viewer indexes them
+    heads = head_scores(run, stack=name, rows=rows)  # layer-major, as the viewer indexes them
     return {
         "names": list(SCORE_NAMES),
-        "values": [[r["scores"][n] for n in SCORE_NAMES] for r in rows],
+        "values": [[h["scores"][n] for n in SCORE_NAMES] for h in heads],
     }
 
 
@@ -190,12 +212,14 @@ def header(
     preds = (run.extra or {}).get("predictions")
     if preds:
         kind = run.extra.get("predictions_kind")
+        decoder = kind == "decoder" or (kind == "generate" and "decoder" in run.stacks)
         extra = {
             "predictions": preds,
             "predictions_kind": kind,
-            "predictions_stacks": ["decoder", "cross"] if kind == "decoder"
+            "predictions_stacks": ["decoder", "cross"] if decoder
             else [n for n in run.stacks if n in ("self", "encoder")],
         }
+    extra.update(_generation(run))
     return {
         "format": "attnmap-payload",
         "version": PAYLOAD_VERSION,
@@ -210,6 +234,21 @@ def header(
         "diverging": lut_entry(DIVERGING_CMAP),
         **extra,
     }
+
+
+def _generation(run: Any) -> dict[str, Any]:
+    """``generation``: where the model's own tokens are, for the viewer's step playback."""
+    for side in ("target_tokens", "tokens"):  # an encoder-decoder model writes its target
+        tokens = getattr(run, side, None) or []
+        gen = [i for i, t in enumerate(tokens) if getattr(t, "generated", False)]
+        if gen:
+            return {"generation": {
+                "side": "target" if side == "target_tokens" else "input",
+                "boundary": gen[0],  # tokens before it are the prompt
+                "count": len(gen),
+                "positions": gen,
+            }}
+    return {}
 
 
 def check_drawable(run: Any) -> None:

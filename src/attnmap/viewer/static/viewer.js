@@ -155,6 +155,10 @@ function headData(layer, h2) {
   const n = layer.q * layer.k;
   return { q: layer.q, k: layer.k, scales: layer.scales.subarray(h2 * layer.q, (h2 + 1) * layer.q), codes: layer.codes.subarray(h2 * n, (h2 + 1) * n), stats: null };
 }
+function rowSlice(d, r0, r1) {
+  if (r0 === 0 && r1 === d.q) return d;
+  return { q: r1 - r0, k: d.k, scales: d.scales.subarray(r0, r1), codes: d.codes.subarray(r0 * d.k, r1 * d.k), stats: null };
+}
 function aggregate(layer, how) {
   const cached = layer.derived.get(how);
   if (cached) return cached;
@@ -373,13 +377,15 @@ function heatmapGeometry(size, Q, K, extras, st) {
   const lw = room(extras.room?.rows), lh = room(extras.room?.cols);
   const x0 = M.axis + lw + band, y0 = M.top + M.axis + lh + band;
   const pw = w - x0 - M.bar - pred, ph = h2 - y0 - M.pad;
-  const fit = Math.min(pw / Math.max(1, K), ph / Math.max(1, Q));
+  const r0 = Math.max(0, Math.min(Q, extras.rows ? extras.rows[0] : 0));
+  const r1 = Math.max(r0, Math.min(Q, extras.rows ? extras.rows[1] : Q)), nq = r1 - r0;
+  const fit = Math.min(pw / Math.max(1, K), ph / Math.max(1, nq));
   const cs = st.cs && st.cs > fit ? st.cs : fit;
   const vk = pw / cs, vq = ph / cs;
   const zoomed = cs !== fit;
   const k0 = zoomed ? Math.max(0, Math.min(st.k0, K - vk)) : 0;
-  const q0 = zoomed ? Math.max(0, Math.min(st.q0, Q - vq)) : 0;
-  return { w, h: h2, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, Q * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band, lw, lh };
+  const q0 = zoomed ? Math.max(r0, Math.min(st.q0, r1 - vq)) : r0;
+  return { w, h: h2, x0, y0, pw: Math.min(pw, K * cs), ph: Math.min(ph, nq * cs), cs, fit, Q, K, vk, vq, k0, q0, pred, band, lw, lh, r0, r1 };
 }
 function zoomAbout(g, f, px, py) {
   const ck = g.k0 + (px - g.x0) / g.cs, cq = g.q0 + (py - g.y0) / g.cs;
@@ -456,8 +462,9 @@ function rampBar(ctx, ramp, x, y, bw, bh) {
     ctx.fillRect(x, y + p, bw, 1);
   }
 }
-function labels(ctx, g, info, sel) {
+function labels(ctx, g, info, sel, lim = {}) {
   const s = sel || { q: null, k: null };
+  const qEnd = lim.qEnd ?? g.Q, kEnd = lim.kEnd ?? g.K, hi = lim.hi ?? null;
   const step = labelStep(g.cs);
   const size = Math.max(7, Math.min(12, Math.floor(g.cs - 1)));
   const lx = g.x0 - g.band - 4, ly = g.y0 - g.band - 4;
@@ -465,15 +472,17 @@ function labels(ctx, g, info, sel) {
   const colour = (special, on) => on ? "#e8590c" : special ? "#aaa" : "#222";
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  const q1 = Math.min(g.Q, Math.ceil(g.q0 + g.vq));
+  const q1 = Math.min(qEnd, Math.ceil(g.q0 + g.vq));
   for (let i = Math.floor(g.q0); i < q1; i++) {
     const y = g.y0 + (i - g.q0 + 0.5) * g.cs;
-    if (i % step && i !== s.q || y < g.y0 || y > g.y0 + g.ph) continue;
-    ctx.fillStyle = colour(info.query_special[i], i === s.q);
+    if (i % step && i !== s.q && i !== hi || y < g.y0 || y > g.y0 + g.ph) continue;
+    ctx.fillStyle = i === hi && i !== s.q ? lim.hiColour ?? "#222" : colour(info.query_special[i], i === s.q);
+    if (i === hi) ctx.font = `bold ${size}px system-ui, sans-serif`;
     ctx.fillText(short(info.query_tokens[i]), lx, y, g.lw - 6);
+    if (i === hi) ctx.font = `${size}px system-ui, sans-serif`;
   }
   ctx.textAlign = "left";
-  const k1 = Math.min(g.K, Math.ceil(g.k0 + g.vk));
+  const k1 = Math.min(kEnd, Math.ceil(g.k0 + g.vk));
   for (let j = Math.floor(g.k0); j < k1; j++) {
     const x = g.x0 + (j - g.k0 + 0.5) * g.cs;
     if (j % step && j !== s.k || x < g.x0 || x > g.x0 + g.pw) continue;
@@ -524,7 +533,7 @@ function hatch(ctx, x, y, w, hh) {
   ctx.stroke();
   ctx.restore();
 }
-function roleBands(ctx, g, info) {
+function roleBands(ctx, g, info, lim = {}) {
   const out = [];
   if (!g.band) return out;
   const b = g.band - 2;
@@ -533,7 +542,7 @@ function roleBands(ctx, g, info) {
   ctx.textBaseline = "middle";
   ctx.textAlign = "center";
   const one = (axis, roles, messages) => {
-    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? g.Q : g.K;
+    const along = axis === "query", first = along ? g.q0 : g.k0, n = along ? lim.qEnd ?? g.Q : lim.kEnd ?? g.K;
     const lo = along ? g.y0 : g.x0, span = along ? g.ph : g.pw;
     for (const r of roleRuns(roles, messages)) {
       if (r.start >= n) continue;
@@ -621,6 +630,49 @@ function paintThumb(d, size, ignoreFirst, ramp) {
   return toCanvas(tw, th, img);
 }
 
+// js/steps.js
+function spanOf(flags) {
+  if (!Array.isArray(flags)) return null;
+  const first = flags.indexOf(true);
+  if (first < 0) return null;
+  const end = flags.lastIndexOf(true) + 1;
+  return { first, end, count: end - first };
+}
+function rowSpan(info) {
+  return spanOf(info.query_generated);
+}
+function colSpan(info) {
+  return spanOf(info.key_generated);
+}
+function stepCount(header) {
+  const g = header.generation;
+  return g && Number.isInteger(g.count) && g.count > 0 ? g.count : 0;
+}
+function rowWindow(st, info) {
+  const Q = info.shape[2], s = st.gen ? rowSpan(info) : null;
+  return s ? [s.first, s.end] : [0, Q];
+}
+function shownEnd(st, span, n) {
+  if (st.step === null || !span) return n;
+  return span.first + Math.max(0, Math.min(span.count, st.step));
+}
+function stepRow(st, info) {
+  const s = rowSpan(info);
+  if (st.step === null || !s || st.step < 1) return null;
+  return shownEnd(st, s, info.shape[2]) - 1;
+}
+function choiceAt(preds, pos2) {
+  const r = preds ? preds.get(pos2 - 1) : void 0;
+  return r && r.next ? r : null;
+}
+function censusInfo(info, gen) {
+  return gen && info.scores_generated ? { ...info, scores: info.scores_generated } : info;
+}
+function moveStep(step, d, count) {
+  const cur = step === null ? count : step;
+  return Math.max(0, Math.min(count, cur + d));
+}
+
 // js/state.js
 function wrap(v, n) {
   return typeof v === "number" && Number.isInteger(v) ? Math.min(n - 1, Math.max(0, v < 0 ? v + n : v)) : 0;
@@ -631,6 +683,8 @@ function initialState(header, o, diff) {
   const info = header.stacks[stacks.indexOf(stack)];
   const [L, H] = info.shape;
   const view = ["heads", "layers"].includes(o.view) || diff && ["diff", "change"].includes(o.view) ? o.view : "heatmap";
+  const n = stepCount(header), gen = n > 0 && o.view === "generated";
+  const step = n > 0 && Number.isInteger(o.step) ? Math.max(0, Math.min(n, o.step)) : null;
   return {
     stack,
     layer: wrap(o.layer, L),
@@ -645,7 +699,9 @@ function initialState(header, o, diff) {
     sel: null,
     score: null,
     min: null,
-    mark: null
+    mark: null,
+    step,
+    gen
   };
 }
 function applyPatch(st, patch, header) {
@@ -655,6 +711,9 @@ function applyPatch(st, patch, header) {
   const [L, H] = info.shape;
   next.layer = Math.min(L - 1, Math.max(0, Math.trunc(next.layer) || 0));
   if (typeof next.head === "number") next.head = Math.min(H - 1, Math.max(0, Math.trunc(next.head) || 0));
+  const n = stepCount(header);
+  next.step = n > 0 && next.step !== null ? Math.min(n, Math.max(0, Math.trunc(next.step) || 0)) : null;
+  next.gen = n > 0 && !!next.gen;
   return next;
 }
 function stepHead(head, dh, H) {
@@ -720,6 +779,32 @@ function buildDom() {
     item.append(h("b", "", b), document.createTextNode(" " + BADGE_HELP[b]));
     legend.append(item);
   }
+  const steps = h("div", "am-bar am-steps");
+  steps.hidden = true;
+  const stepButton = (cls, text, tip2) => {
+    const b = h("button", "am-btn " + cls, text);
+    b.type = "button";
+    b.title = tip2;
+    steps.append(b);
+    return b;
+  };
+  const play = stepButton("am-play", "▶", "play the generation step by step");
+  const prev = stepButton("am-step-prev", "‹", "one token back (,)");
+  const step = h("input", "am-step");
+  step.type = "range";
+  step.min = "0";
+  step.step = "1";
+  step.setAttribute("aria-label", "generation step");
+  steps.append(step);
+  const next = stepButton("am-step-next", "›", "one token on (.)");
+  const stepLabel = h("span", "am-step-label");
+  steps.append(stepLabel);
+  const genBox = h("label", "am-field am-check");
+  const gen = h("input", "am-gen");
+  gen.type = "checkbox";
+  genBox.append(gen, document.createTextNode(" generated tokens only"));
+  genBox.title = "rows of the generated tokens only (columns: every token); the census and relations count those rows";
+  steps.append(genBox);
   const main = h("div", "am-main");
   const stage = h("div", "am-stage");
   const canvas = h("canvas", "am-canvas");
@@ -730,6 +815,8 @@ function buildDom() {
   const side = h("div", "am-side");
   const mini = h("canvas", "am-mini");
   const info = h("div", "am-info");
+  const stepInfo = h("div", "am-step-info");
+  stepInfo.hidden = true;
   const relBox = h("div", "am-rel");
   relBox.append(h("div", "am-k", "relation: heads ranked by to − vs"));
   const from = field(relBox, "from", h("select", "am-rel-from"));
@@ -737,12 +824,12 @@ function buildDom() {
   const vs = field(relBox, "vs", h("select", "am-rel-vs"));
   const relOut = h("div", "am-rel-out");
   relBox.append(relOut);
-  side.append(mini, info, relBox);
+  side.append(mini, stepInfo, info, relBox);
   main.append(stage, side);
   const status = h("div", "am-status");
-  root.append(bar, census, legend, main, status);
-  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs };
-  return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status };
+  root.append(bar, steps, census, legend, main, status);
+  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs, play, prev, next, step, stepLabel, gen };
+  return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status, steps, stepInfo };
 }
 function fill(select2, options) {
   const frag = document.createDocumentFragment();
@@ -758,6 +845,7 @@ var HELP = [
   ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways)"],
   ["drag", "pan the zoomed matrix; drag on the minimap to jump"],
   ["click a label", "highlight that token's row and column"],
+  [", .", "generated runs: one token back / on (step playback)"],
   ["Esc", "clear the highlight; close this help"],
   ["?", "open / close this help"]
 ];
@@ -816,6 +904,55 @@ function syncControls(v, full) {
   }
   if (sc) u.score.value = st.score || "";
   v.dom.relBox.hidden = !relationStack(v) || v.words.length === 0;
+  syncSteps(v);
+}
+function syncSteps(v) {
+  const u = v.dom.ui, st = v.st, info = v.stackInfo();
+  const n = v.header ? stepCount(v.header) : 0, span = rowSpan(info);
+  v.dom.steps.hidden = !n || !span;
+  if (!n || !span) {
+    v.dom.stepInfo.hidden = true;
+    return;
+  }
+  u.step.max = String(n);
+  u.step.value = String(st.step ?? n);
+  u.gen.checked = st.gen;
+  u.stepLabel.textContent = st.step === null ? `${n} tokens generated` : `step ${st.step} of ${n}`;
+  u.prev.disabled = st.step === 0;
+  u.next.disabled = st.step === null || st.step >= n;
+  showStep(v);
+}
+function showStep(v) {
+  const st = v.st, info = v.stackInfo(), box = v.dom.stepInfo, span = rowSpan(info);
+  box.replaceChildren();
+  box.hidden = st.step === null || !span;
+  if (st.step === null || !span) return;
+  const n = v.header ? stepCount(v.header) : 0;
+  box.append(h("div", "am-k", `step ${st.step} of ${n}`));
+  const q = stepRow(st, info);
+  if (q === null) {
+    box.append(h("div", "am-step-new", `the prompt: ${span.first} tokens`));
+    return;
+  }
+  const head = h("div", "am-sel am-step-new");
+  head.append(h("span", "am-k", `wrote (row ${q}) `), h("span", "am-tok", info.query_tokens[q]));
+  box.append(head);
+  const c = choiceAt(v.predictions(), q);
+  if (!c || !c.next) return;
+  const nx = c.next, facts = [`p ${nx.p.toFixed(3)}`, `rank ${nx.rank}`];
+  if (typeof c.entropy === "number" && Number.isFinite(c.entropy)) facts.push(`entropy ${fmtScore(c.entropy)}`);
+  const chosen = h("div", "am-step-chosen" + (nx.rank !== 1 ? " am-pred-miss" : ""));
+  chosen.append(h("span", "am-k", "chosen: "), h("span", "am-num", facts.join(" · ")));
+  box.append(chosen);
+  const list = h("div", "am-list am-pred am-step-top");
+  list.append(h("div", "am-k", "it was chosen from, top-k"));
+  for (const t of c.top) {
+    const r = h("div", "am-row am-pred-row");
+    if (t.token === nx.token) r.classList.add("am-pred-true");
+    r.append(h("span", "am-tok", t.token), h("span", "am-num", t.p.toFixed(3)));
+    list.append(r);
+  }
+  box.append(list);
 }
 function showInfo(v) {
   const sel = v.st.sel, d = v.current(), info = v.stackInfo(), box = v.dom.info;
@@ -883,8 +1020,14 @@ async function relate(v) {
   const from = pick(u.from), to = pick(u.to), vs = pick(u.vs);
   if (!from || !to) return null;
   const toks = (w) => wordTokens(offsets, w.s, w.e);
-  const src = toks(from), dst = toks(to), alt = vs ? toks(vs) : null;
+  const span = v.st.gen ? rowSpan(info) : null;
+  const src = toks(from).filter((i) => !span || i >= span.first && i < span.end), dst = toks(to), alt = vs ? toks(vs) : null;
   const seq = ++mem.seq;
+  if (!src.length) {
+    mem.relation = null;
+    v.dom.relOut.replaceChildren(h("div", "am-k am-rel-none", `“${from.spec}” has no generated token; pick a word the model wrote, or turn off “generated tokens only”`));
+    return null;
+  }
   const [L] = info.shape;
   const heads = [];
   for (let li = 0; li < L; li++) {
@@ -908,7 +1051,7 @@ async function relate(v) {
   }
   const key2 = alt ? "diff" : "to";
   heads.sort((p, q) => (q[key2] ?? 0) - (p[key2] ?? 0) || p.layer - q.layer || p.head - q.head);
-  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads, from_tokens: src, to_tokens: dst };
+  mem.relation = { stack: info.name, from: from.spec, to: to.spec, vs: vs ? vs.spec : null, ranked_by: alt ? "to - vs" : "to", heads, from_tokens: src, to_tokens: dst, rows: span ? "generated" : "all" };
   showRelation(v, mem.relation);
   return mem.relation;
 }
@@ -1126,17 +1269,24 @@ function hit(v, x, y) {
     const t = v.hits.find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + b.h);
     return t ? { kind: "thumb", ...t } : null;
   }
-  const g = v.geom();
+  const g = v.geom(), info = v.stackInfo();
   const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
   const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
-  if (inX && inY) return { kind: "cell", q, k };
+  const qEnd = shownEnd(st, rowSpan(info), g.Q), kEnd = shownEnd(st, colSpan(info), g.K);
+  if (inX && inY) return q < qEnd && k < kEnd ? { kind: "cell", q, k } : null;
   const step = labelStep(g.cs), sel = st.sel;
-  if (inY && x < g.x0 && x >= 0) return { kind: "row", q: nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q) };
+  if (inY && x < g.x0 && x >= 0) {
+    const r = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
+    return r < qEnd ? { kind: "row", q: r } : null;
+  }
   if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred) {
     const p = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
-    return v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
+    return p < qEnd && v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
   }
-  if (inX && y < g.y0 && y >= M.top + M.axis) return { kind: "col", k: nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k) };
+  if (inX && y < g.y0 && y >= M.top + M.axis) {
+    const c = nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k);
+    return c < kEnd ? { kind: "col", k: c } : null;
+  }
   return null;
 }
 function hover(v, e) {
@@ -1288,6 +1438,8 @@ function key(v, e) {
       if (!v.dom.help.hidden) showHelp(v, false);
       else v.set({ sel: null, mark: null });
     },
+    ",": () => stepBy(v, -1),
+    ".": () => stepBy(v, 1),
     "?": () => showHelp(v, v.dom.help.hidden)
   };
   const f = acts[e.key];
@@ -1295,6 +1447,34 @@ function key(v, e) {
   e.preventDefault();
   e.stopPropagation();
   f();
+}
+function stepBy(v, d) {
+  const n = v.header ? stepCount(v.header) : 0;
+  if (!n || !rowSpan(v.stackInfo())) return;
+  v.pause();
+  v.set({ step: moveStep(v.st.step, d, n) });
+}
+var PLAY_MS = 450;
+function togglePlay(v) {
+  const n = v.header ? stepCount(v.header) : 0;
+  if (v.timer !== null) {
+    v.pause();
+    return;
+  }
+  if (!n) return;
+  if (v.st.step === null || v.st.step >= n) v.set({ step: 0 });
+  v.timer = setInterval(() => {
+    const s = v.st.step ?? n;
+    if (s >= n) {
+      v.pause();
+      return;
+    }
+    v.set({ step: s + 1 });
+    if (s + 1 >= n) v.pause();
+  }, PLAY_MS);
+  v.dom.root.dataset.playing = "true";
+  v.dom.ui.play.textContent = "⏸";
+  v.dom.ui.play.title = "pause";
 }
 function showHelp(v, open) {
   v.dom.help.hidden = !open;
@@ -1344,6 +1524,17 @@ function attachInput(v) {
     v.set({ min: Number.isFinite(x) ? x : null });
   });
   for (const s of [u.from, u.to, u.vs]) v.listen(s, "change", () => relate(v));
+  v.listen(u.play, "click", () => togglePlay(v));
+  v.listen(u.prev, "click", () => stepBy(v, -1));
+  v.listen(u.next, "click", () => stepBy(v, 1));
+  v.listen(u.step, "input", () => {
+    v.pause();
+    v.set({ step: +u.step.value });
+  });
+  v.listen(u.gen, "change", () => {
+    v.set({ gen: u.gen.checked, sel: null, mark: null });
+    if (v.dom.relOut.childElementCount) relate(v);
+  });
   v.listen(v.dom.root, "keydown", (e) => key(v, e));
   v.listen(c, "mousemove", (e) => hover(v, e));
   v.listen(c, "mouseleave", () => {
@@ -1360,7 +1551,9 @@ function paintHeatmap(v, d) {
   const ch = Math.min(g.h, Math.max(g.y0 + g.ph + M.pad, g.y0 + Math.min(g.ph, 260) + 64));
   const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), ch);
   const { canvas: img, vmax } = v.image(d);
-  title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}`);
+  const steps = v.header ? stepCount(v.header) : 0;
+  const where = st.step !== null && rowSpan(info) ? ` · step ${st.step} of ${steps}` : st.gen && rowSpan(info) ? " · generated tokens" : "";
+  title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}${where}`);
   const sk = Math.floor(g.k0), sq = Math.floor(g.q0);
   const nk = Math.min(g.K - sk, Math.ceil(g.k0 + g.vk) - sk + 1), nq = Math.min(g.Q - sq, Math.ceil(g.q0 + g.vq) - sq + 1);
   ctx.save();
@@ -1374,14 +1567,19 @@ function paintHeatmap(v, d) {
   if (g.cs >= 30) cellValues(v, ctx, d, g, { sk, sq, nk, nq, dx, dy }, vmax);
   if (st.sel) paintSelection(v, ctx, g, img);
   if (st.mark) paintMark(ctx, g, st.mark);
+  const qEnd = shownEnd(st, rowSpan(info), g.Q), kEnd = shownEnd(st, colSpan(info), g.K), hi = stepRow(st, info);
+  blankAfter(ctx, g, qEnd, kEnd);
+  if (hi !== null) paintStepRow(ctx, g, hi);
   ctx.restore();
   ctx.strokeStyle = "#888";
   ctx.lineWidth = 1;
   ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
-  labels(ctx, g, info, st.sel);
+  labels(ctx, g, info, st.sel, { qEnd, kEnd, hi, hiColour: STEP });
   v.axes = axisTitles(ctx, g);
-  v.bands = roleBands(ctx, g, info);
-  v.predRows = g.pred ? paintPredictions(v, ctx, g) : [];
+  v.bands = roleBands(ctx, g, info, { qEnd, kEnd });
+  v.boundary = paintBoundary(ctx, g, info);
+  v.stepRow = hi;
+  v.predRows = g.pred ? paintPredictions(v, ctx, g, qEnd) : [];
   colourBar(v, ctx, g, vmax);
   paintMini(v, img, g);
   v.hits = [];
@@ -1423,6 +1621,54 @@ function paintSelection(v, ctx, g, img) {
   }
 }
 var MARK = "#c2255c";
+var STEP = "#7048e8";
+var BOUNDARY = "#2b8a3e";
+function blankAfter(ctx, g, qEnd, kEnd) {
+  ctx.fillStyle = "#fff";
+  const ya = Math.max(g.y0, g.y0 + (qEnd - g.q0) * g.cs), xa = Math.max(g.x0, g.x0 + (kEnd - g.k0) * g.cs);
+  if (ya < g.y0 + g.ph) ctx.fillRect(g.x0, ya, g.pw, g.y0 + g.ph - ya);
+  if (xa < g.x0 + g.pw) ctx.fillRect(xa, g.y0, g.x0 + g.pw - xa, g.ph);
+}
+function paintStepRow(ctx, g, q) {
+  const y = g.y0 + (q - g.q0) * g.cs;
+  ctx.strokeStyle = STEP;
+  ctx.lineWidth = 2;
+  ctx.strokeRect(g.x0 + 1, y - 1, g.pw - 2, g.cs + 2);
+}
+function paintBoundary(ctx, g, info) {
+  const rs = rowSpan(info), ks = colSpan(info), out = { row: (
+    /** @type {number | null} */
+    null
+  ), col: (
+    /** @type {number | null} */
+    null
+  ) };
+  ctx.save();
+  ctx.strokeStyle = BOUNDARY;
+  ctx.lineWidth = 2;
+  if (rs && rs.first > 0) {
+    const y = g.y0 + (rs.first - g.q0) * g.cs;
+    if (y >= g.y0 - 0.5 && y <= g.y0 + g.ph + 0.5) {
+      ctx.beginPath();
+      ctx.moveTo(M.axis, y);
+      ctx.lineTo(g.x0 + g.pw, y);
+      ctx.stroke();
+      out.row = y;
+    }
+  }
+  if (ks && ks.first > 0) {
+    const x = g.x0 + (ks.first - g.k0) * g.cs;
+    if (x >= g.x0 - 0.5 && x <= g.x0 + g.pw + 0.5) {
+      ctx.beginPath();
+      ctx.moveTo(x, M.top + M.axis);
+      ctx.lineTo(x, g.y0 + g.ph);
+      ctx.stroke();
+      out.col = x;
+    }
+  }
+  ctx.restore();
+  return out;
+}
 function paintMark(ctx, g, m) {
   const x = g.x0 + (m.k[0] - g.k0) * g.cs, y = g.y0 + (m.q[0] - g.q0) * g.cs;
   const w = (m.k[1] - m.k[0]) * g.cs, hh = (m.q[1] - m.q[0]) * g.cs;
@@ -1430,7 +1676,7 @@ function paintMark(ctx, g, m) {
   ctx.lineWidth = 3;
   ctx.strokeRect(x + 1.5, y + 1.5, Math.max(1, w - 3), Math.max(1, hh - 3));
 }
-function paintPredictions(v, ctx, g) {
+function paintPredictions(v, ctx, g, qEnd) {
   const preds = v.predictions(), sel = v.st.sel, x = g.x0 + g.pw + 6;
   const rows = [];
   if (!preds) return rows;
@@ -1443,7 +1689,7 @@ function paintPredictions(v, ctx, g) {
   ctx.fillText("predicted (p)", x, g.y0 - 4);
   ctx.font = `${size}px system-ui, sans-serif`;
   ctx.textBaseline = "middle";
-  const q1 = Math.min(g.Q, Math.ceil(g.q0 + g.vq));
+  const q1 = Math.min(qEnd, Math.ceil(g.q0 + g.vq));
   for (let i = Math.floor(g.q0); i < q1; i++) {
     const r = preds.get(i), y = g.y0 + (i - g.q0 + 0.5) * g.cs;
     if (!r || !r.top.length || i % step && i !== sel?.q || y < g.y0 || y > g.y0 + g.ph) continue;
@@ -1490,10 +1736,10 @@ function paintMini(v, img, g) {
   ctx.drawImage(img, 0, 0, w, hh);
   v.miniScale = r;
   v.dom.mini.hidden = false;
-  if (g.cs > g.fit) {
+  if (g.cs > g.fit || g.r0 > 0 || g.r1 < g.Q) {
     ctx.strokeStyle = "#e8590c";
     ctx.lineWidth = 2;
-    ctx.strokeRect(g.k0 * r, g.q0 * r, Math.min(g.vk, g.K) * r, Math.min(g.vq, g.Q) * r);
+    ctx.strokeRect(g.k0 * r, g.q0 * r, Math.min(g.vk, g.K) * r, Math.min(g.vq, g.r1 - g.q0) * r);
   }
 }
 
@@ -1511,10 +1757,10 @@ function drawBadge(ctx, x, y, t, text) {
   ctx.font = FONT;
 }
 function thumb(v, ctx, layer, hd, x, y, t) {
-  const st = v.st, key2 = `${st.stack}/${layer.layer}/${hd}/${st.ignoreFirst}`;
+  const st = v.st, [r0, r1] = rowWindow(st, v.stackInfo()), key2 = `${st.stack}/${layer.layer}/${hd}/${st.ignoreFirst}/${r0}`;
   let c = v.thumbs.get(key2);
   if (!c) {
-    c = paintThumb(headData(layer, hd), 128, st.ignoreFirst, v.ramps.seq);
+    c = paintThumb(rowSlice(headData(layer, hd), r0, r1), 128, st.ignoreFirst, v.ramps.seq);
     v.thumbs.set(key2, c);
   }
   ctx.imageSmoothingEnabled = false;
@@ -1525,7 +1771,7 @@ function thumb(v, ctx, layer, hd, x, y, t) {
   ctx.strokeRect(x - 0.5, y - 0.5, t + 1, t + 1);
 }
 function paintHeads(v) {
-  const st = v.st, info = v.stackInfo(), layer = v.cached(st.stack, st.layer), { w } = v.size();
+  const st = v.st, info = censusInfo(v.stackInfo(), st.gen), layer = v.cached(st.stack, st.layer), { w } = v.size();
   if (!layer) return;
   let order = Array.from({ length: layer.heads }, (_, i) => i).filter((hd) => passes(info, st.layer, hd, st.score, st.min));
   const score = st.score;
@@ -1562,7 +1808,7 @@ function paintHeads(v) {
   v.dom.mini.hidden = true;
 }
 async function paintLayers(v, seq, t0) {
-  const st = v.st, info = v.stackInfo(), [L, H] = info.shape, { w } = v.size();
+  const st = v.st, info = censusInfo(v.stackInfo(), st.gen), [L, H] = info.shape, { w } = v.size();
   const left = 58, top = M.top + 16, gap = 4;
   const t = Math.max(8, Math.min(72, Math.floor((w - left) / H) - gap));
   const hh = top + L * (t + gap) + gap;
@@ -1638,6 +1884,19 @@ function hooks(v) {
     },
     get bands() {
       return v.bands.map((b) => ({ ...b }));
+    },
+    /** The step playback: the step (null: everything shown), how many, the highlighted row,
+     * the rows the heatmap shows [r0, r1), where the prompt/generation lines went, playing. */
+    get steps() {
+      return {
+        step: v.st.step,
+        count: v.header ? stepCount(v.header) : 0,
+        row: v.stepRow,
+        gen: v.st.gen,
+        window: rowWindow(v.st, v.stackInfo()),
+        boundary: { ...v.boundary },
+        playing: v.timer !== null
+      };
     },
     /**
      * @param {number} p  panel: 0 A, 1 B, 2 A − B
@@ -1790,7 +2049,7 @@ var Viewer = class {
     this.diff = null;
     this.changeBy = /* @__PURE__ */ new Map();
     this.ramps = rampsOf(null);
-    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null };
+    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null, step: null, gen: false };
     this.words = [];
     this.predMap = null;
     this.hits = [];
@@ -1800,6 +2059,9 @@ var Viewer = class {
     this.bands = [];
     this.axes = null;
     this.miniScale = 1;
+    this.boundary = { row: null, col: null };
+    this.stepRow = null;
+    this.timer = null;
     this.rooms = /* @__PURE__ */ new Map();
     this.infoStale = false;
     this.dom = buildDom();
@@ -1855,6 +2117,7 @@ var Viewer = class {
   }
   destroy() {
     this.seq++;
+    this.pause();
     for (const f of this.off) f();
     this.off = [];
     this.dom.root.remove();
@@ -1869,6 +2132,7 @@ var Viewer = class {
       this.fail(err);
       return;
     }
+    this.pause();
     this.header = header;
     this.ramps = rampsOf(header);
     this.layers.clear();
@@ -1947,7 +2211,17 @@ var Viewer = class {
   geom(st = this.st) {
     const info = this.stackInfo(st.stack);
     const [, , Q, K] = info.shape;
-    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info), room: this.labelRoom(info) }, st);
+    return heatmapGeometry(this.size(), Q, K, { predictions: !!this.predictions(st), bands: hasRoles(info), room: this.labelRoom(info), rows: rowWindow(st, info) }, st);
+  }
+  /** Stop the step playback (a no-op when it is not playing). */
+  pause() {
+    if (this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+    this.dom.root.dataset.playing = "false";
+    this.dom.ui.play.textContent = "▶";
+    this.dom.ui.play.title = "play the generation step by step";
   }
   /**
    * The canvas size: the root's width, and the window's height below the canvas's top (less
