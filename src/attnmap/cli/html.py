@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from .._options import VIEWS
 from ._common import (
     add_common,
     add_ignore_first_option,
@@ -36,8 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head", type=head_value, metavar="N",
                    help="head shown first: a number, mean or max (default 0)")
     add_scale_option(p, None)
-    p.add_argument("--view", choices=["heatmap", "heads", "layers"],
-                   help="one head (default), every head of the layer, or layers × heads")
+    p.add_argument("--view", choices=VIEWS,
+                   help="one head (default), every head of the layer, layers × heads, or "
+                   "generated: the rows of generated tokens only (runs from generate)")
+    p.add_argument("--step", type=int, metavar="T",
+                   help="generated runs: open at step T (T generated tokens shown)")
     p.add_argument("--cmap", default="Blues", metavar="NAME",
                    help="matplotlib colormap (default Blues): the page colours a value as the "
                    "PNG from `attnmap render --cmap NAME` does")
@@ -62,7 +66,7 @@ def handle(args: argparse.Namespace) -> int:
     run = obtain_run(args)
     options = {
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
-        "view": args.view, "ignore_first": args.ignore_first or None,
+        "view": args.view, "ignore_first": args.ignore_first or None, "step": args.step,
     }  # None: the page's own default
     from ..viewer.html import to_html
 
