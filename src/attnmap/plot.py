@@ -141,6 +141,8 @@ def _paper_figure_class() -> Any:
             # a token in a script the font lacks draws as a box, as in save_figure: no warning
             with paper_fonts(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"Glyph .* missing")
+                # very long labels squeeze the axes; the figure is still written, as drawn
+                warnings.filterwarnings("ignore", message=r"constrained_layout not applied")
                 return super().savefig(*args, **kwargs)
 
     PaperFigure.__module__ = __name__  # pickled as attnmap.plot.PaperFigure

@@ -108,4 +108,15 @@ def test_every_response_matches_the_document(schema, runs, path, method):
         case.validate_response(response, checks=CHECKS)
 
     check()
+    good = GOOD.get((path, method))
+    if good is not None:  # a success answer the random draws may miss, checked the same way
+        case = schema[path][method].Case(path_parameters={"run_id": runs[0]}, body=good)
+        response = case.call(headers={"host": "127.0.0.1"})
+        seen.add(response.status_code)
+        case.validate_response(response, checks=CHECKS)
     assert seen & {200, 201}, seen  # the success answer was checked too, not only errors
+
+
+# Requests whose success needs a valid body the generator reaches only by luck (the draws
+# depend on hypothesis's version): one of each is sent as well.
+GOOD = {("/api/runs/{run_id}/perturb", "POST"): {"position": 1, "mode": "remove"}}
