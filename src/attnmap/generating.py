@@ -103,8 +103,8 @@ def _check_lengths(info: dict[str, Any], n: int, max_new_tokens: int, seq2seq: b
                                f"use at most {limit - 1}")
         return
     if n >= limit:
-        raise AttnmapError(f"the prompt is already {n} tokens, {name}'s maximum of {limit}, so "
-                           "there is no room to generate; shorten the prompt")
+        raise AttnmapError(f"the prompt is {n} tokens and {name}'s maximum is {limit}; no room "
+                           "is left to generate: shorten the prompt")
     if n + max_new_tokens > limit:
         raise AttnmapError(f"max_new_tokens {max_new_tokens} is above what fits: the prompt is "
                            f"{n} tokens of {name}'s maximum of {limit}; use at most "
