@@ -316,6 +316,7 @@ def generate(
     ``WEIGHTS_BUDGET``). Encoder-decoders record the encoder, the decoder's self-attention
     and its cross-attention, the generated text as the target.
     """
+    from . import capturing
     from .capturing import check_text, get_model, weights_limit
 
     stops = _check_options(max_new_tokens, do_sample, temperature, top_p, seed, stop, top_k,
@@ -349,7 +350,8 @@ def generate(
         raise AttnmapError("store='qk' is for decoder-only models; an encoder-decoder's "
                            "generation is kept as weights")
     use_qk = store == "qk" or (store == "auto" and not seq2seq
-                               and n + max_new_tokens > weights_limit(info))
+                               and n + max_new_tokens > weights_limit(
+                                   info, capturing.WEIGHTS_BUDGET))
 
     import torch
 
@@ -372,7 +374,8 @@ def generate(
         stacks, gen_ids = _decoder_qk(loaded, input_ids, gen_kwargs, steps)
     else:
         stacks, gen_ids = _decoder_weights(loaded, input_ids, gen_kwargs, steps)
-    return _assemble(loaded, text, tokens, gen_ids, stacks, steps, settings, messages, stops)
+    return _assemble(loaded, text, tokens, gen_ids, stacks, steps, settings, messages,
+                     gen_kwargs)
 
 
 def generate_kwargs(model: Any, tok: Any, *, max_new_tokens: int, do_sample: bool = False,
@@ -614,7 +617,8 @@ def _stopped(tok: Any, gen_ids: list[int], model: Any, gen_kwargs: dict[str, Any
 
 def _assemble(loaded: Any, text: str, tokens: list[Any], gen_ids: list[int],
               stacks: dict[str, AttentionStack], steps: _Steps, settings: dict[str, Any],
-              messages: list[dict[str, str]] | None, stops: list[str] | None) -> AttentionRun:
+              messages: list[dict[str, str]] | None, gen_kwargs: dict[str, Any]
+              ) -> AttentionRun:
     from .capturing import _facts
 
     tok, model = loaded.tokenizer, loaded.model
@@ -622,8 +626,8 @@ def _assemble(loaded: Any, text: str, tokens: list[Any], gen_ids: list[int],
     all_tokens = [*tokens, *_generated_tokens(tok, gen_ids, turn)]
     generated_text = tok.decode(gen_ids, skip_special_tokens=True)
     settings = dict(settings, generated_tokens=len(gen_ids),
-                    stopped=_stopped(tok, gen_ids, model, generate_kwargs(
-                        model, tok, max_new_tokens=1), stops, settings["max_new_tokens"]))
+                    stopped=_stopped(tok, gen_ids, model, gen_kwargs, settings["stop"],
+                                     settings["max_new_tokens"]))
     extra: dict[str, Any] = {"generation": settings, "generated_text": generated_text}
     if messages is not None:
         extra["messages"] = [*messages, {"role": "assistant", "content": generated_text}]

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
 
 import _models
 import _zoo
@@ -101,6 +100,18 @@ def test_weights_and_qk_store_agree_and_the_masks_are_per_layer(zoo, tok):
     # layers 0 and 2 slide (window 4): the last token cannot see the first; layer 1 can
     assert a.mask(0)[n - 1, 0] and not a.mask(1)[n - 1, 0] and a.mask(2)[n - 1, 0]
     assert all(np.array_equal(a.mask(i), b.mask(i)) for i in range(3))
+
+
+def test_auto_store_keeps_queries_and_keys_past_the_weights_limit(zoo, tok, monkeypatch):
+    from attnmap import capturing
+
+    # 2 layers × 4 heads × 4 bytes: a 1,600-byte budget holds the weights of 10 tokens
+    monkeypatch.setattr(capturing, "WEIGHTS_BUDGET", 1600)
+    short = attnmap.generate("The cat", model=zoo["llama"], tokenizer=tok, max_new_tokens=2)
+    long = attnmap.generate(PROMPT, model=zoo["llama"], tokenizer=tok, max_new_tokens=8)
+    assert len(short.tokens) <= 10 and short.extra["generation"]["store"] == "weights"
+    assert long.extra["generation"]["store"] == "qk"
+    assert type(long.stacks["self"].layers).__name__ == "QKLayers"
 
 
 def test_predictions_are_each_steps_numbers(zoo, tok):

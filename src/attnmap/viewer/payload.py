@@ -193,7 +193,8 @@ def header(
         extra = {
             "predictions": preds,
             "predictions_kind": kind,
-            "predictions_stacks": ["decoder", "cross"] if kind == "decoder"
+            "predictions_stacks": ["decoder", "cross"]
+            if kind == "decoder" or (kind == "generate" and run.target_tokens)
             else [n for n in run.stacks if n in ("self", "encoder")],
         }
     return {
