@@ -138,16 +138,18 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", nargs="+", default=["plain", "auto", "qk"])
+    ap.add_argument("--no-time", action="store_true", help="only the peak-memory table")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(Path(tmp) / "gpt2-6x6")
-        t = time_ratio(path, args.new, args.repeat)
         print(f"## attnmap.generate vs model.generate ({machine()})")
-        print(f"GPT-2-shaped 6 layers × 6 heads, d=384, vocab 50,257; {t['prompt']}-token "
-              f"prompt, {t['new']} new tokens, greedy, median of {args.repeat}")
-        print(f"  model.generate (SDPA):  {t['plain_s']:.2f} s")
-        print(f"  attnmap.generate:       {t['attnmap_s']:.2f} s")
-        print(f"  ratio attnmap / plain:  {t['ratio']:.2f} (target ≤ 1.3)")
+        t = None if args.no_time else time_ratio(path, args.new, args.repeat)
+        if t is not None:
+            print(f"GPT-2-shaped 6 layers × 6 heads, d=384, vocab 50,257; {t['prompt']}-token "
+                  f"prompt, {t['new']} new tokens, greedy, median of {args.repeat}")
+            print(f"  model.generate (SDPA):  {t['plain_s']:.2f} s")
+            print(f"  attnmap.generate:       {t['attnmap_s']:.2f} s")
+            print(f"  ratio attnmap / plain:  {t['ratio']:.2f} (target ≤ 1.3)")
         print(f"\npeak resident memory, {args.long} new tokens, one fresh process each:")
         print("| mode | tokens | time s | peak MB |")
         print("|---|---:|---:|---:|")

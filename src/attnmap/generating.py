@@ -453,13 +453,15 @@ def _cache_of(out: Any) -> Any:
 
 
 def _last_step(model: Any, out: Any, n_total: int, **extra: Any) -> Any:
-    """Feed the last generated token through the cache: the step that gives its row."""
+    """Feed the last generated token through the cache: the step that gives its row (through
+    the bare transformer: its prediction is not needed, and the LM head is a big matmul)."""
     import torch
 
     seq = out.sequences
-    extra[_cache_name(model.forward)] = _cache_of(out)
+    body = getattr(model, "base_model", None) or model
+    extra[_cache_name(body.forward)] = _cache_of(out)
     with torch.no_grad():
-        return model(input_ids=seq[:, -1:],
+        return body(input_ids=seq[:, -1:],
                      attention_mask=torch.ones((1, n_total), dtype=torch.long,
                                                device=seq.device),
                      use_cache=True, return_dict=True, **extra)
@@ -477,23 +479,29 @@ def _decoder_weights(loaded: Any, input_ids: Any, gen_kwargs: dict[str, Any], st
                      ) -> tuple[dict[str, AttentionStack], list[int]]:
     import torch
 
-    from ._qk import _Unsupported, recording
+    from ._qk import _release_freed_memory, _Unsupported, recording
 
     model, info = loaded.model, loaded.info
     n = int(input_ids.shape[1])
     rec = None
+    # thousands of small per-step tensors between growing caches: without a fixed mmap
+    # threshold glibc keeps the freed caches in its heap (twice the peak at 2,048 tokens)
+    _release_freed_memory(setup=True)
     try:
-        with recording(model, "eager") as rec:
-            out = _run_generate(model, input_ids, gen_kwargs, steps,
-                                output_attentions=True, **_full_cache(model))
+        try:
+            with recording(model, "eager") as rec:
+                out = _run_generate(model, input_ids, gen_kwargs, steps,
+                                    output_attentions=True, **_full_cache(model))
+                gen_ids = [int(t) for t in out.sequences[0, n:].tolist()]
+                last = _last_step(model, out, n + len(gen_ids), output_attentions=True)
+        except _Unsupported:  # the model computes attention its own way: run it as loaded
+            rec = None
+            out = _run_generate(model, input_ids, gen_kwargs, steps, output_attentions=True,
+                                **_full_cache(model))
             gen_ids = [int(t) for t in out.sequences[0, n:].tolist()]
             last = _last_step(model, out, n + len(gen_ids), output_attentions=True)
-    except _Unsupported:  # the model computes attention its own way: run it as loaded
-        rec = None
-        out = _run_generate(model, input_ids, gen_kwargs, steps, output_attentions=True,
-                            **_full_cache(model))
-        gen_ids = [int(t) for t in out.sequences[0, n:].tolist()]
-        last = _last_step(model, out, n + len(gen_ids), output_attentions=True)
+    finally:
+        _release_freed_memory(setup=False)
     per_step = [*out.attentions, last.attentions]  # step 0: the prompt; then one row each
     if any(a is None for s in per_step for a in s):
         raise AttnmapError(
