@@ -505,16 +505,21 @@ def steps(run: AttentionRun, layer: int = -1, head: int | str = "mean", *,
     prompt_end = min(rows)  # the first generated token: where the prompt ends
     ax.axvline(prompt_end - 0.5, color="#d62728", linewidth=1.0)
     size = float(min(9.0, max(4.0, cell * 72.0 * 0.55)))
+    from matplotlib.patches import Rectangle
+
     ax.set_xlim(-0.5, nk - 0.5 + 3.0 / cell)
+    # the label room is plain: cover the hatched background meant for masked cells
+    ax.add_patch(Rectangle((nk - 0.5, -0.5), 3.0 / cell, nq, facecolor="white",
+                           edgecolor="none", zorder=1.5))
     for j, i in enumerate(rows):
         rec = preds.get(i - 1)  # the step that chose token i read at i - 1
         if rec is None or rec.get("next") is None:
             continue
         nxt = rec["next"]
-        label = f"p {nxt['p']:.2f}  #{nxt['rank']}"
+        label = f"p {nxt['p']:.3f}  #{nxt['rank']}"
         if rec.get("entropy") is not None:
             label += f"  H {rec['entropy']:.1f} bits"
-        ax.text(nk - 0.2, j, label, va="center", ha="left", fontsize=size,
+        ax.text(nk - 0.2, j, label, va="center", ha="left", fontsize=size, zorder=3,
                 color="#b2182b" if nxt["rank"] != 1 else "#222222")
     ax.set_ylabel("generated token (one strip per step)")
     ax.set_xlabel("key: every token (red line: where the prompt ends)")
