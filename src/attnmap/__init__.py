@@ -36,6 +36,7 @@ _LAZY = {
     "merge_words": "attnmap.analysis:merge_words",
     "transform": "attnmap.attribution:transform",
     "from_arrays": "attnmap.arrays:from_arrays",
+    "generate": "attnmap.generating:generate",
 }
 
 __all__ = [

@@ -383,6 +383,7 @@ def heatmap(
     predictions: bool | None = None,
     ax: Any = None,
     aggregate: str | None = None,
+    generated_only: bool = False,
 ) -> Any:
     """The heatmap of one head as a Figure: query tokens down, key tokens across.
 
@@ -394,6 +395,8 @@ def heatmap(
     when the run has them and they belong to the query rows), a column right of the matrix
     gives each row's top-1 prediction and its probability, and marks ✗ where the token that
     really came next was not the top-1. ``aggregate=`` is the old spelling of ``head="mean"``.
+    With `generated_only` (a run from :func:`attnmap.generate`) the rows are the generated
+    tokens only, the columns every token.
     """
     head = merge_aggregate(head, aggregate)
     scale = check_scale(scale, stacklevel=5)
@@ -407,9 +410,14 @@ def heatmap(
     matrix = head_matrix(run, li, head, stack=stack)
     masked = run.stack(stack).mask(li)  # the mask this layer used
     qt, kt = run.query_tokens(stack), run.key_tokens(stack)
+    preds = _row_predictions(run, stack) if predictions is not False else None
+    if generated_only:
+        rows = generated_rows(run, stack)
+        matrix, masked, qt = matrix[rows], masked[rows], [qt[i] for i in rows]
+        if preds is not None:
+            preds = {j: preds[i] for j, i in enumerate(rows) if i in preds} or None
     nq, nk = matrix.shape
     cell = cell_inches(nq, nk)
-    preds = _row_predictions(run, stack) if predictions is not False else None
     if predictions and preds is None:
         raise AttnmapError("this run has no predictions for these rows; capture it with "
                            "--predictions (causal, masked or encoder-decoder LMs)")
@@ -452,9 +460,77 @@ def _row_predictions(run: AttentionRun, stack: str | None) -> dict[int, dict[str
         return None
     kind = run.extra.get("predictions_kind")
     side_is_target = run.stack(stack).name in ("decoder", "cross")
-    if (kind == "decoder") != side_is_target:
+    about_target = kind == "decoder" or (kind == "generate" and bool(run.target_tokens))
+    if about_target != side_is_target:
         return None
     return {int(p["position"]): p for p in preds}
+
+
+def generated_rows(run: AttentionRun, stack: str | None = None) -> list[int]:
+    """The query rows of generated tokens, or one line saying the run has none."""
+    rows = [i for i, t in enumerate(run.query_tokens(stack)) if t.generated]
+    if not rows:
+        raise AttnmapError("this run has no generated tokens; make one with `attnmap "
+                           "generate` (or attnmap.generate) to see the generated rows")
+    return rows
+
+
+def steps(run: AttentionRun, layer: int = -1, head: int | str = "mean", *,
+          stack: str | None = None, cmap: str = "Blues", title: str | None = None) -> Any:
+    """One strip per generation step: the generated token's attention row over every token,
+    each strip scaled to its own largest value (so a spread-out step still shows where it
+    looked), with the chosen token's probability, rank and the step's entropy beside it."""
+    import matplotlib as mpl
+
+    if stack is None and run.target_tokens:
+        stack = "decoder"
+    li = run.layer_index(layer, stack)
+    head = check_head(head)
+    rows = generated_rows(run, stack)
+    matrix = head_matrix(run, li, head, stack=stack)[rows]
+    masked = run.stack(stack).mask(li)[rows]
+    qt, kt = run.query_tokens(stack), run.key_tokens(stack)
+    preds = _row_predictions(run, stack) or {}
+    nq, nk = matrix.shape
+    cell = cell_inches(nq, nk)
+    label_room = min(2.5, 0.25 + 0.075 * max((len(t.text) for t in [*qt, *kt]), default=1))
+    fig = new_figure(nk * cell + label_room + 3.2, nq * cell * 1.25 + label_room + 0.8)
+    ax = fig.add_subplot()
+    top = np.where(masked, 0.0, matrix).max(axis=1, keepdims=True)
+    top[top <= 0] = 1.0
+    scaled = np.where(masked, 0.0, matrix) / top
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing")
+        draw_matrix(ax, scaled, masked, query_tokens=[qt[i] for i in rows], key_tokens=kt,
+                    values=False, vmax=1.0, cmap=cmap, cell_pt=cell * 72.0)
+    for j in range(1, nq):  # white gaps between the strips
+        ax.axhline(j - 0.5, color="white", linewidth=max(1.0, cell * 72.0 * 0.25))
+    prompt_end = min(rows)  # the first generated token: where the prompt ends
+    ax.axvline(prompt_end - 0.5, color="#d62728", linewidth=1.0)
+    size = float(min(9.0, max(4.0, cell * 72.0 * 0.55)))
+    from matplotlib.patches import Rectangle
+
+    ax.set_xlim(-0.5, nk - 0.5 + 3.0 / cell)
+    # the label room is plain: cover the hatched background meant for masked cells
+    ax.add_patch(Rectangle((nk - 0.5, -0.5), 3.0 / cell, nq, facecolor="white",
+                           edgecolor="none", zorder=1.5))
+    for j, i in enumerate(rows):
+        rec = preds.get(i - 1)  # the step that chose token i read at i - 1
+        if rec is None or rec.get("next") is None:
+            continue
+        nxt = rec["next"]
+        label = f"p {nxt['p']:.3f}  #{nxt['rank']}"
+        if rec.get("entropy") is not None:
+            label += f"  H {rec['entropy']:.1f} bits"
+        ax.text(nk - 0.2, j, label, va="center", ha="left", fontsize=size, zorder=3,
+                color="#b2182b" if nxt["rank"] != 1 else "#222222")
+    ax.set_ylabel("generated token (one strip per step)")
+    ax.set_xlabel("key: every token (red line: where the prompt ends)")
+    ax.set_title(title or _title(run, stack, _what(run, li, head, stack)) +
+                 " · each strip scaled to its own largest value", fontsize=10)
+    fig.colorbar(mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap=cmap), ax=ax,
+                 shrink=0.6).set_label("share of the step's largest value")
+    return fig
 
 
 def _predictions_column(ax: Any, preds: dict[int, dict[str, Any]], nq: int, nk: int,

@@ -19,7 +19,7 @@ from attnmap.cli import build_parser
 PUBLIC = {
     "AttentionRun", "AttentionStack", "AttnmapError", "AttnmapWarning", "Token",
     "__version__", "capture", "load", "heatmap", "show", "to_html", "head_scores",
-    "relate", "rollout", "merge_words", "transform", "from_arrays",
+    "relate", "rollout", "merge_words", "transform", "from_arrays", "generate",
 }
 
 

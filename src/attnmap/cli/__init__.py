@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "attnmap.cli.html",  # html
     "attnmap.cli.analysis",  # heads, relate
     "attnmap.cli.serve",  # serve
+    "attnmap.cli.generate",  # generate
 ]
 
 

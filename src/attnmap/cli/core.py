@@ -62,6 +62,8 @@ def register(sub: Any) -> None:
     p.add_argument("--predictions", action="store_true",
                    help="capture the model's predictions and show each row's top-1 beside the "
                    "matrix (✗ where the true next token was not top-1)")
+    p.add_argument("--generated-only", action="store_true",
+                   help="a run from `attnmap generate`: rows are the generated tokens only")
     add_common(p)
     p.set_defaults(func=_render)
 
@@ -105,6 +107,11 @@ def _render(args: argparse.Namespace) -> int:
     run.layer_index(layer, args.stack)  # range errors before any drawing
     look = {"stack": args.stack, "scale": args.scale, "cmap": args.cmap,
             "ignore_first": args.ignore_first}
+    if args.generated_only and (args.overview or args.head == "all"):
+        from .._errors import AttnmapError
+
+        raise AttnmapError("--generated-only draws one head's generated rows; leave out "
+                           "--overview and --head all")
     if args.overview:
         fig = plot.overview(run, **look)
     elif args.head == "all":
@@ -113,7 +120,8 @@ def _render(args: argparse.Namespace) -> int:
         if args.head not in ("mean", "max"):
             run.head_index(args.head, args.stack)
         fig = plot.heatmap(run, layer, args.head, values=args.values,
-                           predictions=True if args.predictions else None, **look)
+                           predictions=True if args.predictions else None,
+                           generated_only=args.generated_only, **look)
     plot.save_figure(fig, args.output, dpi=args.dpi)
     say(args, f"wrote {args.output}")
     return 0
