@@ -271,3 +271,23 @@ def test_role_bands_with_generation(page, captured, tmp_path):
     assert qb["h"] == pytest.approx(2 * hooks(page, "a.geometry")["cs"])  # two rows drawn
     assert hooks(page, f"a.bandPixel('query', {PROMPT + 3})")[:3] == [255, 255, 255]
     clean(page)
+
+
+def test_a_real_generation_plays_back(page, gpt2_dir, tmp_path):
+    """attnmap.generate → page: the step control counts the tokens the model wrote, and each
+    step shows the prediction it was chosen from."""
+    run = attnmap.generate("The cat sat on the", model=gpt2_dir, max_new_tokens=4)
+    g = sum(t.generated for t in run.tokens)
+    assert 1 <= g <= 4
+    open_page(page, run, tmp_path / "real.html")
+    assert page.locator(".am-steps").is_visible()
+    assert hooks(page, "a.steps")["count"] == g
+    slider = f"{ROOT} .am-step"
+    page.locator(slider).focus()
+    press(page, "Home", slider)
+    press(page, "ArrowRight", slider)
+    first = len(run.tokens) - g
+    assert hooks(page, "a.steps")["row"] == first
+    new = page.locator(".am-step-info .am-step-new .am-tok").inner_text()
+    assert new == run.tokens[first].text
+    clean(page)
