@@ -88,23 +88,26 @@ def build_model(path: Path) -> Path:
     return path
 
 
-def time_ratio(path: Path, new: int, repeat: int) -> dict:
+def time_ratio(path: Path, new: int, repeat: int, device: str = "cpu") -> dict:
     import torch
 
     import attnmap
     from attnmap.capturing import get_model
     from attnmap.generating import generate_kwargs
 
-    loaded = get_model(str(path))
+    loaded = get_model(str(path), device=device)
     model, tok = loaded.model, loaded.tokenizer
     model.set_attn_implementation("sdpa")  # what a user's model.generate runs
     model.generation_config.min_new_tokens = new  # both write exactly `new` tokens
-    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    ids = torch.tensor([tok(PROMPT)["input_ids"]], device=model.device)
     kw = generate_kwargs(model, tok, max_new_tokens=new)
 
     def plain():
         with torch.no_grad():
-            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
 
     def ours():
         return attnmap.generate(PROMPT, model=loaded, max_new_tokens=new)
@@ -139,14 +142,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", nargs="*", default=["plain", "auto", "qk"])
     ap.add_argument("--no-time", action="store_true", help="only the peak-memory table")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the timing runs "
+                    "(the memory table is always CPU resident memory)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(Path(tmp) / "gpt2-6x6")
         print(f"## attnmap.generate vs model.generate ({machine()})")
-        t = None if args.no_time else time_ratio(path, args.new, args.repeat)
+        t = None if args.no_time else time_ratio(path, args.new, args.repeat, args.device)
         if t is not None:
             print(f"GPT-2-shaped 6 layers × 6 heads, d=384, vocab 50,257; {t['prompt']}-token "
-                  f"prompt, {t['new']} new tokens, greedy, median of {args.repeat}")
+                  f"prompt, {t['new']} new tokens, greedy, median of {args.repeat}, on "
+                  f"{args.device}")
             print(f"  model.generate (SDPA):  {t['plain_s']:.2f} s")
             print(f"  attnmap.generate:       {t['attnmap_s']:.2f} s")
             print(f"  ratio attnmap / plain:  {t['ratio']:.2f} (target ≤ 1.3)")
