@@ -206,3 +206,18 @@ def test_paper_figures_pickle():
     back = pickle.loads(pickle.dumps(fig))
     assert type(back) is type(fig)
     assert back.axes[0].get_title() == fig.axes[0].get_title()
+
+
+def test_heatmap_draws_into_the_users_axes():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4))
+    left, right = fig.subplots(1, 2)
+    left.plot([0, 1], [0, 1])
+    got = attnmap.heatmap(_run(), 0, 1, ax=right, scale="log")
+    assert got is fig  # the user's figure, not a new one
+    assert len(right.images) == 1 and not left.images  # drawn where asked, nothing else touched
+    assert right.get_title().endswith("layer 0 · head 1")
+    assert right.images[0].norm.__class__.__name__ == "LogNorm"
+    with pytest.raises(AttnmapError, match="ax="):
+        attnmap.heatmap(_run(), 0, "all", ax=right)
