@@ -75,7 +75,7 @@ def _options(req: GenerateRequest, cap: int) -> dict[str, Any]:
         raise ApiError(400, f"max_new_tokens {req.max_new_tokens} is above this server's "
                        f"limit of {cap}; ask for fewer, or start the server with a larger "
                        "max_new_tokens")
-    opts = {"max_new_tokens": req.max_new_tokens, "do_sample": req.do_sample,
+    opts: dict[str, Any] = {"max_new_tokens": req.max_new_tokens, "do_sample": req.do_sample,
             "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed,
             "stop": req.stop}
     try:

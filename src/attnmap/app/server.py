@@ -16,7 +16,8 @@ Every error is JSON ``{"detail": message}``, and ``/openapi.json`` declares ever
 body each route answers. The pieces, one concern each: ``_schemas`` (request and response
 bodies), ``_store`` (the runs kept), ``_jobs`` (models and the worker threads), ``_guard``
 (Host, body limit, security headers), ``_errors`` (error answers), and the routes in
-``_pages``, ``_runs``, ``_diff`` and ``_generate`` (live generation, streamed); `create_app` assembles them.
+``_pages``, ``_runs``, ``_diff`` and ``_generate`` (live generation, streamed);
+`create_app` assembles them.
 """
 
 from __future__ import annotations
