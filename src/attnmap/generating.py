@@ -29,6 +29,7 @@ import dataclasses
 import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -117,8 +118,12 @@ class _Steps:
     """A forward hook that keeps the last position's logits, and a stopping criterion that,
     once generate has chosen the token, keeps that step's numbers (on the model's device)."""
 
-    def __init__(self, top_k: int) -> None:
+    def __init__(self, top_k: int, on_step: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.top_k = top_k
+        self.on_step = on_step  # (step, chosen id) once a step has chosen its token
+        self.should_stop = should_stop  # asked after each step: True ends generation there
+        self.cancelled = False
         self.pending: Any = None
         self.rows: list[Any] = []  # per step: tensor [2k + 3] = top ids, top p, id, p, rank, H
 
@@ -141,7 +146,12 @@ class _Steps:
             self.rows.append(torch.cat([top_i.float(), top_p, torch.stack(
                 [chosen.float(), p, rank.float(), entropy])]))
             self.pending = None
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if self.on_step is not None:
+                self.on_step(len(self.rows) - 1, int(chosen))
+        if self.should_stop is not None and not self.cancelled and self.should_stop():
+            self.cancelled = True
+        return torch.full((input_ids.shape[0],), self.cancelled, dtype=torch.bool,
+                          device=input_ids.device)
 
     def records(self, tokenizer: Any, query_tokens: list[Any], first: int) -> list[dict[str, Any]]:
         """One record per step; step s reads at query position ``first + s``."""
@@ -297,6 +307,8 @@ def generate(
     device: str | None = "auto",
     torch_dtype: str | None = "auto",
     device_map: str | None = None,
+    on_token: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> AttentionRun:
     """Let the model write up to `max_new_tokens` tokens after `prompt` and return the
     attention of the prompt and every generated token, as the model computed it while writing.
@@ -315,6 +327,12 @@ def generate(
     :func:`attnmap.capture` (``"auto"``: queries and keys once the weights would pass
     ``WEIGHTS_BUDGET``). Encoder-decoders record the encoder, the decoder's self-attention
     and its cross-attention, the generated text as the target.
+
+    For live display: `on_token(step, text)` is called after each decoding step with the
+    step's index (0-based) and the chosen token's display text (as in ``run.tokens``);
+    `should_stop()` is asked after each step, and once it answers True generation ends there
+    (the run keeps the tokens written so far; ``generation["stopped"]`` is
+    ``"cancelled"``). Both run in the generating thread.
     """
     from . import capturing
     from .capturing import check_text, get_model, weights_limit
@@ -362,7 +380,11 @@ def generate(
     gen_kwargs = generate_kwargs(loaded.model, tok, max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, temperature=temperature, top_p=top_p,
                                  stop=stops)
-    steps = _Steps(top_k)
+    on_step = None
+    if on_token is not None:
+        def on_step(step: int, token_id: int) -> None:
+            on_token(step, make_tokens(tok, [token_id])[0].text)
+    steps = _Steps(top_k, on_step, should_stop)
     settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                 "temperature": temperature, "top_p": top_p, "seed": seed, "stop": stops,
                 "prompt_tokens": n, "store": "qk" if use_qk else "weights"}
@@ -613,14 +635,16 @@ def _generated_tokens(tok: Any, gen_ids: list[int], turn: int | None) -> list[An
 
 
 def _stopped(tok: Any, gen_ids: list[int], model: Any, gen_kwargs: dict[str, Any],
-             stops: list[str] | None, max_new_tokens: int) -> str:
+             stops: list[str] | None, max_new_tokens: int, cancelled: bool = False) -> str:
     eos = gen_kwargs.get("eos_token_id", getattr(model.generation_config, "eos_token_id", None))
     eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     if gen_ids and gen_ids[-1] in eos_ids:
         return "eos"
     if stops and any(s in tok.decode(gen_ids) for s in stops):
         return "stop"
-    return "length" if len(gen_ids) >= max_new_tokens else "eos"
+    if len(gen_ids) >= max_new_tokens:
+        return "length"
+    return "cancelled" if cancelled else "eos"
 
 
 def _assemble(loaded: Any, text: str, tokens: list[Any], gen_ids: list[int],
@@ -635,7 +659,7 @@ def _assemble(loaded: Any, text: str, tokens: list[Any], gen_ids: list[int],
     generated_text = tok.decode(gen_ids, skip_special_tokens=True)
     settings = dict(settings, generated_tokens=len(gen_ids),
                     stopped=_stopped(tok, gen_ids, model, gen_kwargs, settings["stop"],
-                                     settings["max_new_tokens"]))
+                                     settings["max_new_tokens"], steps.cancelled))
     extra: dict[str, Any] = {"generation": settings, "generated_text": generated_text}
     if messages is not None:
         extra["messages"] = [*messages, {"role": "assistant", "content": generated_text}]
@@ -694,7 +718,7 @@ def _seq2seq(loaded: Any, text: str, tokens: list[Any], input_ids: Any,
     generated_text = tok.decode(gen_ids, skip_special_tokens=True)
     settings = dict(settings, generated_tokens=len(gen_ids),
                     stopped=_stopped(tok, gen_ids, model, gen_kwargs, settings["stop"],
-                                     settings["max_new_tokens"]))
+                                     settings["max_new_tokens"], steps.cancelled))
     model_info = dict(info)
     model_info["target_generated"] = True
     extra: dict[str, Any] = {"generation": settings, "generated_text": generated_text,

@@ -106,6 +106,9 @@ class Runner:
         self.timeout = timeout
         self.cmap = "Blues"  # the viewer's colormap (set by create_app)
         self.limiter = anyio.CapacityLimiter(WORKERS)
+        self.max_new_tokens = 256  # per generation request (set by create_app)
+        self.generations: dict[str, Any] = {}  # model id → its running generation
+        self.generations_lock = threading.Lock()
 
     def pick(self, name: str | None) -> Model:
         if name is None:

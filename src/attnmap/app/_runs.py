@@ -55,6 +55,9 @@ def facts(runner: Runner, e: Entry) -> dict[str, Any]:
     if run.target_tokens is not None:
         out["target_text"] = run.target_text
         out["target_tokens"] = [t.text for t in run.target_tokens]
+    generated = sum(1 for t in (run.target_tokens or run.tokens) if t.generated)
+    if generated:
+        out["generated"] = generated
     m = runner.by_id.get(run.model.get("id"))
     out["mask_token"] = m.mask_token() if m is not None else None
     return out

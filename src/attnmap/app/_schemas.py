@@ -37,6 +37,47 @@ class PerturbRequest(BaseModel):
                       description="'remove' the token, or 'mask' it with the mask token")
 
 
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(description="system, user, assistant, … (the chat template's roles)")
+    content: str
+
+
+class GenerateRequest(BaseModel):
+    """``POST /api/generate``: a prompt (text, or chat messages through the model's chat
+    template) for the model to write on, token by token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, description="the prompt (give text or messages)")
+    messages: list[ChatMessage] | None = Field(
+        None, description="chat messages instead of text (the model needs a chat template)")
+    model: str | None = Field(
+        None, description="one of the ids from GET /api/models; default the first one")
+    max_new_tokens: int = Field(
+        20, description="how many tokens the model may write (at least 1, at most this "
+        "server's limit)")
+    do_sample: bool = Field(False, description="sample instead of greedy decoding")
+    temperature: float | None = Field(None, description="with do_sample only: above 0")
+    top_p: float | None = Field(None, description="with do_sample only: above 0, at most 1")
+    seed: int | None = Field(None, description="with do_sample: makes the sample repeatable")
+    stop: list[str] | None = Field(None, description="strings that end the generation")
+
+
+class StopRequest(BaseModel):
+    """``POST /api/generate/stop``: end the running generation of a model."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="the model whose generation to stop; "
+                              "default the first one")
+
+
+class StopResult(BaseModel):
+    model: str
+    stopped: bool = Field(description="true if a generation was running and was asked to "
+                          "stop (its stream then ends with done)")
+
+
 # --- responses ---------------------------------------------------------------------------------
 class ErrorBody(BaseModel):
     """Every error: one message that names the problem and the way out."""
@@ -90,6 +131,8 @@ class RunFacts(RunSummary):
     mask_token: str | None
     target_text: str | None = Field(None, description="encoder-decoder runs only")
     target_tokens: list[str] | None = Field(None, description="encoder-decoder runs only")
+    generated: int | None = Field(None, description="generated runs only: how many of the "
+                                  "tokens the model wrote (the last ones)")
 
 
 class RankedHead(BaseModel):
@@ -138,6 +181,8 @@ _WHY = {
     400: "a bad value (the message names it), or a Host header this server does not serve",
     405: "the path does not take this method (the Allow header lists those it does)",
     408: "the request body did not arrive within this server's body timeout",
+    409: "this model is already generating (one generation per model at a time); stop it "
+         "or wait",
     404: "no such run (or it was evicted: the message says so), stack, layer or file",
     413: "the request body, or the memory one run would need, is over this server's limit",
     422: "the request does not match this schema",
@@ -163,6 +208,18 @@ def errors(*codes: int, binary: bool = False) -> dict[int | str, dict[str, Any]]
             out[code] = {"model": ErrorBody, "description": _WHY[code]}
     return out
 
+
+EVENT_STREAM = {
+    "description": "Server-Sent Events: one `token` event per decoding step (data: JSON "
+    "{\"step\": i, \"token\": text}) in order, then `done` (data: JSON, the stored run's "
+    "summary with `generated` and `stopped`) or `error` (data: JSON {\"detail\": message})",
+    # before OpenAPI 3.2 (this document is 3.1) the schema describes one event
+    "content": {"text/event-stream": {"schema": {
+        "type": "object", "required": ["event", "data"],
+        "properties": {"event": {"type": "string", "enum": ["token", "done", "error"]},
+                       "data": {"type": "string", "contentMediaType": "application/json"}},
+    }}},
+}
 
 BINARY = {
     "description": "the bytes, in the viewer's payload format",

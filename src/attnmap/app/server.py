@@ -16,7 +16,8 @@ Every error is JSON ``{"detail": message}``, and ``/openapi.json`` declares ever
 body each route answers. The pieces, one concern each: ``_schemas`` (request and response
 bodies), ``_store`` (the runs kept), ``_jobs`` (models and the worker threads), ``_guard``
 (Host, body limit, security headers), ``_errors`` (error answers), and the routes in
-``_pages``, ``_runs`` and ``_diff``; `create_app` assembles them.
+``_pages``, ``_runs``, ``_diff`` and ``_generate`` (live generation, streamed);
+`create_app` assembles them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fastapi import FastAPI
 
 from .._errors import AttnmapError
 from ..analysis.perturb import perturbed_text
-from . import _diff, _errors, _pages, _runs
+from . import _diff, _errors, _generate, _pages, _runs
 from ._errors import ApiError
 from ._guard import CSP, Guard, Methods, SecurityHeaders, allowed_hosts
 from ._jobs import Model, Runner
@@ -50,6 +51,7 @@ def create_app(
     device: str | None = "auto",
     torch_dtype: str | None = "auto",
     cmap: str = "Blues",
+    max_new_tokens: int = 256,
 ) -> FastAPI:
     """The app for `models` (hub ids, local directories, None for the bundled model).
 
@@ -59,7 +61,8 @@ def create_app(
     (seconds) how long a request body may take to arrive (then 408); `host` is the
     address served (its name is accepted in the Host header besides loopback);
     `device`/`torch_dtype` where and in what precision the models run (as in capture);
-    `cmap` is the matplotlib colormap the viewer paints with.
+    `cmap` is the matplotlib colormap the viewer paints with; `max_new_tokens` the most
+    tokens one live generation (``POST /api/generate``) may ask for.
     """
     from ..models import resolve
     from ..viewer.colours import check_cmap
@@ -70,6 +73,9 @@ def create_app(
         raise AttnmapError(f"max_runs must be at least 1 (not {max_runs!r})")
     if max_bytes < 1 or max_body < 1 or not timeout > 0 or not body_timeout > 0:
         raise AttnmapError("max_bytes, max_body, timeout and body_timeout must be positive")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        raise AttnmapError(f"max_new_tokens must be at least 1 (not {max_new_tokens!r})")
     registry: dict[str, Model] = {}
     for name in models or [None]:
         ident = resolve(name)[0]
@@ -90,6 +96,7 @@ def create_app(
         redoc_url=None,
     )
     runner.cmap = cmap
+    runner.max_new_tokens = max_new_tokens
     app.state.attnmap = runner
     app.state.attnmap_alignments = _diff.AlignmentCache()
     # The last added runs first: security headers go on the guard's own refusals too.
@@ -101,4 +108,5 @@ def create_app(
     app.include_router(_pages.router)
     app.include_router(_runs.router)
     app.include_router(_diff.router)
+    app.include_router(_generate.router)
     return app

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest request body in KB (default 1024)")
     p.add_argument("--timeout", type=float, default=120, metavar="SECONDS",
                    help="longest a request may work before it answers 504 (default 120)")
+    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                   help="most tokens one live generation (Generate) may ask for (default 256)")
     p.add_argument("--body-timeout", type=float, default=30, metavar="SECONDS",
                    help="longest a client may take to send a request body before it gets "
                    "408 (default 30)")
@@ -134,6 +136,7 @@ def serve(args: argparse.Namespace) -> int:
             device=args.device,
             torch_dtype=args.torch_dtype,
             cmap=args.cmap,
+            max_new_tokens=args.max_new_tokens,
         )
         port = sock.getsockname()[1]
         shown = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"

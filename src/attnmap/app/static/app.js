@@ -255,6 +255,7 @@ async function perturb(mode) {
 
 function setBusy(on) {
   $("run").disabled = on;
+  $("generate").disabled = on;
   $("act-remove").disabled = on;
   $("act-mask").disabled = on;
 }
@@ -427,8 +428,102 @@ async function submit(event) {
   }
 }
 
+// Server-Sent Events from a fetch body: calls onEvent(name, data) for each whole event.
+async function readEvents(resp, onEvent) {
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+// Generate: the model writes on the text; each token shows as it arrives, then the stored run
+// opens in the viewer (with its step control). Stop ends it early (the run is still kept).
+async function generate() {
+  if (state.busy) return;
+  const model = $("model").value;
+  const body = { text: $("text").value, model,
+                 max_new_tokens: Number($("max-new").value) };
+  state.busy = true;
+  setBusy(true);
+  showError(null);
+  const out = $("gen-out");
+  out.replaceChildren();
+  out.hidden = false;
+  $("stop").hidden = false;
+  $("stop").disabled = false;
+  $("stop").dataset.model = model;
+  say("generating…");
+  let done = null;
+  let failed = null;
+  try {
+    const resp = await api("/api/generate", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    await readEvents(resp, (name, data) => {
+      if (name === "token") {
+        const span = document.createElement("span");
+        span.textContent = data.token;  // token text is data
+        span.dataset.step = String(data.step);
+        out.append(span);
+        say(`generating… ${data.step + 1} tokens`);
+      } else if (name === "done") {
+        done = data;
+      } else if (name === "error") {
+        failed = new Error(data.detail);
+      }
+    });
+    if (failed) throw failed;
+    if (!done) throw new Error("the generation ended without a result; see the server's output");
+    $("stop").hidden = true;
+    await openRun(done.id);
+    const why = done.stopped === "cancelled" ? "stopped" : `ended: ${done.stopped}`;
+    say(`generated ${done.generated} tokens in ${done.seconds.toFixed(2)} s (${why})`);
+  } catch (err) {
+    say("");
+    showError(err);
+  } finally {
+    $("stop").hidden = true;
+    state.busy = false;
+    setBusy(false);
+  }
+}
+
+async function stopGenerating() {
+  $("stop").disabled = true;
+  say("stopping…");
+  try {
+    await api("/api/generate/stop", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: $("stop").dataset.model || null }),
+    });
+  } catch (err) {
+    showError(err);
+  }
+}
+
 async function start() {
   $("run-form").addEventListener("submit", submit);
+  $("generate").addEventListener("click", () => generate());
+  $("stop").addEventListener("click", () => stopGenerating());
   $("model").addEventListener("change", updateTargetRow);
   $("tokens").addEventListener("click", (e) => {
     const span = e.target.closest("span.app-tok");
@@ -453,6 +548,7 @@ async function start() {
   try {
     await loadModels();
     $("run").disabled = false;
+    $("generate").disabled = false;
     await refreshRuns();
     const newest = $("runs").querySelector("button");
     if (newest) await openRun(newest.dataset.runId);
