@@ -475,6 +475,7 @@ def generated_rows(run: AttentionRun, stack: str | None = None) -> list[int]:
     return rows
 
 
+@_literal
 def steps(run: AttentionRun, layer: int = -1, head: int | str = "mean", *,
           stack: str | None = None, cmap: str = "Blues", title: str | None = None) -> Any:
     """One strip per generation step: the generated token's attention row over every token,

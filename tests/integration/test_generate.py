@@ -316,3 +316,20 @@ def test_bad_input_errors(zoo, tok):
         attnmap.generate(PROMPT, model=zoo["t5"], tokenizer=tok, store="qk")
     with pytest.raises(AttnmapError, match="max_new_tokens must be a whole number"):
         attnmap.generate(PROMPT, model=zoo["gpt2"], tokenizer=tok, max_new_tokens=2.5)
+
+
+def test_render_steps_from_a_generated_run_file(zoo, tok, tmp_path, capsys):
+    run = attnmap.generate(PROMPT, model=zoo["gpt2"], tokenizer=tok, max_new_tokens=4)
+    path = run.save(tmp_path / "gen.safetensors")
+    out = tmp_path / "steps.svg"
+    assert main(["render", "--run", str(path), "--steps", "--head", "mean", "-o", str(out),
+                 "-q"]) == 0, capsys.readouterr().err
+    svg = out.read_text("utf-8")
+    import html
+
+    generated = [t.text for t in run.tokens if t.generated]
+    assert len(generated) == 4
+    assert all(html.escape(g, quote=False) in svg for g in generated)  # each step is named
+    assert main(["render", "--run", str(path), "--steps", "--overview", "-o",
+                 str(tmp_path / "x.png")]) == 2
+    assert "--steps" in capsys.readouterr().err

@@ -64,6 +64,9 @@ def register(sub: Any) -> None:
                    "matrix (✗ where the true next token was not top-1)")
     p.add_argument("--generated-only", action="store_true",
                    help="a run from `attnmap generate`: rows are the generated tokens only")
+    p.add_argument("--steps", action="store_true",
+                   help="a run from `attnmap generate`: one strip per step (the new token's "
+                   "row over every token, its probability, rank and entropy beside it)")
     add_common(p)
     p.set_defaults(func=_render)
 
@@ -112,7 +115,15 @@ def _render(args: argparse.Namespace) -> int:
 
         raise AttnmapError("--generated-only draws one head's generated rows; leave out "
                            "--overview and --head all")
-    if args.overview:
+    if args.steps:
+        if args.overview or args.head == "all":
+            from .._errors import AttnmapError
+
+            raise AttnmapError("--steps draws one head (or --head mean/max) per step; leave "
+                               "out --overview and --head all")
+        fig = plot.steps(run, -1 if args.layer is None else args.layer, args.head,
+                         stack=args.stack, cmap=args.cmap)
+    elif args.overview:
         fig = plot.overview(run, **look)
     elif args.head == "all":
         fig = plot.grid(run, layer, **look)
