@@ -229,3 +229,22 @@ def test_widget_state_is_binary_and_uses_the_same_module():
         show(run, head=4)
     with pytest.raises(TypeError, match="colour"):  # explicit keywords: a typo is refused
         show(run, colour="red")
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 1, 1), (2, 0, 4), (2, 4, 0), (4, 9, 9)])
+def test_quantise_matches_its_definition(shape):
+    """Row scale = the largest visible value (NaN, ±inf and negatives count as 0); code =
+    round(value / scale · 128); masked cells 255."""
+    rng = np.random.default_rng(sum(shape))
+    w = rng.normal(size=shape)
+    if w.size:
+        w.flat[0], w.flat[-1] = np.nan, np.inf
+    masked = rng.random(shape[1:]) < 0.3
+    scales, codes = P.quantise(w, masked)
+    clean = np.where(np.isfinite(w) & (w > 0) & ~masked[None], w, 0).astype(np.float32)
+    want_scales = clean.max(axis=2) if shape[2] else np.zeros(shape[:2], np.float32)
+    np.testing.assert_array_equal(scales, want_scales)
+    safe = np.where(want_scales > 0, want_scales, 1)[:, :, None]
+    want = np.rint(clean * (np.float32(128) / safe)).astype(np.uint8)
+    want[np.broadcast_to(masked[None], want.shape)] = 255
+    np.testing.assert_array_equal(codes, want)
