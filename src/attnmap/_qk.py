@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ from .qkweights import QKLayers
 EAGER_IMPL = "attnmap_eager"
 QK_IMPL = "attnmap_qk"
 _STATE = threading.local()
-_registered = False
+_registered: set[str] = set()  # attention functions made known to transformers
 
 
 # --- recording ------------------------------------------------------------------------------
@@ -194,19 +196,56 @@ def _release_freed_memory(setup: bool) -> None:
         pass
 
 
-def register() -> None:
-    """Make both attention functions known to transformers (once)."""
-    global _registered
-    if _registered:
+def register_attention(name: str, fn: Any, mask: Any) -> None:
+    """Make attention function `fn` (with mask builder `mask`) known to transformers as
+    `name`, once per process."""
+    if name in _registered:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(EAGER_IMPL, _eager_record)
-    AttentionMaskInterface.register(EAGER_IMPL, eager_mask)
-    AttentionInterface.register(QK_IMPL, _qk_record)
-    AttentionMaskInterface.register(QK_IMPL, sdpa_mask)
-    _registered = True
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, mask)
+    _registered.add(name)
+
+
+def register() -> None:
+    """Make both recording attention functions known to transformers (once)."""
+    from transformers.masking_utils import eager_mask, sdpa_mask
+
+    register_attention(EAGER_IMPL, _eager_record, eager_mask)
+    register_attention(QK_IMPL, _qk_record, sdpa_mask)
+
+
+@contextmanager
+def attention_function(model: Any, name: str) -> Iterator[None]:
+    """Run `model` with the registered attention function `name`; the model's own setting is
+    restored afterwards, whatever happens. A model that computes attention its own way (or
+    refuses the switch) raises ``_Unsupported``."""
+    before = getattr(model.config, "_attn_implementation", None)
+    can = getattr(model, "_can_set_attn_implementation", None)
+    if can is not None and not can():
+        raise _Unsupported(f"{type(model).__name__} computes attention its own way")
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise _Unsupported(str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                           ) from exc
+    try:
+        yield
+    finally:
+        if before is not None:
+            model.set_attn_implementation(before)
+
+
+@contextmanager
+def fixed_mmap_threshold() -> Iterator[None]:
+    """Freed big buffers go back to the system while inside (see _release_freed_memory)."""
+    _release_freed_memory(setup=True)
+    try:
+        yield
+    finally:
+        _release_freed_memory(setup=False)
 
 
 class recording:  # noqa: N801 - used as a context manager, like torch.no_grad
@@ -224,30 +263,18 @@ class recording:  # noqa: N801 - used as a context manager, like torch.no_grad
 
     def __enter__(self) -> _Recording:
         register()
-        self.before = getattr(self.model.config, "_attn_implementation", None)
-        can = getattr(self.model, "_can_set_attn_implementation", None)
-        if can is not None and not can():
-            raise _Unsupported(f"{type(self.model).__name__} computes attention its own way")
-        _STATE.record = self.rec
-        if self.mode == "qk":
-            _release_freed_memory(setup=True)
-        try:
-            self.model.set_attn_implementation(EAGER_IMPL if self.mode == "eager" else QK_IMPL)
-        except (ValueError, KeyError, AttributeError, TypeError) as exc:
-            _STATE.record = None
-            self.failed = exc
-            raise _Unsupported(str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                               ) from exc
+        with ExitStack() as stack:
+            if self.mode == "qk":
+                stack.enter_context(fixed_mmap_threshold())
+            stack.enter_context(attention_function(
+                self.model, EAGER_IMPL if self.mode == "eager" else QK_IMPL))
+            _STATE.record = self.rec
+            stack.callback(setattr, _STATE, "record", None)
+            self._exit = stack.pop_all()
         return self.rec
 
     def __exit__(self, *exc: Any) -> None:
-        _STATE.record = None
-        try:
-            if self.before is not None:
-                self.model.set_attn_implementation(self.before)
-        finally:
-            if self.mode == "qk":
-                _release_freed_memory(setup=False)
+        self._exit.close()
 
 
 class _Unsupported(Exception):

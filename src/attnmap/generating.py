@@ -29,7 +29,8 @@ import dataclasses
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,6 @@ from .tokens import make_tokens
 
 GEN_QK_IMPL = "attnmap_generate_qk"
 _STATE = threading.local()
-_registered = False
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -243,48 +243,21 @@ def _gen_qk(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
     return out
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+@contextmanager
+def _qk_steps(model: Any) -> Iterator[_QKSteps]:
+    """Generate with `model` keeping only each step's new queries (and the final keys)."""
+    from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(GEN_QK_IMPL, _gen_qk)
-    AttentionMaskInterface.register(GEN_QK_IMPL, sdpa_mask)
-    _registered = True
+    from ._qk import attention_function, fixed_mmap_threshold, register_attention
 
-
-class _qk_steps:  # noqa: N801 - a context manager
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.steps = _QKSteps()
-
-    def __enter__(self) -> _QKSteps:
-        from ._qk import _release_freed_memory, _Unsupported
-
-        _register()
-        self.before = getattr(self.model.config, "_attn_implementation", None)
-        can = getattr(self.model, "_can_set_attn_implementation", None)
-        if can is not None and not can():
-            raise _Unsupported(type(self.model).__name__)
+    register_attention(GEN_QK_IMPL, _gen_qk, sdpa_mask)
+    steps = _QKSteps()
+    with attention_function(model, GEN_QK_IMPL), fixed_mmap_threshold():
+        _STATE.steps = steps
         try:
-            self.model.set_attn_implementation(GEN_QK_IMPL)
-        except (ValueError, KeyError, AttributeError, TypeError) as exc:
-            raise _Unsupported(str(exc)) from exc
-        _STATE.steps = self.steps
-        _release_freed_memory(setup=True)
-        return self.steps
-
-    def __exit__(self, *exc: Any) -> None:
-        from ._qk import _release_freed_memory
-
-        _STATE.steps = None
-        try:
-            if self.before is not None:
-                self.model.set_attn_implementation(self.before)
+            yield steps
         finally:
-            _release_freed_memory(setup=False)
+            _STATE.steps = None
 
 
 # --- the public function --------------------------------------------------------------------
@@ -501,29 +474,26 @@ def _decoder_weights(loaded: Any, input_ids: Any, gen_kwargs: dict[str, Any], st
                      ) -> tuple[dict[str, AttentionStack], list[int]]:
     import torch
 
-    from ._qk import _release_freed_memory, _Unsupported, recording
+    from ._qk import _Unsupported, fixed_mmap_threshold, recording
 
     model, info = loaded.model, loaded.info
     n = int(input_ids.shape[1])
     rec = None
     # thousands of small per-step tensors between growing caches: without a fixed mmap
     # threshold glibc keeps the freed caches in its heap (twice the peak at 2,048 tokens)
-    _release_freed_memory(setup=True)
-    try:
+    def run() -> tuple[Any, list[int], Any]:
+        out = _run_generate(model, input_ids, gen_kwargs, steps, output_attentions=True,
+                            **_full_cache(model))
+        gen_ids = [int(t) for t in out.sequences[0, n:].tolist()]
+        return out, gen_ids, _last_step(model, out, n + len(gen_ids), output_attentions=True)
+
+    with fixed_mmap_threshold():
         try:
             with recording(model, "eager") as rec:
-                out = _run_generate(model, input_ids, gen_kwargs, steps,
-                                    output_attentions=True, **_full_cache(model))
-                gen_ids = [int(t) for t in out.sequences[0, n:].tolist()]
-                last = _last_step(model, out, n + len(gen_ids), output_attentions=True)
+                out, gen_ids, last = run()
         except _Unsupported:  # the model computes attention its own way: run it as loaded
             rec = None
-            out = _run_generate(model, input_ids, gen_kwargs, steps, output_attentions=True,
-                                **_full_cache(model))
-            gen_ids = [int(t) for t in out.sequences[0, n:].tolist()]
-            last = _last_step(model, out, n + len(gen_ids), output_attentions=True)
-    finally:
-        _release_freed_memory(setup=False)
+            out, gen_ids, last = run()
     per_step = [*out.attentions, last.attentions]  # step 0: the prompt; then one row each
     if any(a is None for s in per_step for a in s):
         raise AttnmapError(
