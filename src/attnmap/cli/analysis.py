@@ -128,7 +128,9 @@ def _heads(args: argparse.Namespace) -> int:
         from ..probes import repeat_probe
 
         run = repeat_probe(args.model, length=args.length, seed=args.seed)
-        start = run.tokens[0].text + " + " if len(run.tokens) % 2 else ""
+        # the model's own start token (BOS/[CLS]) leads the probe when it has one
+        has_start = len(run.tokens) == 2 * args.length + 1
+        start = f"{run.tokens[0].text} + " if has_start else ""
         say(args, f"probe: {one_line(start)}{args.length} random tokens, repeated "
             f"(seed {args.seed})")
         if not run.model.get("causal"):
