@@ -14,6 +14,25 @@ from typing import Any
 import numpy as np
 
 
+# A masked logit: finite, so that 0 × it is 0 where log-probabilities are summed; exp of it
+# (after the row's max is taken away) is exactly 0 in float32.
+_HIDDEN = np.float32(-1e30)
+
+
+class Scratch:
+    """Named float32 buffers that grow to the largest block asked for and are reused."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape))
+        flat = self._flat.get(name)
+        if flat is None or flat.size < size:
+            flat = self._flat[name] = np.empty(size, dtype=np.float32)
+        return flat[:size].reshape(shape)
+
+
 class QKLayers(Sequence[np.ndarray]):
     """A sequence of layers ``[head, query, key]`` computed on demand from queries and keys."""
 
@@ -53,6 +72,65 @@ class QKLayers(Sequence[np.ndarray]):
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
             yield self.compute(i)
+
+    def rows(self, layer: int, r0: int, r1: int, k0: int = 0, k1: int | None = None, *,
+             entropy: bool = False, scratch: Scratch | None = None) -> Any:
+        """Weights of query rows ``r0:r1`` over keys ``k0:k1`` for every head →
+        ``[head, row, key]`` float32, normalised over the keys the mask allows; with
+        `entropy`, also each row's entropy in nats ``[head, row]`` (from the logits, with no
+        logarithm per cell): ``(weights, entropy)``.
+
+        The caller promises that the mask hides every key outside ``k0:k1`` from these rows
+        (a causal row's future, the part of a sliding window left behind), so a long run is
+        read a block of rows at a time without its whole matrix: memory is ``head × rows ×
+        (k1 - k0)``. Equal to the same cells of :meth:`compute` up to float rounding.
+        A caller reading many blocks passes one `scratch`: the blocks then reuse its memory
+        (fresh memory for every block costs page faults), and each result is valid until the
+        next call with it.
+        """
+        q, k = self.q[layer], self.k[layer]
+        h, _, d = q.shape
+        kvh = k.shape[0]
+        rep = h // kvh
+        k1 = k.shape[1] if k1 is None else k1
+        nr, nk = r1 - r0, k1 - k0
+        scale = np.float32(self.scaling[layer])
+        scratch = scratch or Scratch()
+        s = scratch.take("logits", (h, nr, nk))  # [head, row, key]
+        for g in range(kvh):  # one matrix product per key head and the query heads sharing it
+            qg = q[g * rep:(g + 1) * rep, r0:r1].astype(np.float32) * scale
+            np.matmul(qg.reshape(rep * nr, d), k[g, k0:k1].astype(np.float32, copy=False).T,
+                      out=s[g * rep:(g + 1) * rep].reshape(rep * nr, nk))
+        cap = self.softcap[layer]
+        if cap is not None:
+            s /= np.float32(cap)
+            np.tanh(s, out=s)
+            s *= np.float32(cap)
+        blocked = self.masks[layer][r0:r1, k0:k1]
+        cols = np.nonzero(blocked.any(axis=0))[0]
+        if len(cols):  # only the columns some row may not see need the mask
+            c0, c1 = int(cols[0]), int(cols[-1]) + 1
+            s[:, :, c0:c1] += np.where(blocked[:, c0:c1], _HIDDEN, np.float32(0.0))
+        top = s.max(axis=-1, keepdims=True)  # [head, row, 1]
+        sink = None
+        if self.sinks is not None:
+            sink = np.asarray(self.sinks[layer], dtype=np.float32)[:, None, None]
+            top = np.maximum(top, sink)
+        top[top <= _HIDDEN / 2] = 0.0  # a row with every key masked stays all 0
+        s -= top  # log p = s − log(total)
+        p = np.exp(s, out=scratch.take("weights", (h, nr, nk)) if entropy else s)
+        total = p.sum(axis=-1, keepdims=True)
+        if sink is not None:
+            total += np.exp(sink - top)
+        total[total == 0] = 1.0
+        p /= total
+        if not entropy:
+            return p
+        # H = −Σ p·log p = log(total)·Σp − Σ p·s (a masked cell: p = 0 and s finite)
+        mass = p.sum(axis=-1, dtype=np.float64)
+        ent = np.log(total[..., 0]).astype(np.float64) * mass - np.einsum(
+            "hqk,hqk->hq", p, s, dtype=np.float64)
+        return p, np.maximum(ent, 0.0)
 
     def compute(self, layer: int, heads: Sequence[int] | None = None) -> np.ndarray:
         """softmax(q kᵀ · scaling) over the keys the layer's mask allows, with the layer's

@@ -169,6 +169,24 @@ class AttentionStack:
         h, q, k = getattr(self.layers, "shape", None) or self.layers[0].shape
         return (len(self.layers), int(h), int(q), int(k))
 
+    def rows(self, layer: int, r0: int, r1: int, k0: int = 0, k1: int | None = None, *,
+             entropy: bool = False, scratch: Any = None) -> Any:
+        """Weights of query rows ``r0:r1`` over keys ``k0:k1`` of one layer ``[head, row, key]``
+        float32 (and with `entropy` each row's entropy ``[head, row]``: ``(weights,
+        entropy)``); a run stored as queries and keys computes only those rows (the mask must
+        hide every other key from them, and `scratch` lends it memory: see
+        :meth:`QKLayers.rows`)."""
+        if isinstance(self.layers, QKLayers):
+            return self.layers.rows(layer, r0, r1, k0, k1, entropy=entropy, scratch=scratch)
+        a = np.asarray(self.layers[layer][:, r0:r1, k0:k1], dtype=np.float32)
+        if not entropy:
+            return a
+        k1 = a.shape[2] + k0
+        ok = (a > 0) & ~self.mask(layer)[r0:r1, k0:k1]
+        logs = np.log(a, where=ok, out=np.zeros(a.shape, dtype=np.float32))
+        ent: np.ndarray = -np.einsum("hqk,hqk->hq", a, logs, dtype=np.float64)
+        return a, ent
+
     @property
     def lazy(self) -> bool:
         """True when layers are computed on demand from stored queries and keys."""

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import AttnmapError, deprecated
+from ..qkweights import Scratch
 from ..run import STACK_SIDES, AttentionRun
 
 SCORE_NAMES = (
@@ -67,25 +68,6 @@ def copy_pairs(keys: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(early, dtype=np.int64), np.asarray(late, dtype=np.int64)
 
 
-class _Targets:
-    """A sparse target set: (query, key) pairs, grouped by query for fast row sums."""
-
-    def __init__(self, q: np.ndarray, k: np.ndarray, n: int, masked: np.ndarray,
-                 excluded_cols: np.ndarray):
-        keep = ~masked[q, k] & ~excluded_cols[q, k] if len(q) else np.zeros(0, bool)
-        q, k = q[keep], k[keep]
-        order = np.lexsort((k, q))
-        self.q, self.k = q[order], k[order]
-        self.rows, self.starts = np.unique(self.q, return_index=True)  # rows with a target
-
-    def row_mass(self, a: np.ndarray) -> np.ndarray:
-        """``Σ_{j∈S_i} A[h, i, j]`` for the rows that have targets: ``[head, row]``."""
-        if len(self.q) == 0:
-            return np.zeros((a.shape[0], 0), dtype=np.float64)
-        vals = a[:, self.q, self.k].astype(np.float64)  # [head, pair]
-        return np.add.reduceat(vals, self.starts, axis=1)
-
-
 def head_scores(
     run: AttentionRun,
     *,
@@ -117,11 +99,83 @@ def head_scores(
         locality_k < 0
     ):
         raise AttnmapError(f"locality_k must be a whole number ≥ 0 (not {locality_k!r})")
+    return head_score_parts(run, stack=stack, ignore_first=ignore_first,
+                            ignore_current=ignore_current, locality_k=locality_k,
+                            rows=rows).entries()
+
+
+class ScoreParts:
+    """Each score's numerator and row count per head, so that means over many rows — of one
+    long text read in blocks, or of a whole corpus — weight every row alike.
+
+    ``sums[name]`` and ``counts[name]`` are ``[layer, head]`` (float64 and int64); a score's
+    value is ``sums / counts``, undefined where ``counts`` is 0. Parts of different texts
+    over the same model add up with ``+``.
+    """
+
+    def __init__(self, stack: str, sums: dict[str, np.ndarray], counts: dict[str, np.ndarray]
+                 ) -> None:
+        self.stack = stack
+        self.sums = sums
+        self.counts = counts
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        layers, heads = self.sums[SCORE_NAMES[0]].shape
+        return int(layers), int(heads)
+
+    def means(self) -> dict[str, np.ndarray]:
+        """Each score as ``[layer, head]``, NaN where no row had a target."""
+        out: dict[str, np.ndarray] = {}
+        for name in SCORE_NAMES:
+            c = self.counts[name]
+            out[name] = np.divide(self.sums[name], c, out=np.full(c.shape, np.nan),
+                                  where=c > 0)
+        return out
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The scores as :func:`head_scores` gives them."""
+        means = self.means()
+        layers, heads = self.shape
+        return [{"layer": li, "head": hi,
+                 "scores": {k: _num(means[k][li, hi]) for k in SCORE_NAMES}}
+                for li in range(layers) for hi in range(heads)]
+
+    def __add__(self, other: ScoreParts) -> ScoreParts:
+        if self.shape != other.shape or self.stack != other.stack:
+            raise AttnmapError(
+                f"score parts of {self.stack} {self.shape} and {other.stack} {other.shape} do "
+                "not add up: they come from different models or stacks")
+        return ScoreParts(self.stack, {k: self.sums[k] + other.sums[k] for k in SCORE_NAMES},
+                          {k: self.counts[k] + other.counts[k] for k in SCORE_NAMES})
+
+
+def head_score_parts(
+    run: AttentionRun,
+    *,
+    stack: str | None = None,
+    ignore_first: bool = False,
+    ignore_current: bool = False,
+    locality_k: int = 2,
+    rows: Any = None,
+    progress: Any = None,
+    block_bytes: int = 64 << 20,
+) -> ScoreParts:
+    """The census as sums and row counts (:class:`ScoreParts`); :func:`head_scores` divides.
+
+    Computed a block of query rows at a time over only the keys the layer's mask lets those
+    rows see, so a long run stored as queries and keys never holds a whole head's matrix:
+    memory is about `block_bytes` whatever the length. `progress`, if given, is called as
+    ``progress(done, total)`` after each block of rows of each layer.
+    """
+    if isinstance(locality_k, bool) or not isinstance(locality_k, (int, np.integer)) or (
+        locality_k < 0
+    ):
+        raise AttnmapError(f"locality_k must be a whole number ≥ 0 (not {locality_k!r})")
     name = self_stack_name(run, stack, "head scores")
     st = run.stack(name)
     tokens = run.query_tokens(name)
     n = len(tokens)
-    idx = np.arange(n)
     only = np.ones(n, dtype=bool)  # [query] rows the means run over
     if rows is not None:
         picked = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -129,145 +183,169 @@ def head_scores(
             raise AttnmapError(f"rows must be query positions in 0..{n - 1}")
         only[:] = False
         only[picked] = True
-    excluded = np.zeros((n, n), dtype=bool)  # [query, key] cells taken out of pattern scores
-    if ignore_first:
-        excluded[:, 0] = True
-    if ignore_current:
-        excluded[idx, idx] = True
-    special_cols = np.array([t.special for t in tokens], dtype=bool)
+    special_cols = np.nonzero([t.special for t in tokens])[0]
     pairs = copy_pairs(token_keys(tokens))
-    # Targets depend on the keys a layer may see: one setup per distinct layer mask.
-    setups: dict[int, _Setup] = {}
-
-    out: list[dict[str, Any]] = []
-    for li in range(st.n_layers):
+    n_layers, n_heads = st.n_layers, st.n_heads
+    sums = {k: np.zeros((n_layers, n_heads), dtype=np.float64) for k in SCORE_NAMES}
+    counts = {k: np.zeros((n_layers, n_heads), dtype=np.int64) for k in SCORE_NAMES}
+    rule = _Rule(only, ignore_first, ignore_current)
+    setups: dict[int, _Setup] = {}  # targets depend on the keys a layer may see
+    step = max(1, int(block_bytes // max(1, 4 * n_heads * max(n, 1))))
+    total = n_layers * max(1, -(-n // step))
+    done = 0
+    scratch = Scratch()  # the blocks' memory, reused
+    for li in range(n_layers):
         mask = st.mask(li)
         if id(mask) not in setups:
-            setups[id(mask)] = _Setup(np.asarray(mask, dtype=bool), excluded, pairs, locality_k,
-                                      only)
+            setups[id(mask)] = _Setup(np.asarray(mask, dtype=bool), rule, pairs, locality_k,
+                                      step)
         su = setups[id(mask)]
-        allowed, dist, blocks = su.allowed, su.dist, su.blocks
-        prev, local, dup, induct = su.prev, su.local, su.dup, su.induct
-        self_rows, first_ok = su.self_rows, su.first_ok
-        broad_rows, log_allowed = su.broad_rows, su.log_allowed
-        a = run.layer(li, name)  # [head, query, key] float32
-        h = a.shape[0]
-        # Mass left for the pattern scores once the excluded cells are taken out: [head, query]
-        kept = np.ones((h, n), dtype=np.float64)
-        if ignore_first:
-            kept -= a[:, :, 0]
-        if ignore_current:
-            diag = a[:, idx, idx].astype(np.float64)
-            kept -= diag if not ignore_first else np.where(idx == 0, 0.0, diag)
-        entropy_rows, distance_rows = _entropy_and_distance(a, allowed, dist, blocks)
-        res: dict[str, np.ndarray] = {
-            "self": _mean(a[:, self_rows, self_rows]),
-            "previous_token": _pattern(prev, a, kept),
-            # rows whose next token is a key they may see: none in a causal stack (None)
-            "next_token": _mean(a[:, su.next_rows, su.next_rows + 1]),
-            # only rows that could see the first token (a window hides it from later rows)
-            "first_token": _mean(a[:, su.first_rows, 0]) if first_ok else _none(h),
-            "duplicate_token": _pattern(dup, a, kept),
-            "induction": _pattern(induct, a, kept),
-            "locality": _pattern(local, a, kept),
-            "mean_distance": _mean(distance_rows[:, su.only]),
-            "entropy": _mean(entropy_rows[:, su.only]),
-            "entropy_norm": _mean(entropy_rows[:, broad_rows] / log_allowed[broad_rows])
-            if broad_rows.any() else _none(h),
-            "special": _mean(a[:, :, special_cols].sum(axis=2, dtype=np.float64)[:, su.only]),
-        }
-        for hi in range(h):
-            out.append({
-                "layer": li,
-                "head": hi,
-                "scores": {k: _num(res[k][hi]) for k in SCORE_NAMES},
-            })
-    return out
+        acc = _Accumulator(n_heads)
+        for r0, r1, k0, k1 in su.blocks:
+            if k1 > k0:
+                a, ent = st.rows(li, r0, r1, k0, k1, entropy=True, scratch=scratch)
+                _score_block(acc, a, ent, su, rule, r0, k0, special_cols)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        for k in SCORE_NAMES:
+            sums[k][li], counts[k][li] = acc.sums[k], acc.counts[k]
+    return ScoreParts(name, sums, counts)
+
+
+class _Rule:
+    """Which rows count and which cells the pattern scores leave out."""
+
+    def __init__(self, only: np.ndarray, ignore_first: bool, ignore_current: bool) -> None:
+        self.only = only  # [query] rows the means run over
+        self.ignore_first = ignore_first
+        self.ignore_current = ignore_current
+
+    def excluded(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Pairs (query, key) taken out of the pattern scores."""
+        out = ~self.only[q]
+        if self.ignore_first:
+            out |= k == 0
+        if self.ignore_current:
+            out |= k == q
+        return out
+
+
+class _Targets:
+    """A sparse target set: (query, key) pairs, sorted by query for fast row sums."""
+
+    def __init__(self, q: np.ndarray, k: np.ndarray, masked: np.ndarray, rule: _Rule) -> None:
+        q, k = np.asarray(q, dtype=np.int64), np.asarray(k, dtype=np.int64)
+        keep = ~masked[q, k] & ~rule.excluded(q, k) if len(q) else np.zeros(0, bool)
+        q, k = q[keep], k[keep]
+        order = np.lexsort((k, q))
+        self.q, self.k = q[order], k[order]
+
+    def within(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs whose query is in ``r0:r1``: (query, key, rows with a target, starts)."""
+        lo, hi = np.searchsorted(self.q, [r0, r1])
+        q, k = self.q[lo:hi], self.k[lo:hi]
+        rows, starts = np.unique(q, return_index=True)
+        return q, k, rows, starts
 
 
 class _Setup:
-    """What the scores need to know about one layer mask: targets, distances, row blocks."""
+    """What the scores need to know about one layer mask: targets, rows, blocks of rows."""
 
-    def __init__(self, masked: np.ndarray, excluded: np.ndarray,
-                 pairs: tuple[np.ndarray, np.ndarray], locality_k: int,
-                 only: np.ndarray) -> None:
+    def __init__(self, masked: np.ndarray, rule: _Rule, pairs: tuple[np.ndarray, np.ndarray],
+                 locality_k: int, step: int) -> None:
         n = masked.shape[0]
-        self.only = only  # [query] rows the means run over
-        excluded = excluded | ~only[:, None]  # rows left out have no pattern targets
-        allowed = ~masked  # [query, key]
+        only = rule.only
         idx = np.arange(n)
-        dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)  # [query, key]
-        dist[masked] = 0.0
-        self.allowed, self.dist = allowed, dist
-        self.prev = _Targets(idx[1:], idx[1:] - 1, n, masked, excluded)
-        band_q, band_k = np.nonzero((dist <= locality_k) & allowed)
-        self.local = _Targets(band_q, band_k, n, masked, excluded)
+        live = ~masked.all(axis=1) if n else np.zeros(0, bool)  # rows that see some key
+        first_key = np.where(live, np.argmin(masked, axis=1), 0)
+        end_key = np.where(live, n - np.argmin(masked[:, ::-1], axis=1), 0)
+        self.masked = masked
+        self.prev = _Targets(idx[1:], idx[1:] - 1, masked, rule)
+        band = [(idx[max(0, -d):n - max(0, d)], d) for d in range(-locality_k, locality_k + 1)]
+        self.local = _Targets(np.concatenate([q for q, _ in band]),
+                              np.concatenate([q + d for q, d in band]), masked, rule)
         early, late = pairs
-        self.dup = _Targets(late, early, n, masked, excluded)
+        self.dup = _Targets(late, early, masked, rule)
         # Induction: query at a later copy attends to the token right after the earlier copy.
-        self.induct = _Targets(late, early + 1, n, masked, excluded)
-        n_allowed = allowed.sum(axis=1)  # [query]
-        self.broad_rows = (n_allowed > 1) & only  # entropy_norm is undefined with one allowed key
+        self.induct = _Targets(late, early + 1, masked, rule)
+        n_allowed = (~masked).sum(axis=1)  # [query]
+        self.broad = (n_allowed > 1) & only  # entropy_norm is undefined with one allowed key
         self.log_allowed = np.log(np.maximum(n_allowed, 1)).astype(np.float64)
-        self.self_rows = idx[allowed[idx, idx] & only]
-        nxt = allowed[idx[:-1], idx[:-1] + 1] & only[:-1] if n > 1 else np.zeros(0, bool)
-        self.next_rows = idx[:-1][nxt] if n > 1 else idx[:0]
-        self.first_rows = np.nonzero(allowed[:, 0] & only)[0]
-        self.first_ok = bool(len(self.first_rows))
-        self.blocks = _row_blocks(allowed)
+        self.self_ok = ~masked[idx, idx] & only
+        self.next_ok = np.zeros(n, dtype=bool)
+        if n > 1:
+            self.next_ok[:-1] = ~masked[idx[:-1], idx[:-1] + 1] & only[:-1]
+        self.first_ok = ~masked[:, 0] & only if n else np.zeros(0, bool)
+        # Blocks of rows, each over the span of keys its rows may see: a causal block skips
+        # the future, a sliding-window block what its window has left behind.
+        self.blocks: list[tuple[int, int, int, int]] = []
+        for r0 in range(0, n, step):
+            r1 = min(r0 + step, n)
+            seen = live[r0:r1]
+            k0 = int(first_key[r0:r1][seen].min()) if seen.any() else 0
+            k1 = int(end_key[r0:r1][seen].max()) if seen.any() else 0
+            self.blocks.append((r0, r1, k0, k1))
 
 
-def _row_blocks(allowed: np.ndarray, size: int = 128) -> list[tuple[int, int, int]]:
-    """(first row, end row, key extent) per block of rows: causal rows skip the masked tail."""
-    n_q, n_k = allowed.shape
-    last = np.where(allowed.any(axis=1), n_k - np.argmax(allowed[:, ::-1], axis=1), 0)
-    return [(r, min(r + size, n_q), int(last[r:r + size].max(initial=0)))
-            for r in range(0, n_q, size)]
+class _Accumulator:
+    """Running sums and counts of one layer's scores, ``[head]`` each."""
+
+    def __init__(self, heads: int) -> None:
+        self.sums = {k: np.zeros(heads, dtype=np.float64) for k in SCORE_NAMES}
+        self.counts = {k: np.zeros(heads, dtype=np.int64) for k in SCORE_NAMES}
+
+    def add_rows(self, name: str, per_row: np.ndarray) -> None:
+        """Add ``[head, row]`` values, each row counting once."""
+        self.sums[name] += per_row.sum(axis=1, dtype=np.float64)
+        self.counts[name] += per_row.shape[1]
 
 
-def _entropy_and_distance(
-    a: np.ndarray, allowed: np.ndarray, dist: np.ndarray, blocks: list[tuple[int, int, int]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row entropy (nats) and mean distance, ``[head, query]`` each.
-
-    The log is the costliest step of the census; working in row blocks that stop at the last
-    allowed key roughly halves it for causal runs. Masked cells count for nothing.
-    """
-    h, n_q, _ = a.shape
-    ent = np.zeros((h, n_q), dtype=np.float64)
-    far = np.zeros((h, n_q), dtype=np.float64)
-    for r0, r1, ext in blocks:
-        if ext == 0:
+def _score_block(acc: _Accumulator, a: np.ndarray, ent: np.ndarray, su: _Setup, rule: _Rule,
+                 r0: int, k0: int, special_cols: np.ndarray) -> None:
+    """Add one block of rows ``a`` ``[head, row, key]`` (its keys start at `k0`) and their
+    entropies ``ent`` ``[head, row]``."""
+    _, nr, nk = a.shape
+    rows = np.arange(r0, r0 + nr)
+    sel = rows[su.self_ok[r0:r0 + nr]]
+    acc.add_rows("self", a[:, sel - r0, sel - k0])
+    sel = rows[su.next_ok[r0:r0 + nr]]
+    acc.add_rows("next_token", a[:, sel - r0, sel + 1 - k0])
+    sel = rows[su.first_ok[r0:r0 + nr]]  # only rows that could see the first token
+    acc.add_rows("first_token", a[:, sel - r0, 0] if len(sel) else a[:, :0, 0])
+    # Mass left for the pattern scores once the excluded cells are taken out: [head, row]
+    kept = np.ones((a.shape[0], nr), dtype=np.float64)
+    if rule.ignore_first and k0 == 0:
+        kept -= a[:, :, 0]
+    if rule.ignore_current:
+        on = (rows >= k0) & (rows < k0 + nk)
+        if rule.ignore_first:
+            on &= rows != 0
+        kept[:, on] -= a[:, rows[on] - r0, rows[on] - k0]
+    for name, t in (("previous_token", su.prev), ("duplicate_token", su.dup),
+                    ("induction", su.induct), ("locality", su.local)):
+        q, k, trows, starts = t.within(r0, r0 + nr)
+        if len(q) == 0:
             continue
-        sub = a[:, r0:r1, :ext]  # [head, rows, keys]
-        ok = (sub > 0) & allowed[r0:r1, :ext]
-        logs = np.log(sub, where=ok, out=np.zeros(sub.shape, dtype=np.float32))
-        ent[:, r0:r1] = -np.einsum("hqk,hqk->hq", sub, logs)
-        far[:, r0:r1] = np.einsum("hqk,qk->hq", sub, dist[r0:r1, :ext])
-    return ent, far
-
-
-def _pattern(t: _Targets, a: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    if len(t.rows) == 0:
-        return _none(a.shape[0])
-    mass = t.row_mass(a)  # [head, row]
-    left = kept[:, t.rows]
-    ok = left > 1e-9  # rows whose attention all went to excluded cells do not count
-    frac = np.divide(mass, left, out=np.zeros_like(mass), where=ok)
-    counts = ok.sum(axis=1)
-    return np.where(counts > 0, frac.sum(axis=1) / np.maximum(counts, 1), np.nan)
-
-
-def _mean(x: np.ndarray) -> np.ndarray:
-    """Mean over the last axis (rows); NaN when there are no rows."""
-    if x.shape[-1] == 0:
-        return _none(x.shape[0])
-    means: np.ndarray = x.mean(axis=-1, dtype=np.float64)  # [head]
-    return means
-
-
-def _none(h: int) -> np.ndarray:
-    return np.full(h, np.nan)
+        vals = a[:, q - r0, k - k0].astype(np.float64)  # [head, pair]
+        mass = np.add.reduceat(vals, starts, axis=1)  # [head, row with a target]
+        left = kept[:, trows - r0]
+        ok = left > 1e-9  # rows whose attention all went to excluded cells do not count
+        acc.sums[name] += np.divide(mass, left, out=np.zeros_like(mass), where=ok).sum(axis=1)
+        acc.counts[name] += ok.sum(axis=1)
+    only = rule.only[r0:r0 + nr]
+    if not only.any():
+        return
+    sub = a if only.all() else a[:, only]  # [head, row, key]
+    sel = rows[only]
+    ent = ent[:, only]  # [head, row] nats
+    dist = np.abs(sel[:, None] - np.arange(k0, k0 + nk)[None, :]).astype(np.float32)
+    acc.add_rows("mean_distance", np.einsum("hqk,qk->hq", sub, dist))
+    acc.add_rows("entropy", ent)
+    broad = su.broad[sel]
+    acc.add_rows("entropy_norm", ent[:, broad] / su.log_allowed[sel[broad]])
+    cols = special_cols[(special_cols >= k0) & (special_cols < k0 + nk)] - k0
+    acc.add_rows("special", sub[:, :, cols].sum(axis=2, dtype=np.float64))
 
 
 def _num(x: float) -> float | None:
