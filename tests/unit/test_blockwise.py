@@ -153,3 +153,31 @@ def test_progress_counts_every_block():
 def test_head_scores_is_the_parts_divided():
     run = _qk_run(n=60)
     assert head_scores(run) == head_score_parts(run).entries()
+
+
+def test_relate_reads_only_the_words_rows_and_agrees_with_the_whole_matrix():
+    from attnmap.analysis import relate
+
+    run = _qk_run(n=40, window=9)
+    text, pos, tokens = "", 0, []
+    for i, t in enumerate(run.tokens):  # give the tokens offsets into a text: w3 w1 w4 …
+        word = f"{t.text}x{i}"
+        tokens.append(Token(text=word, raw=word, id=t.id, special=False, start=pos,
+                            end=pos + len(word)))
+        text += word + " "
+        pos += len(word) + 1
+    st = run.stack()
+    lazy = AttentionRun(text=text, tokens=tokens, stacks={"self": st}, model=run.model)
+    dense = AttentionRun(text=text, tokens=tokens, model=run.model, stacks={
+        "self": AttentionStack("self", [st.layers.compute(i) for i in range(st.n_layers)],
+                               st.mask(0), st.layer_masks)})
+    words = [tokens[30].text, tokens[20].text, tokens[29].text]
+    got, want = relate(lazy, *words), relate(dense, *words)
+    assert [(r["layer"], r["head"]) for r in got["heads"]] == \
+        [(r["layer"], r["head"]) for r in want["heads"]]
+    for g, w in zip(got["heads"], want["heads"]):
+        assert g["to"] == pytest.approx(w["to"], abs=1e-6)
+        assert g["vs"] == pytest.approx(w["vs"], abs=1e-6)
+    # key 20 is outside the sliding window of row 30 in layer 1: 0 there, not in the others
+    assert {r["to"] for r in got["heads"] if r["layer"] == 1} == {0.0}
+    assert any(r["to"] > 0 for r in got["heads"] if r["layer"] == 0)

@@ -55,15 +55,17 @@ def relate(
                 "attend forward, so its attention is 0 in every head"
             )
 
+    r0, r1 = int(q.min()), int(q.max()) + 1  # the rows of the --from word, read alone
+
     def mass(w: dict[str, Any], a: np.ndarray, mask: np.ndarray) -> np.ndarray:
         k = np.asarray(w["tokens"])
-        cells = np.where(np.asarray(mask)[np.ix_(q, k)], 0.0, a[:, q][:, :, k])
+        cells = np.where(np.asarray(mask)[np.ix_(q, k)], 0.0, a[:, q - r0][:, :, k])
         per_head: np.ndarray = cells.astype(np.float64).sum(axis=2).mean(axis=1)  # [head]
         return per_head
 
     rows: list[dict[str, Any]] = []
     for li in range(st.n_layers):
-        a = run.layer(li, name)  # [head, query, key]
+        a = st.rows(li, r0, r1)  # [head, row, key]: a long run never computes its other rows
         to_m = mass(dst, a, st.mask(li))
         vs_m = mass(alt, a, st.mask(li)) if alt is not None else None
         for hi in range(a.shape[0]):

@@ -223,7 +223,7 @@ class _Rule:
 
     def excluded(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Pairs (query, key) taken out of the pattern scores."""
-        out = ~self.only[q]
+        out: np.ndarray = ~self.only[q]
         if self.ignore_first:
             out |= k == 0
         if self.ignore_current:
@@ -257,7 +257,7 @@ class _Setup:
         n = masked.shape[0]
         only = rule.only
         idx = np.arange(n)
-        live = ~masked.all(axis=1) if n else np.zeros(0, bool)  # rows that see some key
+        live = np.logical_not(masked.all(axis=1))  # [query] rows that see some key
         first_key = np.where(live, np.argmin(masked, axis=1), 0)
         end_key = np.where(live, n - np.argmin(masked[:, ::-1], axis=1), 0)
         self.masked = masked

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .._errors import AttnmapError
@@ -14,6 +16,28 @@ def say(args: argparse.Namespace, msg: str) -> None:
     """A progress line on stderr, unless --quiet."""
     if not getattr(args, "quiet", False):
         print(f"attnmap: {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress_bar(args: argparse.Namespace, label: str
+                 ) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar with the time left on a terminal's stderr (gone when done), as a
+    ``progress(done, total)`` callback; None when quiet or when stderr is not a terminal."""
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import TimeRemainingColumn
+
+    with Progress(TextColumn("attnmap: {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

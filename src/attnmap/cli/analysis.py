@@ -17,6 +17,7 @@ from ._common import (
     add_model_options,
     add_stack_option,
     add_text_input,
+    progress_bar,
     say,
 )
 from ._print import json_text, one_line
@@ -139,10 +140,12 @@ def _heads(args: argparse.Namespace) -> int:
                 "score with care")
     else:
         run = _get_run(args)
-    from ..analysis.scores import head_scores
+    from ..analysis.scores import head_score_parts
 
-    entries = head_scores(run, stack=args.stack, ignore_first=args.ignore_first,
-                          ignore_current=args.ignore_current, locality_k=args.locality_k)
+    with progress_bar(args, f"census of {len(run.tokens):,} tokens") as progress:
+        entries = head_score_parts(run, stack=args.stack, ignore_first=args.ignore_first,
+                                   ignore_current=args.ignore_current,
+                                   locality_k=args.locality_k, progress=progress).entries()
     if args.sort:
         # Undefined scores (no row had a target) sort last; ties keep layer/head order.
         entries.sort(key=lambda e: (e["scores"][args.sort] is None,
