@@ -87,10 +87,12 @@ class TileCache:
     def _drop(self, full: tuple[Any, ...]) -> None:
         self.bytes -= self._items.pop(full)[2]
 
-    def clear(self) -> None:
+    def clear(self, kind: str | None = None) -> None:
+        """Forget every entry, or only those of one kind (``"tile"``, ``"norms"``,
+        ``"extents"``)."""
         with self._lock:
-            self._items.clear()
-            self.bytes = 0
+            for full in [f for f in self._items if kind is None or f[1] == kind]:
+                self._drop(full)
 
 
 CACHE = TileCache()
@@ -325,6 +327,45 @@ class _Layer:
         return m
 
 
+def _allowed(layer: _Layer, r0: int, r1: int, t0: int, nb: int, b: int,
+             skip0: bool) -> np.ndarray:
+    """Which blocks ``[row block, column block]`` of rows r0..r1 and keys t0… hold a cell
+    the mask lets through (key 0 left out when ``skip0``)."""
+    nr = r1 - r0
+    gr = -(-nr // b)
+    lo, hi = layer.lo[r0:r1], layer.hi[r0:r1]
+    if skip0:
+        lo = np.maximum(lo, 1)
+    if layer.whole[r0:r1].all():
+        # each row sees one run of keys: mark the blocks it spans, per row block
+        some = hi > lo
+        first = np.clip((lo - t0) // b, 0, nb)
+        last = np.clip((hi - 1 - t0) // b + 1, 0, nb)
+        some &= last > first
+        marks = np.zeros((gr, nb + 1), dtype=np.int64)
+        g = np.arange(nr) // b
+        np.add.at(marks, (g[some], first[some]), 1)
+        np.add.at(marks, (g[some], last[some]), -1)
+        return np.cumsum(marks[:, :nb], axis=1) > 0
+    seen = np.zeros((gr * b, nb * b), dtype=bool)
+    t1 = min(layer.mask.shape[1], t0 + nb * b)
+    seen[:nr, : t1 - t0] = ~layer.mask[r0:r1, t0:t1]
+    if skip0 and t0 == 0:
+        seen[:, 0] = False
+    out: np.ndarray = seen.reshape(gr, b, nb, b).any(axis=(1, 3))
+    return out
+
+
+def _fold(x: np.ndarray, gr: int, b: int, nb: int, how: str) -> np.ndarray:
+    """``[gr·b, nb·b]`` → ``[gr, nb]``: max or sum over each block (rows first: the reduction
+    over rows runs along contiguous memory)."""
+    x = x.reshape(gr, b, nb * b)
+    if how == "max":
+        return x.max(axis=1).reshape(gr, nb, b).max(axis=2)
+    out: np.ndarray = x.sum(axis=1, dtype=np.float64).reshape(gr, nb, b).sum(axis=2)
+    return out
+
+
 def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[str, Any],
              cache: TileCache | None) -> np.ndarray:
     lay: QKLayers = st.layers
@@ -335,13 +376,14 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
     ext = _extents(mask, cache)
     layer = _Layer(lay, li, mask, ext)
     lo, hi = ext[0], ext[1]
-    # normalisers per head: cached ones, and [query] arrays to fill for the others
+    # normalisers per head (row max logit, row sum of exponentials): cached ones, and [query]
+    # arrays to fill for the others in the same pass as the tile
     norms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    missing: list[int] = []
+    missing: set[int] = set()
     for h in heads:
         hit = cache.get(st, ("norms", li, h)) if cache is not None else None
         if hit is None:
-            missing.append(h)
+            missing.add(h)
             norms[h] = (np.zeros(nq, np.float32), np.ones(nq, np.float32))
         else:
             norms[h] = hit
@@ -349,7 +391,7 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
     ka, kb = k0, min(nk, k0 + cols * b)
     step = max(b, (CHUNK_CELLS // max(nk, 1)) // b * b)  # query rows per chunk, whole blocks
     out = np.full((rows, cols), np.nan, dtype=np.float32)
-    buf = np.empty(CHUNK_CELLS + step * (2 * b + nk), dtype=np.float32)
+    buf = np.empty(step * (nk + 2 * b), dtype=np.float32)
     chunks: list[tuple[int, int, bool]] = []
     if missing:  # rows outside the tile still need their normalisers
         chunks += [(r, min(r + step, qa), False) for r in range(0, qa, step)]
@@ -357,126 +399,94 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
     if missing:
         chunks += [(r, min(r + step, nq), False) for r in range(qb, nq, step)]
     for r0, r1, in_tile in chunks:
-        e0, e1 = int(lo[r0:r1].min()), int(hi[r0:r1].max())  # keys the rows can see
+        e0, e1 = int(lo[r0:r1].min()), int(hi[r0:r1].max())  # keys these rows can see
         if e1 <= e0:
             continue  # every key hidden from these rows: normalisers stay (0, 1), cells NaN
         nr = r1 - r0
-        # the tile's key range within what the rows see, widened to whole blocks
-        t0 = t1 = 0
-        if in_tile:
-            t0 = max(ka, k0 + (e0 - k0) // b * b) if e0 >= ka else ka
-            t1 = min(kb, k0 + -(-(e1 - k0) // b) * b)
+        gr = -(-nr // b)
+        # the tile's keys within what the rows see, widened to whole blocks
+        t0 = k0 + max(0, (e0 - k0) // b * b)
+        t1 = min(kb, k0 + -(-(e1 - k0) // b) * b)
         use_tile = in_tile and t1 > t0
-        if missing:
-            c0, c1 = (min(e0, t0), max(e1, t1)) if use_tile else (e0, e1)
-        elif use_tile:
-            c0, c1 = t0, t1
-        else:
+        if not use_tile and not missing:
             continue
-        nb = -(-(t1 - t0) // b) if use_tile else 0  # column blocks of the tile these rows touch
-        width = max(c1 - c0, t0 - c0 + nb * b) if use_tile else c1 - c0
-        s_all = buf[: nr * width].reshape(nr, width)
-        acc = None
-        allowed = None
+        nb = -(-(t1 - t0) // b) if use_tile else 0  # column blocks these rows reach
+        c0, c1 = (min(e0, t0), max(e1, t1)) if use_tile and missing else (
+            (t0, t1) if use_tile else (e0, e1))
+        if not missing:
+            c0, c1 = t0, t1
+        width = max(c1 - c0, t0 - c0 + nb * b)
+        s_all = buf[: gr * b * width].reshape(gr * b, width)
+        tv = s_all[:, t0 - c0 : t0 - c0 + nb * b] if use_tile else None  # [rows, blocks·b]
+        acc: np.ndarray | None = None
         for h in heads:
-            cold = h in missing
-            warm_max = not cold and reduce == "max" and agg is None
-            s = layer.logits(h, r0, r1, c0, c1, s_all, capped=not warm_max)
-            s_all[:, c1 - c0 :] = _NEG  # block padding past the last key
-            tv = s_all[:, t0 - c0 : t0 - c0 + nb * b] if use_tile else None  # [rows, nb*b]
-            col0 = None
-            if cold:
+            if tv is None and h not in missing:
+                continue
+            s_all[:, c1 - c0 :] = _NEG  # padding past the last key: masked
+            s_all[nr:] = _NEG  # padding past the last row
+            s = layer.logits(h, r0, r1, c0, c1, s_all)  # [rows, keys], -inf where masked
+            if h in missing:
                 top = s.max(axis=1)
                 if layer.sinks is not None:
                     top = np.maximum(top, np.float32(layer.sinks[h]))
-                top[~np.isfinite(top)] = 0.0
-            else:
-                top = norms[h][0][r0:r1]
-            if tv is not None and skip0 and t0 == 0:
-                col0 = tv[:, 0].copy()
-                tv[:, 0] = _NEG
-            rmax = None
-            if tv is not None and (allowed is None or (agg is None)):
-                # per row, the largest logit of each block of keys
-                rmax = tv.reshape(nr, nb, b).max(axis=2)  # [rows, nb]
-                if allowed is None:
-                    allowed = np.isfinite(rmax)
-            if cold:
+                top[~np.isfinite(top)] = 0.0  # a row with every key masked
                 s -= top[:, None]
                 np.exp(s, out=s)
                 total = s.sum(axis=1, dtype=np.float32)
-                if col0 is not None:
-                    total += np.exp(col0 - top)
                 if layer.sinks is not None:
                     total += np.exp(np.float32(layer.sinks[h]) - top)
                 total[total == 0] = 1.0
                 norms[h][0][r0:r1] = top
                 norms[h][1][r0:r1] = total
+                if tv is None:
+                    continue
                 s_all[:, c1 - c0 :] = 0.0  # padding: weight 0
-                expd = True
+                s_all[nr:] = 0.0
+                if skip0 and t0 == 0:
+                    tv[:, 0] = 0.0
+                lin = True
             else:
-                total = norms[h][1][r0:r1]
-                expd = False
-            if tv is None:
-                continue
-            if agg is None and reduce == "max":
-                assert rmax is not None
-                if warm_max:
-                    layer.cap_values(rmax)
-                acc = np.exp(rmax - top[:, None]) / total[:, None]  # [rows, nb]
-                continue
-            if agg == "max":
-                # the largest weight over heads, cellwise, in log space
-                if expd:
-                    lw = tv  # exp(s - top)
+                assert tv is not None
+                top, total = norms[h][0][r0:r1], norms[h][1][r0:r1]
+                if skip0 and t0 == 0:
+                    tv[:, 0] = _NEG
+                lin = False
+            if agg is None and reduce == "max" or agg == "max":
+                # log weights: s - top - log(total)
+                if lin:
                     with np.errstate(divide="ignore"):
-                        np.log(lw, out=lw)
+                        np.log(tv, out=tv)
                 else:
-                    tv -= top[:, None]
-                    lw = tv
-                lw -= np.log(total)[:, None]
-                if acc is None:
-                    acc = lw.copy()
+                    tv[:nr] -= top[:, None]
+                tv[:nr] -= np.log(total)[:, None]
+                if agg is None:
+                    acc = np.exp(_fold(tv, gr, b, nb, "max"))
+                elif acc is None:
+                    acc = tv.copy()
                 else:
-                    np.maximum(acc, lw, out=acc)
+                    np.maximum(acc, tv, out=acc)
                 continue
-            # weights themselves: the sum of one head, or the mean over heads
-            if not expd:
-                tv -= top[:, None]
+            # weights themselves: one head's sum, or the mean over heads
+            if not lin:
+                tv[:nr] -= top[:, None]
                 np.exp(tv, out=tv)
-            elif col0 is not None:
-                tv[:, 0] = 0.0
-            tv /= total[:, None]
+            tv[:nr] *= (1 / total)[:, None]
             if agg is None:
-                acc = tv.reshape(nr, nb, b).sum(axis=2, dtype=np.float64)  # [rows, nb]
+                acc = _fold(tv, gr, b, nb, "sum")
             elif acc is None:
                 acc = tv.copy()
             else:
                 acc += tv
-        if acc is None or allowed is None:
+        if acc is None:
             continue
         if agg == "max":
-            red = acc.reshape(nr, nb, b).max(axis=2)
-            acc = np.exp(red) if reduce == "max" else np.exp(acc).reshape(nr, nb, b).sum(
-                axis=2, dtype=np.float64)
+            acc = np.exp(_fold(acc, gr, b, nb, "max")) if reduce == "max" else _fold(
+                np.exp(acc), gr, b, nb, "sum")
         elif agg == "mean":
-            acc = acc.reshape(nr, nb, b)
-            acc = (acc.max(axis=2) if reduce == "max"
-                   else acc.sum(axis=2, dtype=np.float64)) / len(heads)
-        # fold the rows of each block: pad to whole blocks of rows
-        gr = -(-nr // b)
-        full = np.full((gr * b, nb), -np.inf if reduce == "max" else 0.0)
-        full[:nr] = np.where(allowed, acc, -np.inf if reduce == "max" else 0.0)
-        ok = np.zeros((gr * b, nb), dtype=bool)
-        ok[:nr] = allowed
-        folded = (full.reshape(gr, b, nb).max(axis=1) if reduce == "max"
-                  else full.reshape(gr, b, nb).sum(axis=1))
-        seen = ok.reshape(gr, b, nb).any(axis=1)
-        r_out = (r0 - q0) // b
-        c_out = (t0 - k0) // b
-        nb_out = min(nb, cols - c_out)
-        block_vals = np.where(seen, folded, np.nan).astype(np.float32)
-        out[r_out : r_out + gr, c_out : c_out + nb_out] = block_vals[:, :nb_out]
+            acc = _fold(acc, gr, b, nb, reduce) / len(heads)
+        ok = _allowed(layer, r0, r1, t0, nb, b, skip0)
+        r_out, c_out = (r0 - q0) // b, (t0 - k0) // b
+        out[r_out : r_out + gr, c_out : c_out + nb] = np.where(ok, acc, np.nan)
     if missing and cache is not None:
         for h in missing:
             top, total = norms[h]
