@@ -148,8 +148,11 @@ def tile(run: Any, layer: int, head: int | str, *, stack: str | None = None, blo
             out: np.ndarray = hit.copy()
             return out
     mask = st.mask(li)  # [query, key] True = cannot attend
-    spec = dict(block=block, q0=q0, k0=k0, rows=rows, cols=cols, reduce=reduce,
-                ignore_first=ignore_first, agg=agg)
+    # only the values inside the matrix are computed; the rest of the tile stays NaN
+    inside_r = min(rows, -(-(nq - q0) // block))
+    inside_c = min(cols, -(-(nk - k0) // block))
+    spec = dict(block=min(block, max(nq, nk)), q0=q0, k0=k0, rows=inside_r, cols=inside_c,
+                reduce=reduce, ignore_first=ignore_first, agg=agg)
     result = None
     if isinstance(st.layers, QKLayers):
         if _backend is not None:
@@ -158,6 +161,10 @@ def tile(run: Any, layer: int, head: int | str, *, stack: str | None = None, blo
             result = _qk_tile(st, li, heads, mask, spec, cache)
     else:
         result = _dense_tile(st.layers[li], heads, mask, spec)
+    if (inside_r, inside_c) != (rows, cols):
+        full = np.full((rows, cols), np.nan, dtype=np.float32)
+        full[:inside_r, :inside_c] = result
+        result = full
     result = np.ascontiguousarray(result, dtype=np.float32)
     if cache is not None:
         cache.put(st, key, result.copy(), result.nbytes)
