@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,17 +65,15 @@ def main() -> None:
         colds, warms = [], []
         for r in range(args.repeat):
             cache = tiles.TileCache()
-            colds.append(timed(lambda: tiles.overview(run, 0, r % HEADS, reduce=args.reduce,
-                                                      cache=cache)))
+            view = partial(tiles.overview, run, 0, r % HEADS, reduce=args.reduce, cache=cache)
+            colds.append(timed(view))
             cache.clear("tile")
-            warms.append(timed(lambda: tiles.overview(run, 0, r % HEADS, reduce=args.reduce,
-                                                      cache=cache)))
+            warms.append(timed(view))
         block = tiles.overview_block(n, 512)
         qk_mb = (HEADS + KV_HEADS) * n * DIM * 4 / 1e6
         cold, warm = float(np.median(colds)), float(np.median(warms))
         rows.append((n, cold, warm))
         print(f"{n:>7} {block:>5} {cold:>7.3f} {warm:>7.3f} {qk_mb:>7.1f}", flush=True)
-        del run
     if len(rows) > 1:
         x = np.log([r[0] for r in rows])
         for i, what in ((1, "cold"), (2, "warm")):

@@ -359,8 +359,7 @@ def _allowed(layer: _Layer, r0: int, r1: int, t0: int, nb: int, b: int,
     seen[:nr, : t1 - t0] = ~layer.mask[r0:r1, t0:t1]
     if skip0 and t0 == 0:
         seen[:, 0] = False
-    out: np.ndarray = seen.reshape(gr, b, nb, b).any(axis=(1, 3))
-    return out
+    return np.asarray(seen.reshape(gr, b, nb, b).any(axis=(1, 3)))
 
 
 def _fold(x: np.ndarray, gr: int, b: int, nb: int, how: str) -> np.ndarray:
@@ -395,7 +394,7 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
         else:
             norms[h] = hit
     qa, qb = q0, min(nq, q0 + rows * b)
-    ka, kb = k0, min(nk, k0 + cols * b)
+    kb = min(nk, k0 + cols * b)
     step = max(b, (CHUNK_CELLS // max(nk, 1)) // b * b)  # query rows per chunk, whole blocks
     out = np.full((rows, cols), np.nan, dtype=np.float32)
     buf = np.empty(step * (nk + 2 * b), dtype=np.float32)
