@@ -115,3 +115,33 @@ def test_bad_tile_requests_are_one_clear_error(app_client, params, status, words
     detail = r.json()["detail"]
     assert words in detail and "\n" not in detail
     assert c.get("/api/runs/nope/tiles").status_code == 404
+
+
+def test_the_torch_path_computes_the_same_tiles(runs):
+    """The GPU backend's code, run here on the CPU device; without CUDA it is not installed
+    and numpy computes every tile."""
+    import torch
+
+    from attnmap._tiles_torch import install, torch_tile
+
+    if not torch.cuda.is_available():
+        assert install() is False and tiles._backend is None
+    from ..unit.test_tiles import qk_run
+
+    for run in (runs["mistral-window"], qk_run(softcap=3.0, sinks=True)):
+        st = run.stack()
+        for layer, head, block, reduce, skip0, (q0, k0, rows, cols) in (
+                (0, 1, 4, "max", False, (0, 0, None, None)),
+                (1, "mean", 3, "sum", True, (0, 0, None, None)),
+                (0, "max", 2, "max", True, (5, 3, 4, 3)),
+                (1, 2, 1, "sum", False, (6, 0, 5, 9))):
+            nq = nk = len(run.tokens)
+            r = -(-(nq - q0) // block) if rows is None else rows
+            c = -(-(nk - k0) // block) if cols is None else cols
+            heads = list(range(st.n_heads)) if isinstance(head, str) else [head]
+            spec = dict(block=block, q0=q0, k0=k0, rows=r, cols=c, reduce=reduce,
+                        ignore_first=skip0, agg=head if isinstance(head, str) else None)
+            got = torch_tile(st.layers, layer, heads, run.mask(layer), spec, device="cpu")
+            assert_tile(got.astype(np.float32), reference(
+                run, layer, head, block=block, q0=q0, k0=k0, rows=r, cols=c, reduce=reduce,
+                ignore_first=skip0))

@@ -25,7 +25,8 @@ CORE = {"attnmap._errors", "attnmap._io", "attnmap._options", "attnmap.tokens", 
         "attnmap.qkweights", "attnmap.tiles", "attnmap.diff", "attnmap.arrays", "attnmap.analysis",
         "attnmap.analysis.*", "attnmap.viewer.payload", "attnmap.viewer.colours"}
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",
-           "attnmap._chat", "attnmap.attribution", "attnmap.probes", "attnmap.generating"}
+           "attnmap._chat", "attnmap._tiles_torch", "attnmap.attribution", "attnmap.probes",
+           "attnmap.generating"}
 OUTPUT = {"attnmap.plot", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
           "attnmap.app", "attnmap.app.*"}
 CLI = {"attnmap.cli", "attnmap.cli.*", "attnmap.__main__"}

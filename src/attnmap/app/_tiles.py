@@ -23,6 +23,17 @@ router = APIRouter(prefix="/api")
 
 # The most values one request may ask for (a 1024 × 1024 tile is 4 MB of float32).
 MAX_CELLS = 1024 * 1024
+_gpu_checked = False
+
+
+def _use_gpu_if_there() -> None:
+    """Once per process: compute q/k tiles with torch when a CUDA device is present."""
+    global _gpu_checked
+    if not _gpu_checked:
+        _gpu_checked = True
+        from .._tiles_torch import install
+
+        install()
 
 
 def _whole(value: float, name: str, least: int, hint: str) -> int:
@@ -91,6 +102,8 @@ async def get_tile(
         raise ApiError(400, f"reduce must be 'max' or 'sum' (not {quote(reduce, 20)})")
 
     def job_fn(job: object) -> bytes:
+        if st.lazy:
+            _use_gpu_if_there()
         t = tiles.tile(run, layer, which, stack=st.name, block=b, q0=q0, k0=k0, rows=n_rows,
                        cols=n_cols, reduce=reduce, ignore_first=ignore_first)
         return t.astype("<f4", copy=False).tobytes()
