@@ -283,6 +283,14 @@ def encode(
 ) -> bytes:
     """Pack `run` for the viewer: header plus the chosen layers ('all', 'none' or numbers),
     coloured with matplotlib colormap `cmap`."""
+    return b"".join(encode_parts(run, layers=layers, level=level, cmap=cmap))
+
+
+def encode_parts(
+    run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL, cmap: str = DEFAULT_CMAP
+) -> list[bytes]:
+    """:func:`encode`'s bytes as a list (prefix and header, then one item per layer chunk),
+    for writers that stream them rather than join them."""
     check_cmap(cmap)  # before the slow part
     check_drawable(run)
     included = _which_layers(run, layers)
@@ -294,7 +302,7 @@ def encode(
         for (s, i), c in zip(included, chunks, strict=True)
     ]
     hb = _json_bytes(head)
-    return b"".join([_PREFIX.pack(MAGIC, PAYLOAD_VERSION, len(hb)), hb, *chunks])
+    return [_PREFIX.pack(MAGIC, PAYLOAD_VERSION, len(hb)) + hb, *chunks]
 
 
 def quantise(weights: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
