@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from importlib import resources
 from collections.abc import Iterable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
