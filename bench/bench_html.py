@@ -7,6 +7,10 @@
 3. A GPT-2-shaped 12-layer × 12-head model built from a config, on 1,024 tokens: head switches
    (target ≤ 50 ms each), plus the first visit of a layer (which inflates it).
 
+4. ``--long``: ``write_html`` (what ``attnmap html`` calls) on a 12 × 12 GPT-2-shaped run
+   captured with ``store="qk"`` at 1,024 / 2,048 / 4,096 tokens, one fresh process each: time,
+   peak RSS (VmHWM), bytes per token (target at 4,096: ≤ 15 s, ≤ 2 GiB).
+
 In-page times come from the viewer's own record, ``window.__attnmapTiming`` (one entry per
 draw: ``ms`` from the request to the finished canvas, ``at`` since navigation start).
 """
@@ -75,7 +79,7 @@ def bench_minilm(browser, out: Path, runs: int) -> None:
           f"{statistics.median(firsts):.0f} ms median of {runs} (target ≤ 1500 ms)")
 
 
-def build_gpt2_12x12(_models, path: Path) -> Path:
+def build_gpt2_12x12(_models, path: Path, n_positions: int = 1024) -> Path:
     # tests/_models.build_gpt2 fixes n_embd at 32, which 12 heads do not divide; same recipe
     # with n_embd = 96.
     import torch
@@ -83,7 +87,8 @@ def build_gpt2_12x12(_models, path: Path) -> Path:
 
     tok = _models.train_tokenizer()
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=96, n_layer=12, n_head=12,
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=96, n_layer=12,
+                     n_head=12,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     return _models._save(GPT2LMHeadModel(cfg).eval(), tok, path)
 
@@ -131,11 +136,53 @@ def bench_gpt2(browser, tmp: Path, switches: int) -> None:
     assert not errors, errors
 
 
+LONG = """
+import sys, time, warnings
+sys.path[:0] = {paths!r}
+import attnmap
+from _common import text_of_tokens
+from attnmap.viewer.html import write_html
+from transformers import AutoTokenizer
+warnings.simplefilter("ignore")
+tok = AutoTokenizer.from_pretrained({model!r})
+run = attnmap.capture(text_of_tokens(tok, {n}), model={model!r}, store="qk")
+t0 = time.perf_counter()
+size = write_html(run, {out!r})
+dt = time.perf_counter() - t0
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+print(len(run.tokens), dt, size, hwm / 1024)
+"""
+
+
+def bench_long(tmp: Path) -> None:
+    import subprocess
+
+    import _models
+
+    here = Path(__file__).resolve().parent
+    model = build_gpt2_12x12(_models, tmp / "gpt2-12x12", n_positions=4096)
+    print("attnmap html (write_html) on a 12 × 12 GPT-2-shaped run, store='qk':")
+    for n in (1024, 2048, 4096):
+        code = LONG.format(paths=[str(here), str(here.parent / "tests")], model=str(model),
+                           n=n, out=str(tmp / f"long{n}.html"))
+        got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.split()
+        tokens, dt, size, mb = int(got[0]), float(got[1]), int(got[2]), float(got[3])
+        print(f"  {tokens:5d} tokens: {dt:6.1f} s, peak {mb:6.0f} MB (model and capture "
+              f"included), page {size / 1e6:6.1f} MB, {size / tokens:,.0f} B/token")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--skip-gpt2", action="store_true")
+    ap.add_argument("--long", action="store_true",
+                    help="only the long-run writer: 1k / 2k / 4k tokens, time and peak memory")
     args = ap.parse_args()
+    if args.long:
+        with tempfile.TemporaryDirectory() as d:
+            bench_long(Path(d))
+        return
     from playwright.sync_api import sync_playwright
 
     runs, switches = (1, 10) if args.quick else (3, 30)

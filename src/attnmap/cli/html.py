@@ -68,12 +68,12 @@ def handle(args: argparse.Namespace) -> int:
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
         "view": args.view, "ignore_first": args.ignore_first or None, "step": args.step,
     }  # None: the page's own default
-    from ..viewer.html import to_html
+    from ..viewer.html import write_html
 
     shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
     say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
-    html = to_html(run, out, cmap=args.cmap, **options)
-    size = len(html.encode("utf-8"))
+    size = write_html(run, out, cmap=args.cmap,
+                      **{k: v for k, v in options.items() if v is not None})
     say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     print(out)
     return 0
