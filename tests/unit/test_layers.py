@@ -21,7 +21,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "attnmap"
 
-CORE = {"attnmap._errors", "attnmap._io", "attnmap._options", "attnmap.tokens", "attnmap.run",
+CORE = {"attnmap._errors", "attnmap._io", "attnmap._parallel", "attnmap._options", "attnmap.tokens", "attnmap.run",
         "attnmap.qkweights", "attnmap.tiles", "attnmap.diff", "attnmap.arrays", "attnmap.analysis",
         "attnmap.analysis.*", "attnmap.viewer.payload", "attnmap.viewer.colours"}
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",

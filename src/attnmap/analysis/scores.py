@@ -8,11 +8,13 @@ are in ``docs/reading.md``.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 
 from .._errors import AttnmapError, deprecated
+from .._parallel import map_threads
 from ..qkweights import Scratch
 from ..run import STACK_SIDES, AttentionRun
 
@@ -159,7 +161,7 @@ def head_score_parts(
     locality_k: int = 2,
     rows: Any = None,
     progress: Any = None,
-    block_bytes: int = 64 << 20,
+    block_bytes: int = 16 << 20,
 ) -> ScoreParts:
     """The census as sums and row counts (:class:`ScoreParts`); :func:`head_scores` divides.
 
@@ -191,23 +193,32 @@ def head_score_parts(
     rule = _Rule(only, ignore_first, ignore_current)
     setups: dict[int, _Setup] = {}  # targets depend on the keys a layer may see
     step = max(1, int(block_bytes // max(1, 4 * n_heads * max(n, 1))))
-    total = n_layers * max(1, -(-n // step))
-    done = 0
-    scratch = Scratch()  # the blocks' memory, reused
     for li in range(n_layers):
         mask = st.mask(li)
         if id(mask) not in setups:
             setups[id(mask)] = _Setup(np.asarray(mask, dtype=bool), rule, pairs, locality_k,
                                       step)
-        su = setups[id(mask)]
+    total = n_layers * max(1, -(-n // step))
+    done = [0]
+    lock = threading.Lock()
+
+    def one_layer(li: int) -> _Accumulator:
+        su = setups[id(st.mask(li))]
         acc = _Accumulator(n_heads)
+        scratch = Scratch()  # this layer's block memory, reused block after block
         for r0, r1, k0, k1 in su.blocks:
             if k1 > k0:
                 a, ent = st.rows(li, r0, r1, k0, k1, entropy=True, scratch=scratch)
                 _score_block(acc, a, ent, su, rule, r0, k0, special_cols)
-            done += 1
             if progress is not None:
-                progress(done, total)
+                with lock:
+                    done[0] += 1
+                    progress(done[0], total)
+        return acc
+
+    # Layers are independent: one thread per core (a run of weights in memory is read, not
+    # computed, so it gains little but loses nothing)
+    for li, acc in enumerate(map_threads(one_layer, range(n_layers))):
         for k in SCORE_NAMES:
             sums[k][li], counts[k][li] = acc.sums[k], acc.counts[k]
     return ScoreParts(name, sums, counts)

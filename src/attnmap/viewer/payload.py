@@ -60,18 +60,16 @@ is masked). The ranking of heads travels in the options as ``diff`` (see ``html.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import struct
 import zlib
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .._errors import AttnmapError
+from .._parallel import map_threads
 from .colours import DEFAULT_CMAP, DIVERGING_CMAP, check_cmap, lut_entry
 
 PAYLOAD_VERSION = 1
@@ -365,10 +363,10 @@ def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVE
 
     def work(h: int) -> tuple[np.ndarray, bytes, int]:
         scales, codes = head(h)
-        raw = memoryview(codes).cast("B")
+        raw = codes.data.cast("B")  # contiguous uint8 [query, key]
         return scales, _raw_piece(raw, level, final=False), zlib.adler32(raw)
 
-    done = list(_map(work, range(n_heads)))
+    done = map_threads(work, range(n_heads))
     scales = np.stack([d[0] for d in done]) if done else np.zeros((0, nq), np.float32)
     head_bytes = scales.astype("<f4").tobytes()
     body = [b"\x78\x01", _raw_piece(head_bytes, level, final=not done)]
@@ -412,22 +410,6 @@ def _adler32_combine(a1: int, a2: int, len2: int) -> int:
     s1 = (s1 + (a2 & 0xFFFF) + _ADLER_BASE - 1) % _ADLER_BASE
     s2 = (s2 + (a1 >> 16) + (a2 >> 16) + _ADLER_BASE - rem) % _ADLER_BASE
     return s1 | (s2 << 16)
-
-
-def _map(fn: Any, items: Any) -> Any:
-    """`fn` over `items` on up to one thread per core, results in order."""
-    items = list(items)
-    workers = min(len(items), os.cpu_count() or 1)
-    if workers <= 1:
-        return [fn(x) for x in items]
-    try:  # one BLAS thread per worker: OpenBLAS's own threads would fight ours
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        limits: Any = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(1, "blas")
-    with limits, ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
 
 
 def _spans(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
