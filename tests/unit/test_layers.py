@@ -27,6 +27,7 @@ CORE = {"attnmap._errors", "attnmap._io", "attnmap._options", "attnmap.tokens", 
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",
            "attnmap._chat", "attnmap.attribution", "attnmap.probes", "attnmap.generating"}
 OUTPUT = {"attnmap.plot", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
+          "attnmap.viewer.longpage",
           "attnmap.app", "attnmap.app.*"}
 CLI = {"attnmap.cli", "attnmap.cli.*", "attnmap.__main__"}
 FACADE = {"attnmap"}  # the package's front door re-exports from every layer, lazily
