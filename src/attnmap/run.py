@@ -639,8 +639,12 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
             for q, k in zip(qs, ks):
                 _check_float(q, f"{name} queries")
                 _check_float(k, f"{name} keys")
-                if q.ndim != 3 or k.ndim != 3 or q.shape[1] != nq or k.shape[1] != nk:
+                if q.ndim != 3 or k.ndim != 3:
                     raise ValueError(f"{name}: queries {q.shape} / keys {k.shape} do not fit")
+                if q.shape[1] != nq or k.shape[1] != nk:
+                    raise ValueError(
+                        f"{name}: queries for {q.shape[1]} and keys for {k.shape[1]} positions, "
+                        f"but the run has {nq} query and {nk} key tokens")
                 if k.shape[0] < 1:
                     raise ValueError(f"{name}: the keys have 0 heads")
                 if q.shape[0] % k.shape[0] or q.shape[2] != k.shape[2] or (

@@ -65,7 +65,7 @@ API = [
     ("/api/runs/{run_id}", "GET"), ("/api/runs/{run_id}/perturb", "POST"),
     ("/api/runs/{run_id}/payload", "GET"), ("/api/runs/{run_id}/layers/{stack}/{layer}", "GET"),
     ("/api/diff/{id_a}/{id_b}", "GET"), ("/api/diff/{id_a}/{id_b}/payload/{side}", "GET"),
-    ("/api/generate", "POST"), ("/api/generate/stop", "POST"),
+    ("/api/generate", "POST"), ("/api/generate/stop", "POST"), ("/api/runs/{run_id}/tiles", "GET"),
 ]
 
 
@@ -80,7 +80,7 @@ def test_the_document_declares_every_api_route(app):
             if code[0] in "45":
                 assert r["content"] == {"application/json": {"schema": {
                     "$ref": "#/components/schemas/ErrorBody"}}}, (path, method, code)
-        if path.endswith(("/payload", "{layer}", "{side}")):
+        if path.endswith(("/payload", "{layer}", "{side}", "/tiles")):
             assert list(responses["200"]["content"]) == ["application/octet-stream"]
         if path == "/api/generate":  # a stream of Server-Sent Events
             assert list(responses["200"]["content"]) == ["text/event-stream"]

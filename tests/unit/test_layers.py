@@ -22,10 +22,11 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "attnmap"
 
 CORE = {"attnmap._errors", "attnmap._io", "attnmap._options", "attnmap.tokens", "attnmap.run",
-        "attnmap.qkweights", "attnmap.diff", "attnmap.arrays", "attnmap.analysis",
+        "attnmap.qkweights", "attnmap.tiles", "attnmap.diff", "attnmap.arrays", "attnmap.analysis",
         "attnmap.analysis.*", "attnmap.viewer.payload", "attnmap.viewer.colours"}
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",
-           "attnmap._chat", "attnmap.attribution", "attnmap.probes", "attnmap.generating"}
+           "attnmap._chat", "attnmap._tiles_torch", "attnmap.attribution", "attnmap.probes",
+           "attnmap.generating"}
 OUTPUT = {"attnmap.plot", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
           "attnmap.viewer.longpage",
           "attnmap.app", "attnmap.app.*"}

@@ -49,6 +49,7 @@ def facts(runner: Runner, e: Entry) -> dict[str, Any]:
         shape={name: list(st.shape) for name, st in run.stacks.items()},
         causal=run.causal,
         architecture=run.model.get("architecture"),
+        storage="qk" if any(st.lazy for st in run.stacks.values()) else "weights",
         bytes=e.nbytes,
         seconds=round(e.seconds, 4),
     )

@@ -133,6 +133,9 @@ class RunFacts(RunSummary):
     target_tokens: list[str] | None = Field(None, description="encoder-decoder runs only")
     generated: int | None = Field(None, description="generated runs only: how many of the "
                                   "tokens the model wrote (the last ones)")
+    storage: Literal["qk", "weights"] | None = Field(
+        None, description="'qk': the run keeps queries and keys and its layers are computed "
+        "when read (long runs: ask for tiles); 'weights': it holds the weights")
 
 
 class RankedHead(BaseModel):
@@ -183,7 +186,7 @@ _WHY = {
     408: "the request body did not arrive within this server's body timeout",
     409: "this model is already generating (one generation per model at a time); stop it "
          "or wait",
-    404: "no such run (or it was evicted: the message says so), stack, layer or file",
+    404: "no such run (or it was evicted: the message says so), stack, layer, head or file",
     413: "the request body, or the memory one run would need, is over this server's limit",
     422: "the request does not match this schema",
     500: "an internal error (the server's output has the traceback)",
@@ -223,5 +226,14 @@ EVENT_STREAM = {
 
 BINARY = {
     "description": "the bytes, in the viewer's payload format",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+TILE = {
+    "description": "float32 little-endian values, row by row ([rows, cols]); NaN where every "
+    "cell of the block is masked or lies past the matrix",
+    "headers": {name: {"description": what, "schema": {"type": "integer"}} for name, what in (
+        ("X-Tile-Rows", "values down"), ("X-Tile-Cols", "values across"),
+        ("X-Tile-Block", "cells per value along each side"))},
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }

@@ -26,7 +26,7 @@ from fastapi import FastAPI
 
 from .._errors import AttnmapError
 from ..analysis.perturb import perturbed_text
-from . import _diff, _errors, _generate, _pages, _runs
+from . import _diff, _errors, _generate, _pages, _runs, _tiles
 from ._errors import ApiError
 from ._guard import CSP, Guard, Methods, SecurityHeaders, allowed_hosts
 from ._jobs import Model, Runner
@@ -109,4 +109,5 @@ def create_app(
     app.include_router(_runs.router)
     app.include_router(_diff.router)
     app.include_router(_generate.router)
+    app.include_router(_tiles.router)
     return app
