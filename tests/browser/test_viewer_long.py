@@ -180,3 +180,42 @@ def test_max_sum_toggle_changes_values(page, long_run, long_file):
     mean = hooks(page, f"a.lodCell({q}, {k})")
     assert mean["value"] == pytest.approx((block.sum() + other.sum()) / 2, rel=0.029)
     clean(page)
+
+
+def test_app_viewer_draws_from_server_tiles(page, app_server):
+    """The viewer with the app's tile endpoint as its source (what the app gives runs that keep
+    queries and keys), against the real server: blocks and exact cells are the server's."""
+    import httpx
+
+    r = httpx.post(f"{app_server.url}/api/runs", json={"text": "The cat that sat on the mat "
+                   "was black. The dog that ran in the park was brown."}, timeout=120)
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    w = httpx.get(f"{app_server.url}/api/runs/{rid}/tiles", params={"layer": 1, "head": 1},
+                  timeout=60).content  # the whole head, exact cells
+    page.goto(app_server.url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.evaluate("""async (rid) => {
+      const mod = await import("/static/viewer.js");
+      const payload = await (await fetch(`/api/runs/${rid}/payload`)).arrayBuffer();
+      const el = document.createElement("div");
+      el.id = "lod-host";
+      document.body.prepend(el);
+      const values = { payload, options: { layer: 1, head: 1 }, layer_url: "",
+                       tile_url: `/api/runs/${rid}/tiles` };
+      const model = { get: (k) => values[k], set() {}, save_changes() {}, on() {}, off() {} };
+      mod.default.render({ model, el });
+    }""", rid)
+    wait_js(page, "document.querySelector('#lod-host .attnmap')?.__attnmap.lod?.tile", 60)
+    lod = page.evaluate("document.querySelector('#lod-host .attnmap').__attnmap.lod")
+    assert lod["source"] == "server" and lod["tile"]["block"] == 1  # a short run: cells
+    n = int(np.sqrt(len(w) // 4))
+    exact = np.frombuffer(w, "<f4").reshape(n, n)  # [query, key], NaN masked
+    for q, k in ((3, 1), (n - 1, 0), (n - 1, n - 1), (2, 5)):
+        got = page.evaluate(f"document.querySelector('#lod-host .attnmap').__attnmap"
+                            f".lodCell({q}, {k})")
+        want = exact[q, k]
+        assert (got["value"] is None) == bool(np.isnan(want))
+        if not np.isnan(want):
+            assert got["value"] == pytest.approx(float(want), abs=1e-7) and not got["upper"]
+    assert page.errors == []
