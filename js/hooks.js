@@ -5,6 +5,7 @@ import { ctx2d } from "./draw.js";
 import { relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
 import { rowWindow, stepCount } from "./steps.js";
+import { lodCell } from "./views/longmap.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 
@@ -32,6 +33,20 @@ export function hooks(v) {
   };
   return {
     get state() { return { ...v.st }; },
+    /** Long runs: where tiles come from and the last drawn tile (block, origin, size, top of
+     * the colour scale); null for runs drawn from the dense payload. */
+    get lod() {
+      const l = v.lod;
+      if (!l) return null;
+      const t = l.tile;
+      return { source: l.source.kind, vmax: l.vmax, tile: t ? { block: t.block, q0: t.q0, k0: t.k0, rows: t.rows, cols: t.cols, reduce: t.reduce } : null };
+    },
+    /**
+     * Long runs: the drawn tile's value at cell (q, k) (see views/longmap.js lodCell).
+     * @param {number} q
+     * @param {number} k
+     */
+    lodCell(q, k) { return lodCell(v, q, k); },
     get header() { return v.header; },
     get thumbs() { return v.hits.map((t) => ({ layer: t.layer, head: t.head, badge: t.badge ?? null, pass: t.pass ?? true })); },
     get changeCells() { return v.changeCells; },

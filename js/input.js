@@ -8,6 +8,41 @@ import { h, relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
 import { badgeWords } from "./analysis.js";
 import { colSpan, moveStep, rowSpan, shownEnd, stepCount } from "./steps.js";
+import { lodCell } from "./views/longmap.js";
+
+/**
+ * The tooltip of a long run's cell or block: the tokens, and the value the drawn tile holds
+ * (exact, an upper bound for a cell no row kept, or masked).
+ * @param {Viewer} v
+ * @param {HTMLDivElement} tip
+ * @param {(label: string, text: string, cls?: string) => HTMLDivElement} line
+ * @param {import("./types.js").StackInfo} info
+ * @param {number} q
+ * @param {number} k
+ * @returns {boolean}  false: nothing drawn there yet
+ */
+function lodTip(v, tip, line, info, q, k) {
+  const c = lodCell(v, q, k);
+  if (!c) return false;
+  if (c.block === 1) {
+    tip.append(line(`query ${q} `, info.query_tokens[q]), line(`key ${k} `, info.key_tokens[k]));
+    const text = c.value === null ? "masked (this query cannot see this key)"
+      : c.upper ? `attention < ${c.value.toFixed(4)} (below the cells this row keeps)` : `attention ${c.value.toFixed(4)}`;
+    tip.append(h("div", "am-val", text));
+    tip.dataset.q = String(q); tip.dataset.k = String(k);
+  } else {
+    const q1 = Math.min(info.shape[2], c.q0 + c.block) - 1, k1 = Math.min(info.shape[3], c.k0 + c.block) - 1;
+    tip.append(line(`queries ${c.q0}–${q1} `, info.query_tokens[c.q0]), line(`keys ${c.k0}–${k1} `, info.key_tokens[c.k0]));
+    const text = c.value === null ? "masked (no query here can see these keys)"
+      : c.upper ? `${c.reduce} < ${c.value.toFixed(4)} (no kept cell in this block)` : `${c.reduce} of ${c.block}×${c.block} block ${c.value.toFixed(4)}`;
+    tip.append(h("div", "am-val", text));
+    tip.dataset.q = String(c.q0); tip.dataset.k = String(c.k0);
+  }
+  tip.dataset.block = String(c.block);
+  tip.dataset.value = c.value === null ? "masked" : (c.upper ? "<" : "") + c.value.toFixed(4);
+  tip.dataset.raw = c.value === null ? "masked" : String(c.value);
+  return true;
+}
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 /** @typedef {import("./types.js").State} State */
@@ -94,7 +129,9 @@ function hover(v, e) {
   const line = (label, text, cls) => { const d = h("div", cls); d.append(h("span", "am-k", label), h("span", "am-tok", text)); return d; };
   tip.replaceChildren();
   delete tip.dataset.value;
-  if (t.kind === "cell") {
+  if (t.kind === "cell" && v.lod) {
+    if (!lodTip(v, tip, line, info, t.q, t.k)) { tip.hidden = true; return; }
+  } else if (t.kind === "cell") {
     const d = v.current(), val = d ? value(d, t.q, t.k) : null;
     tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
     tip.append(h("div", "am-val", val === null ? "masked (this query cannot see this key)" : `attention ${val.toFixed(4)}`));
@@ -191,7 +228,7 @@ export function zoom(v, f, cx, cy) {
 function wheel(v, e) {
   if (v.st.view !== "heatmap") return;
   const g = v.geom(), p = pos(v, e);
-  if (e.ctrlKey || e.metaKey) { e.preventDefault(); zoom(v, e.deltaY < 0 ? 1.25 : 0.8, p.x, p.y); return; }
+  if (e.ctrlKey || e.metaKey || (v.lod && !e.shiftKey)) { e.preventDefault(); zoom(v, e.deltaY < 0 ? 1.25 : 0.8, p.x, p.y); return; }
   if (g.cs <= g.fit) return; // at full view the page scrolls as usual
   e.preventDefault();
   v.set({ k0: g.k0 + (e.shiftKey ? e.deltaY : e.deltaX) / g.cs, q0: g.q0 + (e.shiftKey ? 0 : e.deltaY) / g.cs });
@@ -236,6 +273,14 @@ function key(v, e) {
     ",": () => stepBy(v, -1), ".": () => stepBy(v, 1),
     "?": () => showHelp(v, v.dom.help.hidden),
   };
+  const pan = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[e.key];
+  if (pan && e.shiftKey && st.view === "heatmap") {
+    // Shift + arrows: a quarter of the view across or down.
+    e.preventDefault(); e.stopPropagation();
+    const g = v.geom();
+    if (g.cs > g.fit) v.set({ k0: g.k0 + pan[0] * g.vk / 4, q0: g.q0 + pan[1] * g.vq / 4 });
+    return;
+  }
   const f = acts[e.key];
   if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
   e.preventDefault();
@@ -318,6 +363,7 @@ export function attachInput(v) {
   v.listen(u.scale, "change", () => v.set({ scale: /** @type {State["scale"]} */ (u.scale.value) }));
   v.listen(u.metric, "change", () => v.set({ metric: u.metric.value === "mean_abs" ? "mean_abs" : "js" }));
   v.listen(u.ignore, "change", () => v.set({ ignoreFirst: u.ignore.checked }));
+  v.listen(u.reduce, "change", () => v.set({ reduce: u.reduce.value === "sum" ? "sum" : "max" }));
   v.listen(u.zoomIn, "click", () => zoom(v, 2));
   v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
   v.listen(u.fit, "click", () => v.set({ cs: null }));

@@ -31,6 +31,7 @@ export function h(tag, cls, text) {
  * @property {HTMLSelectElement} scale
  * @property {HTMLSelectElement} metric
  * @property {HTMLInputElement} ignore
+ * @property {HTMLSelectElement} reduce  long runs: a block's pixel is its max or its sum
  * @property {HTMLButtonElement} zoomIn
  * @property {HTMLButtonElement} zoomOut
  * @property {HTMLButtonElement} fit
@@ -90,6 +91,9 @@ export function buildDom() {
   const metric = field(bar, "change", h("select", "am-metric"));
   for (const [v, t] of [["js", "JS divergence"], ["mean_abs", "mean |A − B|"]]) metric.add(new Option(t, v));
   for (const [v, t] of [["unit", "0 – 1"], ["head", "0 – head max"], ["log", "log"]]) scale.add(new Option(t, v));
+  const reduce = field(bar, "blocks", h("select", "am-reduce"));
+  for (const [v, t] of [["max", "max (peaks)"], ["sum", "sum (mass)"]]) reduce.add(new Option(t, v));
+  reduce.title = "long runs: each pixel is a block of cells, shown by its largest weight or by its total";
   const ign = h("label", "am-field am-check");
   const ignore = h("input", "am-ignore");
   ignore.type = "checkbox";
@@ -180,7 +184,7 @@ export function buildDom() {
   main.append(stage, side);
   const status = h("div", "am-status");
   root.append(bar, steps, census, legend, main, status);
-  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs, play, prev, next, step, stepLabel, gen };
+  const ui = { stack, layer, head, view, scale, metric, ignore, reduce, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs, play, prev, next, step, stepLabel, gen };
   return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status, steps, stepInfo };
 }
 
@@ -203,7 +207,8 @@ const HELP = [
   ["+ −", "zoom in / out"],
   ["0", "fit: the whole matrix"],
   ["Ctrl / ⌘ + wheel", "zoom about the pointer"],
-  ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways)"],
+  ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways); long runs: zoom"],
+  ["Shift + arrows", "pan the zoomed matrix"],
   ["drag", "pan the zoomed matrix; drag on the minimap to jump"],
   ["click a label", "highlight that token's row and column"],
   [", .", "generated runs: one token back / on (step playback)"],
@@ -236,7 +241,8 @@ export function syncControls(v, full) {
   const u = v.dom.ui, st = v.st, info = v.stackInfo(), [L, H] = info.shape;
   const header = /** @type {import("./types.js").Header} */ (v.header);
   if (full) {
-    const views = [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]];
+    const views = v.lod ? [["heatmap", "one head"]] : [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]];
+    /** @type {HTMLElement} */ (u.reduce.parentElement).hidden = !v.lod;
     if (v.diff) views.push(["diff", "A, B, A − B"], ["change", "change per head"]);
     fill(u.view, views.map(([val, t]) => new Option(t, val)));
     /** @type {HTMLElement} */ (u.metric.parentElement).hidden = !v.diff;
@@ -261,6 +267,7 @@ export function syncControls(v, full) {
   u.scale.value = st.scale;
   u.metric.value = st.metric;
   u.ignore.checked = st.ignoreFirst;
+  u.reduce.value = st.reduce;
   for (const b of [u.zoomIn, u.zoomOut, u.fit]) b.disabled = st.view !== "heatmap";
   const sc = info.scores;
   v.dom.census.hidden = !sc;

@@ -37,7 +37,7 @@ export function initialState(header, o, diff) {
     view, scale: ["unit", "head", "log"].includes(o.scale) ? o.scale : "head",
     metric: o.metric === "mean_abs" ? "mean_abs" : "js",
     ignoreFirst: !!o.ignore_first, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null,
-    step, gen,
+    step, gen, reduce: o.reduce === "sum" ? "sum" : "max",
   };
 }
 
@@ -59,6 +59,7 @@ export function applyPatch(st, patch, header) {
   const n = stepCount(header);
   next.step = n > 0 && next.step !== null ? Math.min(n, Math.max(0, Math.trunc(next.step) || 0)) : null;
   next.gen = n > 0 && !!next.gen;
+  next.reduce = next.reduce === "sum" ? "sum" : "max";
   return next;
 }
 

@@ -101,6 +101,7 @@
  * @property {number | null} step  playback: the prompt and the first `step` generated tokens
  *   are shown; null = everything, no playback
  * @property {boolean} gen  the generated part only: the heatmap's rows, the census, relations
+ * @property {"max" | "sum"} reduce  long runs: how a block of cells becomes one pixel
  */
 
 /**

@@ -17,6 +17,8 @@ import { paintHeads, paintLayers } from "./views/grids.js";
 import { paintDiff, paintChange } from "./views/diff.js";
 import { hooks } from "./hooks.js";
 import { rowWindow } from "./steps.js";
+import { PageSource, ServerSource } from "./long.js";
+import { paintLong } from "./views/longmap.js";
 
 /** @typedef {import("./types.js").State} State */
 /** @typedef {import("./types.js").Header} Header */
@@ -92,7 +94,9 @@ export class Viewer {
     this.changeBy = new Map();
     this.ramps = rampsOf(null);
     /** @type {State} */
-    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null, step: null, gen: false };
+    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null, step: null, gen: false, reduce: "max" };
+    /** @type {{ source: import("./long.js").TileSource, tiles: Map<string, Promise<import("./long.js").Tile>>, tile: import("./long.js").Tile | null, vmax: number } | null} long runs: where tiles come from, and the last drawn */
+    this.lod = null;
     /** @type {Word[]} */
     this.words = [];
     /** @type {Map<number, Prediction> | null} */
@@ -193,6 +197,11 @@ export class Viewer {
       this.changeBy = new Map(od.ranking.map((/** @type {Change} */ r) => [`${r.layer}/${r.head}`, r]));
     }
     this.words = textWords(header.text);
+    // Long runs draw from tiles: the page's own long representation, or the app's endpoint.
+    const chunk = this.model.get("long_chunk"), tileUrl = this.model.get("tile_url");
+    const hl = /** @type {Header & { long?: any }} */ (header);
+    this.lod = hl.long && typeof chunk === "function" ? { source: new PageSource(hl, chunk), tiles: new Map(), tile: null, vmax: 1 }
+      : tileUrl ? { source: new ServerSource(tileUrl), tiles: new Map(), tile: null, vmax: 1 } : null;
     syncControls(this, true);
     resetRelation(this);
     this.set(initialState(header, o, !!this.diff)); // every key: a fresh start
@@ -224,6 +233,7 @@ export class Viewer {
     if (!this.header) return;
     const t0 = performance.now();
     let next = applyPatch(this.st, patch, this.header);
+    if (this.lod && next.view !== "heatmap") next = { ...next, view: "heatmap" }; // tiles: one head at a time
     if (next.view === "heatmap" || next.cs !== null) {
       const g = this.geom(next);
       next = { ...next, cs: g.cs > g.fit ? g.cs : null, k0: g.k0, q0: g.q0 };
@@ -394,6 +404,7 @@ export class Viewer {
   /** @param {number} [t0] */
   async refresh(t0 = performance.now()) {
     const seq = ++this.seq, st = this.st, status = this.dom.status;
+    if (this.lod) return paintLong(this, seq, t0);
     if (st.view === "layers") { this.showInfoIfStale(); return paintLayers(this, seq, t0); }
     if (st.view !== "change") {
       const need = !this.cached(st.stack, st.layer) || (st.view === "diff" && !this.layersB.has(`${st.stack}/${st.layer}`));

@@ -220,7 +220,7 @@ function paintPredictions(v, ctx, g, qEnd) {
  * @param {Geometry} g
  * @param {number} vmax
  */
-function colourBar(v, ctx, g, vmax) {
+export function colourBar(v, ctx, g, vmax) {
   const x = g.x0 + g.pw + g.pred + 14, y = g.y0, bh = Math.min(g.ph, 260), bw = 12, st = v.st;
   rampBar(ctx, v.ramps.seq, x, y, bw, bh);
   ctx.strokeStyle = "#888"; ctx.strokeRect(x - 0.5, y - 0.5, bw + 1, bh + 1);

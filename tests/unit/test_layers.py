@@ -28,6 +28,7 @@ CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._q
            "attnmap._chat", "attnmap._tiles_torch", "attnmap.attribution", "attnmap.probes",
            "attnmap.generating"}
 OUTPUT = {"attnmap.plot", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
+          "attnmap.viewer.longpage",
           "attnmap.app", "attnmap.app.*"}
 CLI = {"attnmap.cli", "attnmap.cli.*", "attnmap.__main__"}
 FACADE = {"attnmap"}  # the package's front door re-exports from every layer, lazily

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from .._options import VIEWS
 from ._common import (
@@ -45,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cmap", default="Blues", metavar="NAME",
                    help="matplotlib colormap (default Blues): the page colours a value as the "
                    "PNG from `attnmap render --cmap NAME` does")
+    p.add_argument("--representation", choices=("auto", "dense", "long"), default="auto",
+                   help="dense: every weight (short runs); long: a pyramid of block max/sum "
+                   "plus each row's largest weights, so thousands of tokens fit one file; auto "
+                   "(default): long for big runs")
     add_ignore_first_option(p, "the colour scale")
     p.add_argument("--predictions", action="store_true",
                    help="also record the model's predictions and show them beside the rows "
@@ -72,8 +77,26 @@ def handle(args: argparse.Namespace) -> int:
 
     shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
     say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
-    size = write_html(run, out, cmap=args.cmap,
-                      **{k: v for k, v in options.items() if v is not None})
+    from ..viewer import longpage
+
+    rep = args.representation
+    if rep == "auto":
+        rep = longpage.choose(run)
+    if rep == "long":
+        from .._io import atomic_path
+        from ..viewer.html import check_options, long_page
+
+        opts = check_options(run, {k: v for k, v in options.items() if v is not None})
+        data = longpage.build(run, cmap=args.cmap)
+        html = long_page(data, opts)
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(html, encoding="utf-8")
+        size = len(html.encode("utf-8"))
+        say(args, f"{data.describe()}, {size / 1e6:.0f} MB")
+    else:
+        size = write_html(run, out, cmap=args.cmap,
+                          **{k: v for k, v in options.items() if v is not None})
+        say(args, f"dense run ({len(run.tokens):,} tokens): every weight, {size / 1e6:.1f} MB")
     say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     print(out)
     return 0

@@ -162,7 +162,7 @@ body {{ margin: 0; padding: 8px; background: #fff; }}
 <script type="application/x-attnmap-b85" id="attnmap-payload" data-length="{length}">
 {payload}
 </script>
-{payload_b}<script type="application/json" id="attnmap-options">{options}</script>
+{payload_b}{long}<script type="application/json" id="attnmap-options">{options}</script>
 <script type="text/plain" id="attnmap-module">
 {module}
 </script>
@@ -176,7 +176,13 @@ const payload = mod.b85decode(
   text("attnmap-payload"), Number(document.getElementById("attnmap-payload").dataset.length));
 const pb = document.getElementById("attnmap-payload-b");
 const payload_b = pb ? mod.b85decode(pb.textContent, Number(pb.dataset.length)) : null;
-const state = {{ payload, payload_b, options: JSON.parse(text("attnmap-options")), layer_url: "" }};
+// Long runs: one element per head (and mask), decoded only when the viewer asks for it.
+const longEls = new Map(Array.from(document.querySelectorAll("script.attnmap-long"), (e) => [e.dataset.key, e]));
+const long_chunk = (key) => {{
+  const e = longEls.get(key);
+  return e ? mod.b85decode(e.textContent, Number(e.dataset.length)) : null;
+}};
+const state = {{ payload, payload_b, options: JSON.parse(text("attnmap-options")), layer_url: "", long_chunk }};
 const model = {{ get: (k) => state[k], set() {{}}, save_changes() {{}}, on() {{}}, off() {{}} }};
 mod.default.render({{ model, el }});
 </script>
@@ -185,18 +191,38 @@ mod.default.render({{ model, el }});
 """
 
 
-def page(run: Any, *, cmap: str = DEFAULT_CMAP, **options: Any) -> str:
+REPRESENTATIONS = ("auto", "dense", "long")
+
+
+def page(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "auto",
+         **options: Any) -> str:
     """The standalone page for `run` as a string (`options`: see :func:`to_html`)."""
     opts = check_options(run, options)
+    if representation not in REPRESENTATIONS:
+        raise AttnmapError(f"representation must be 'auto', 'dense' or 'long' "
+                           f"(not {representation!r})")
+    from . import longpage
+
+    if representation == "long" or (representation == "auto" and longpage.choose(run) == "long"):
+        return long_page(longpage.build(run, cmap=cmap), opts)
     return "".join(_page_text(encode_parts(run, cmap=cmap), opts))
+
+
+def long_page(data: Any, opts: dict[str, Any]) -> str:
+    """The page of a long representation (``longpage.build``): header plus one element each
+    head and mask, so the viewer reads and decodes only the head it shows."""
+    parts = [f'<script type="application/x-attnmap-b85" class="attnmap-long" data-key="{key}" '
+             f'data-length="{len(blob)}">{b85encode(blob)}</script>\n'
+             for key, blob in data.chunks]  # keys: stack names and numbers, never token text
+    return "".join(_page_text([data.payload], opts, long="".join(parts)))
 
 
 def _page(blob: bytes, opts: dict[str, Any], blob_b: bytes | None = None) -> str:
     return "".join(_page_text([blob], opts, blob_b))
 
 
-def _page_text(parts: list[bytes], opts: dict[str, Any], blob_b: bytes | None = None
-               ) -> Iterator[str]:
+def _page_text(parts: list[bytes], opts: dict[str, Any], blob_b: bytes | None = None, *,
+               long: str = "") -> Iterator[str]:
     """The page in pieces: the payload `parts` (together, the bytes of ``encode``) go out as
     base 85 piece by piece, so a long run's page never exists whole in memory."""
     opts_json = json.dumps(opts).replace("<", "\\u003c")  # never a `</script` inside JSON
@@ -210,6 +236,7 @@ def _page_text(parts: list[bytes], opts: dict[str, Any], blob_b: bytes | None = 
         length=sum(len(p) for p in parts),
         payload=cut,
         payload_b=extra,
+        long=long,
         options=opts_json,
         module=_script_safe(static_text("viewer.js"), "viewer.js"),
     ).split(cut)
@@ -252,6 +279,7 @@ def to_html(
     ignore_first: bool | None = None,
     step: int | None = None,
     cmap: str = DEFAULT_CMAP,
+    representation: str = "auto",
 ) -> str:
     """A self-contained HTML page that shows `run`; written to `path` when given.
 
@@ -263,11 +291,14 @@ def to_html(
     scale), `step` (open the step playback at step t: the prompt and the first t generated
     tokens). `cmap` is a matplotlib colormap name (default Blues, as in ``attnmap.heatmap``):
     a value gets the same colour on the page as in the PNG. The page opens from ``file://``
-    with the network off.
+    with the network off. `representation`: ``"dense"`` carries every weight; ``"long"`` a
+    pyramid of block maxima and sums plus each row's largest weights (see ``longpage``), which
+    stays small at thousands of tokens; ``"auto"`` (default) picks long for big runs.
     """
     options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
                "ignore_first": ignore_first, "step": step}
-    html = page(run, cmap=cmap, **{k: v for k, v in options.items() if v is not None})
+    html = page(run, cmap=cmap, representation=representation,
+                **{k: v for k, v in options.items() if v is not None})
     if path is not None:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(html, encoding="utf-8")

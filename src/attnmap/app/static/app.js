@@ -293,7 +293,9 @@ async function openRun(runId) {
   showDiffBar(null);
   showFacts(facts);
   fillForm(facts);
-  await mountViewer({ payload, options: {}, layer_url: `/api/runs/${id}/layers` });
+  // Runs that keep queries and keys (long inputs) draw from tiles the server computes.
+  const tile_url = facts.storage === "qk" ? `/api/runs/${id}/tiles` : "";
+  await mountViewer({ payload, options: {}, layer_url: `/api/runs/${id}/layers`, tile_url });
   say(`run ${runId}`);
   await refreshRuns();
   if (seq !== state.seq) return;

@@ -701,7 +701,8 @@ function initialState(header, o, diff) {
     min: null,
     mark: null,
     step,
-    gen
+    gen,
+    reduce: o.reduce === "sum" ? "sum" : "max"
   };
 }
 function applyPatch(st, patch, header) {
@@ -714,6 +715,7 @@ function applyPatch(st, patch, header) {
   const n = stepCount(header);
   next.step = n > 0 && next.step !== null ? Math.min(n, Math.max(0, Math.trunc(next.step) || 0)) : null;
   next.gen = n > 0 && !!next.gen;
+  next.reduce = next.reduce === "sum" ? "sum" : "max";
   return next;
 }
 function stepHead(head, dh, H) {
@@ -747,6 +749,9 @@ function buildDom() {
   const metric = field(bar, "change", h("select", "am-metric"));
   for (const [v, t] of [["js", "JS divergence"], ["mean_abs", "mean |A − B|"]]) metric.add(new Option(t, v));
   for (const [v, t] of [["unit", "0 – 1"], ["head", "0 – head max"], ["log", "log"]]) scale.add(new Option(t, v));
+  const reduce = field(bar, "blocks", h("select", "am-reduce"));
+  for (const [v, t] of [["max", "max (peaks)"], ["sum", "sum (mass)"]]) reduce.add(new Option(t, v));
+  reduce.title = "long runs: each pixel is a block of cells, shown by its largest weight or by its total";
   const ign = h("label", "am-field am-check");
   const ignore = h("input", "am-ignore");
   ignore.type = "checkbox";
@@ -828,7 +833,7 @@ function buildDom() {
   main.append(stage, side);
   const status = h("div", "am-status");
   root.append(bar, steps, census, legend, main, status);
-  const ui = { stack, layer, head, view, scale, metric, ignore, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs, play, prev, next, step, stepLabel, gen };
+  const ui = { stack, layer, head, view, scale, metric, ignore, reduce, zoomIn, zoomOut, fit, png, help: helpBtn, score, min, from, to, vs, play, prev, next, step, stepLabel, gen };
   return { root, ui, census, legend, help, canvas, tip, mini, info, relBox, relOut, status, steps, stepInfo };
 }
 function fill(select2, options) {
@@ -842,7 +847,8 @@ var HELP = [
   ["+ −", "zoom in / out"],
   ["0", "fit: the whole matrix"],
   ["Ctrl / ⌘ + wheel", "zoom about the pointer"],
-  ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways)"],
+  ["wheel", "scroll the zoomed matrix (Shift + wheel: sideways); long runs: zoom"],
+  ["Shift + arrows", "pan the zoomed matrix"],
   ["drag", "pan the zoomed matrix; drag on the minimap to jump"],
   ["click a label", "highlight that token's row and column"],
   [", .", "generated runs: one token back / on (step playback)"],
@@ -871,7 +877,8 @@ function syncControls(v, full) {
     v.header
   );
   if (full) {
-    const views = [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]];
+    const views = v.lod ? [["heatmap", "one head"]] : [["heatmap", "one head"], ["heads", "heads of layer"], ["layers", "layers × heads"]];
+    u.reduce.parentElement.hidden = !v.lod;
     if (v.diff) views.push(["diff", "A, B, A − B"], ["change", "change per head"]);
     fill(u.view, views.map(([val, t]) => new Option(t, val)));
     u.metric.parentElement.hidden = !v.diff;
@@ -895,6 +902,7 @@ function syncControls(v, full) {
   u.scale.value = st.scale;
   u.metric.value = st.metric;
   u.ignore.checked = st.ignoreFirst;
+  u.reduce.value = st.reduce;
   for (const b of [u.zoomIn, u.zoomOut, u.fit]) b.disabled = st.view !== "heatmap";
   const sc = info.scores;
   v.dom.census.hidden = !sc;
@@ -1247,302 +1255,377 @@ function paintChange(v) {
   v.dom.mini.hidden = true;
 }
 
-// js/input.js
-function pos(v, e) {
-  const r = v.dom.canvas.getBoundingClientRect();
-  return { x: e.clientX - r.left, y: e.clientY - r.top };
+// js/long.js
+async function inflate2(bytes) {
+  const stream = new Blob([
+    /** @type {BlobPart} */
+    bytes
+  ]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
 }
-function hit(v, x, y) {
-  const st = v.st;
-  if (!v.header) return null;
-  if (st.view === "diff") {
-    const g2 = v.dgeom;
-    if (!g2) return null;
-    for (let p = 0; p < 3; p++) {
-      const x0 = g2.x0s[p];
-      const y0 = g2.y0s[p];
-      if (x >= x0 && x < x0 + g2.pw && y >= y0 && y < y0 + g2.ph) return { kind: "dcell", p, q: Math.floor((y - y0) / g2.cs), k: Math.floor((x - x0) / g2.cs) };
+function logValues(codes, hi, L) {
+  const lut = new Float32Array(256);
+  for (let c = 1; c < 255; c++) lut[c] = hi * 10 ** (L.decades * ((c - 1) / L.steps - 1));
+  lut[255] = NaN;
+  const out = new Float32Array(codes.length);
+  for (let i = 0; i < codes.length; i++) out[i] = lut[codes[i]];
+  return out;
+}
+function decodeHead(raw, nq, nk, L, ib) {
+  const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const hiMax = dv.getFloat32(0, true), hiSum = dv.getFloat32(4, true);
+  const rowmax = new Float32Array(nq);
+  for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
+  let at = 8 + 4 * nq;
+  const take = (n) => {
+    const a = raw.subarray(at, at + n);
+    at += n;
+    return a;
+  };
+  const max = logValues(take(pq * pk), hiMax, L), sum = logValues(take(pq * pk), hiSum, L);
+  const restMax = logValues(take(pq), hiMax, L), restSum = logValues(take(pq), hiSum, L);
+  const bc = take(nq), count = take(nq);
+  const start = new Uint32Array(nq + 1);
+  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + count[i];
+  const total = start[nq];
+  const planes = [];
+  for (let p = 0; p < ib; p++) planes.push(take(total));
+  const codes = take(total);
+  if (at !== raw.length) throw new Error("attnmap: a long head chunk has the wrong size");
+  const keys = new Uint32Array(total), vals = new Float32Array(total), bound = new Float32Array(nq);
+  for (let i = 0; i < nq; i++) {
+    const f = rowmax[i] / L.levels;
+    bound[i] = bc[i] * f;
+    let key2 = 0;
+    for (let e = start[i]; e < start[i + 1]; e++) {
+      let d = 0;
+      for (let p = 0; p < ib; p++) d += planes[p][e] * 2 ** (8 * p);
+      key2 = e === start[i] ? d : key2 + d;
+      keys[e] = key2;
+      vals[e] = codes[e] * f;
     }
-    return null;
   }
-  if (st.view !== "heatmap") {
-    const t = v.hits.find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + b.h);
-    return t ? { kind: "thumb", ...t } : null;
-  }
-  const g = v.geom(), info = v.stackInfo();
-  const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
-  const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
-  const qEnd = shownEnd(st, rowSpan(info), g.Q), kEnd = shownEnd(st, colSpan(info), g.K);
-  if (inX && inY) return q < qEnd && k < kEnd ? { kind: "cell", q, k } : null;
-  const step = labelStep(g.cs), sel = st.sel;
-  if (inY && x < g.x0 && x >= 0) {
-    const r = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
-    return r < qEnd ? { kind: "row", q: r } : null;
-  }
-  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred) {
-    const p = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
-    return p < qEnd && v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
-  }
-  if (inX && y < g.y0 && y >= M.top + M.axis) {
-    const c = nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k);
-    return c < kEnd ? { kind: "col", k: c } : null;
-  }
-  return null;
+  return { nq, nk, pq, pk, max, sum, restMax, restSum, bound, start, keys, vals };
 }
-function hover(v, e) {
-  if (v.drag) return;
-  const { x, y } = pos(v, e), t = hit(v, x, y), tip = v.dom.tip;
-  if (!t) {
-    tip.hidden = true;
-    return;
+function decodeMask(raw, nq) {
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const start = new Uint32Array(nq + 1);
+  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + dv.getUint32(4 * i, true);
+  const n = start[nq] * 2, pairs = new Uint32Array(n);
+  for (let i = 0; i < n; i++) pairs[i] = dv.getUint32(4 * nq + 4 * i, true);
+  return { start, pairs };
+}
+function lowerBound(keys, lo, hi, x) {
+  while (lo < hi) {
+    const m = lo + hi >> 1;
+    if (keys[m] < x) lo = m + 1;
+    else hi = m;
   }
-  const info = v.stackInfo();
-  const line = (label, text, cls) => {
-    const d = h("div", cls);
-    d.append(h("span", "am-k", label), h("span", "am-tok", text));
-    return d;
-  };
-  tip.replaceChildren();
-  delete tip.dataset.value;
-  if (t.kind === "cell") {
-    const d = v.current(), val = d ? value(d, t.q, t.k) : null;
-    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
-    tip.append(h("div", "am-val", val === null ? "masked (this query cannot see this key)" : `attention ${val.toFixed(4)}`));
-    tip.dataset.q = String(t.q);
-    tip.dataset.k = String(t.k);
-    tip.dataset.value = val === null ? "masked" : val.toFixed(4);
-  } else if (t.kind === "dcell") {
-    const dd = diffHead(v), p = t.q * dd.k + t.k;
-    const lb = v.dgeom ? v.dgeom.labels : info.query_tokens;
-    tip.append(line(`query ${t.q} `, lb[t.q] ?? info.query_tokens[t.q]), line(`key ${t.k} `, lb[t.k] ?? info.key_tokens[t.k]));
-    if (Number.isNaN(dd.d[p])) tip.append(h("div", "am-val", "masked"));
-    else tip.append(h("div", "am-val", `A ${dd.a[p].toFixed(4)} · B ${dd.b[p].toFixed(4)} · A − B ${dd.d[p] >= 0 ? "+" : ""}${dd.d[p].toFixed(4)}`));
-    tip.dataset.value = Number.isNaN(dd.d[p]) ? "masked" : dd.d[p].toFixed(4);
-  } else if (t.kind === "pred") {
-    const r2 = v.predictions()?.get(t.q);
-    if (!r2) {
-      tip.hidden = true;
-      return;
+  return lo;
+}
+function pageTile(heads, how, pyr, mask, req, pb) {
+  const h0 = heads[0];
+  if (req.block >= pb || req.reduce === "sum" && req.block > 1) {
+    return pyramidTile(h0, pyr, req, Math.max(req.block, pb) / pb, pb);
+  }
+  return cellTile(heads, how, mask, req);
+}
+function pyramidTile(h0, pyr, req, f, pb) {
+  const block = f * pb, q0 = Math.floor(req.q0 / block) * block, k0 = Math.floor(req.k0 / block) * block;
+  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((h0.nq - q0) / block));
+  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((h0.nk - k0) / block));
+  const src = req.reduce === "sum" ? pyr.sum : pyr.max, isSum = req.reduce === "sum";
+  const vals = new Float32Array(rows * cols);
+  const r0 = q0 / pb, c0 = k0 / pb;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      let acc = NaN;
+      for (let a = 0; a < f; a++) {
+        const pr = r0 + r * f + a;
+        if (pr >= h0.pq) break;
+        const base = pr * h0.pk;
+        for (let b = 0; b < f; b++) {
+          const pc = c0 + c * f + b;
+          if (pc >= h0.pk) break;
+          const x = src[base + pc];
+          if (x === x) acc = acc === acc ? isSum ? acc + x : Math.max(acc, x) : x;
+        }
+      }
+      vals[r * cols + c] = acc;
     }
-    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line("top-1 ", `${r2.top[0].token}  p ${r2.top[0].p.toFixed(3)}`));
-    if (r2.next) tip.append(line("actual next ", `${r2.next.token}  p ${r2.next.p.toFixed(3)} · rank ${r2.next.rank}`));
-    tip.append(h("div", "am-k", "click: top-k"));
-  } else if (t.kind === "row") {
-    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), h("div", "am-k", "click: highlight"));
-  } else if (t.kind === "col") {
-    tip.append(line(`key ${t.k} `, info.key_tokens[t.k]), h("div", "am-k", "click: highlight"));
-  } else {
-    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`));
-    if (t.badge) tip.append(h("div", "am-badge-words", badgeWords(t.badge)));
-    tip.append(h("div", "am-k", "click to open"));
   }
-  tip.hidden = false;
-  const r = v.dom.canvas.getBoundingClientRect();
-  tip.style.left = Math.min(x + 14, r.width - 180) + "px";
-  tip.style.top = y + 16 + "px";
-}
-function press(v, e) {
-  if (e.button !== 0) return;
-  v.dom.root.focus({ preventScroll: true });
-  const start = pos(v, e), t = hit(v, start.x, start.y), st = v.st;
-  if (!t) return;
-  if (t.kind === "thumb") {
-    v.set({ layer: t.layer, head: t.head, view: st.view === "change" ? "diff" : "heatmap" });
-    return;
+  let rest = null;
+  if (req.ignoreFirst && k0 === 0) {
+    rest = new Float32Array(rows);
+    const rsrc = isSum ? pyr.restSum : pyr.restMax;
+    for (let r = 0; r < rows; r++) {
+      let acc = NaN;
+      for (let a = 0; a < f; a++) {
+        const pr = r0 + r * f + a;
+        if (pr >= h0.pq) break;
+        const pieces = [rsrc[pr]];
+        for (let b = 1; b < f && b < h0.pk; b++) pieces.push(src[pr * h0.pk + b]);
+        for (const x of pieces) if (x === x) acc = acc === acc ? isSum ? acc + x : Math.max(acc, x) : x;
+      }
+      rest[r] = acc;
+    }
   }
-  if (t.kind === "dcell") return;
-  if (t.kind === "cell") {
-    const g = v.geom();
-    if (g.cs <= g.fit) return;
-    const q0 = g.q0, k0 = g.k0;
-    const move = (ev) => {
-      const p = pos(v, ev);
-      v.drag = true;
-      v.set({ k0: k0 - (p.x - start.x) / g.cs, q0: q0 - (p.y - start.y) / g.cs });
-    };
-    const up = () => {
-      window.removeEventListener("mousemove", move);
-      window.removeEventListener("mouseup", up);
-      v.drag = false;
-    };
-    window.addEventListener("mousemove", move);
-    window.addEventListener("mouseup", up);
-    v.off.push(up);
-    return;
+  return { q0, k0, rows, cols, block, reduce: req.reduce, vals, bound: null, rest };
+}
+function cellTile(heads, how, mask, req) {
+  const h0 = heads[0], bs = req.block, H = heads.length;
+  const rows = Math.min(req.rows, Math.ceil((h0.nq - req.q0) / bs)), cols = Math.min(req.cols, Math.ceil((h0.nk - req.k0) / bs));
+  const ka = req.k0, kb = Math.min(h0.nk, ka + cols * bs), W = kb - ka;
+  const vals = new Float32Array(rows * cols).fill(-1), ub = new Float32Array(rows * cols).fill(-1);
+  const vis = new Uint8Array(rows * cols);
+  const rest = req.ignoreFirst && ka === 0 ? new Float32Array(rows).fill(NaN) : null;
+  const stamp = new Int32Array(W).fill(-1), sumv = new Float32Array(W), cnt = new Uint16Array(W), mx = new Float32Array(W), sb = new Float32Array(W);
+  const touched = [];
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let i = req.q0 + r * bs, iEnd = Math.min(h0.nq, i + bs); i < iEnd; i++) {
+      touched.length = 0;
+      let sumB = 0, maxB = 0;
+      for (const hd of heads) {
+        const b = hd.bound[i];
+        sumB += b;
+        if (b > maxB) maxB = b;
+        const e1 = hd.start[i + 1];
+        for (let e = lowerBound(hd.keys, hd.start[i], e1, ka); e < e1 && hd.keys[e] < kb; e++) {
+          const j = hd.keys[e] - ka, x = hd.vals[e];
+          if (stamp[j] !== i) {
+            stamp[j] = i;
+            sumv[j] = 0;
+            cnt[j] = 0;
+            mx[j] = -1;
+            sb[j] = 0;
+            touched.push(j);
+          }
+          sumv[j] += x;
+          cnt[j]++;
+          sb[j] += b;
+          if (x > mx[j]) mx[j] = x;
+        }
+      }
+      const ubAll = how === "mean" ? sumB / H : maxB;
+      for (let p = mask.start[i]; p < mask.start[i + 1]; p++) {
+        const a = Math.max(ka, mask.pairs[2 * p]), z = Math.min(kb, mask.pairs[2 * p + 1]);
+        if (a >= z) continue;
+        for (let c = Math.floor((a - ka) / bs), c1 = Math.floor((z - 1 - ka) / bs); c <= c1; c++) {
+          vis[o + c] = 1;
+          if (ubAll > ub[o + c]) ub[o + c] = ubAll;
+        }
+      }
+      for (const j of touched) {
+        let exact = -1, bound = 0;
+        if (how === "mean") {
+          if (cnt[j] === H) exact = sumv[j] / H;
+          else bound = (sumv[j] + sumB - sb[j]) / H;
+        } else if (mx[j] >= maxB) exact = mx[j];
+        else bound = Math.max(mx[j], maxB);
+        const c = Math.floor(j / bs);
+        if (exact >= 0) {
+          if (exact > vals[o + c]) vals[o + c] = exact;
+          if (rest && c === 0 && j > 0 && !(exact <= rest[r])) rest[r] = exact;
+        } else if (bound > ub[o + c]) ub[o + c] = bound;
+      }
+    }
   }
-  select(v, t.kind === "row" || t.kind === "pred" ? t.q : null, t.kind === "col" ? t.k : null);
-}
-function select(v, q, k) {
-  if (v.st.stack !== "cross") {
-    const i = q ?? k;
-    q = i;
-    k = i;
+  const flag = new Uint8Array(rows * cols);
+  for (let p = 0; p < vals.length; p++) {
+    if (vals[p] >= 0) continue;
+    if (vis[p]) {
+      vals[p] = Math.max(0, ub[p]);
+      flag[p] = 1;
+    } else vals[p] = NaN;
   }
-  const cur = v.st.sel;
-  v.set({ sel: cur && cur.q === q && cur.k === k ? null : { q, k } });
+  return { q0: req.q0, k0: ka, rows, cols, block: bs, reduce: req.reduce, vals, bound: flag, rest };
 }
-function zoom(v, f, cx, cy) {
-  if (v.st.view !== "heatmap") return;
-  const g = v.geom();
-  v.set(zoomAbout(g, f, cx ?? g.x0 + g.pw / 2, cy ?? g.y0 + g.ph / 2));
-}
-function wheel(v, e) {
-  if (v.st.view !== "heatmap") return;
-  const g = v.geom(), p = pos(v, e);
-  if (e.ctrlKey || e.metaKey) {
-    e.preventDefault();
-    zoom(v, e.deltaY < 0 ? 1.25 : 0.8, p.x, p.y);
-    return;
-  }
-  if (g.cs <= g.fit) return;
-  e.preventDefault();
-  v.set({ k0: g.k0 + (e.shiftKey ? e.deltaY : e.deltaX) / g.cs, q0: g.q0 + (e.shiftKey ? 0 : e.deltaY) / g.cs });
-}
-function miniPress(v, e) {
-  const go = (ev) => {
-    const r = v.dom.mini.getBoundingClientRect(), g = v.geom();
-    const k = (ev.clientX - r.left) / v.miniScale, q = (ev.clientY - r.top) / v.miniScale;
-    v.set({ k0: k - g.vk / 2, q0: q - g.vq / 2 });
+function aggregatePyramid(heads, how) {
+  const n = heads[0].max.length, np = heads[0].restMax.length, H = heads.length;
+  const max = new Float32Array(n).fill(NaN), sum = new Float32Array(n).fill(NaN);
+  const restMax = new Float32Array(np).fill(NaN), restSum = new Float32Array(np).fill(NaN);
+  const fold = (out, src, add) => {
+    for (let i = 0; i < out.length; i++) {
+      const x = src[i];
+      if (x !== x) continue;
+      const y = out[i];
+      out[i] = y !== y ? x : add ? y + x : Math.max(y, x);
+    }
   };
-  go(e);
-  const up = () => {
-    window.removeEventListener("mousemove", go);
-    window.removeEventListener("mouseup", up);
-  };
-  window.addEventListener("mousemove", go);
-  window.addEventListener("mouseup", up);
+  for (const hd of heads) {
+    fold(max, hd.max, false);
+    fold(sum, hd.sum, true);
+    fold(restMax, hd.restMax, false);
+    fold(restSum, hd.restSum, true);
+  }
+  for (const a of [sum, restSum]) for (let i = 0; i < a.length; i++) a[i] /= H;
+  void how;
+  return { max, sum, restMax, restSum };
 }
-function key(v, e) {
-  const target = (
-    /** @type {HTMLElement | null} */
-    e.target
+function trim(map, n) {
+  while (map.size > n) map.delete(
+    /** @type {K} */
+    map.keys().next().value
   );
-  if (target && /^(SELECT|INPUT|TEXTAREA)$/.test(target.tagName)) return;
-  const st = v.st, [L, H] = v.stackInfo().shape;
-  const head = (dh) => () => v.set({ head: stepHead(st.head, dh, H) });
-  const layer = (dl) => () => v.set({ layer: (st.layer + dl + L) % L });
-  const acts = {
-    ArrowLeft: head(-1),
-    h: head(-1),
-    ArrowRight: head(1),
-    l: head(1),
-    ArrowUp: layer(-1),
-    k: layer(-1),
-    ArrowDown: layer(1),
-    j: layer(1),
-    "+": () => zoom(v, 2),
-    "=": () => zoom(v, 2),
-    "-": () => zoom(v, 0.5),
-    0: () => v.set({ cs: null }),
-    Escape: () => {
-      if (!v.dom.help.hidden) showHelp(v, false);
-      else v.set({ sel: null, mark: null });
-    },
-    ",": () => stepBy(v, -1),
-    ".": () => stepBy(v, 1),
-    "?": () => showHelp(v, v.dom.help.hidden)
-  };
-  const f = acts[e.key];
-  if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
-  e.preventDefault();
-  e.stopPropagation();
-  f();
 }
-function stepBy(v, d) {
-  const n = v.header ? stepCount(v.header) : 0;
-  if (!n || !rowSpan(v.stackInfo())) return;
-  v.pause();
-  v.set({ step: moveStep(v.st.step, d, n) });
-}
-var PLAY_MS = 450;
-function togglePlay(v) {
-  const n = v.header ? stepCount(v.header) : 0;
-  if (v.timer !== null) {
-    v.pause();
-    return;
+var PageSource = class {
+  /**
+   * @param {Header & { long?: LongInfo }} header
+   * @param {(key: string) => Uint8Array | null} chunk  the bytes of a keyed element
+   */
+  constructor(header, chunk) {
+    this.kind = "page";
+    this.header = header;
+    this.L = /** @type {LongInfo} */
+    header.long;
+    this.chunk = chunk;
+    this.heads = /* @__PURE__ */ new Map();
+    this.masks = /* @__PURE__ */ new Map();
+    this.pyramids = /* @__PURE__ */ new Map();
   }
-  if (!n) return;
-  if (v.st.step === null || v.st.step >= n) v.set({ step: 0 });
-  v.timer = setInterval(() => {
-    const s = v.st.step ?? n;
-    if (s >= n) {
-      v.pause();
-      return;
+  /** @param {string} stack */
+  shape(stack) {
+    const info = this.header.stacks.find((s) => s.name === stack);
+    if (!info) throw new Error(`attnmap: no ${stack} attention in this page`);
+    return info.shape;
+  }
+  /**
+   * @param {string} key
+   * @returns {Promise<Uint8Array>}
+   */
+  async raw(key2) {
+    const bytes = this.chunk(key2);
+    if (!bytes) throw new Error(`attnmap: this page does not hold ${key2}`);
+    return inflate2(bytes);
+  }
+  /**
+   * @param {string} stack
+   * @param {number} layer
+   * @param {number} head
+   */
+  head(stack, layer, head) {
+    const key2 = `${stack}/${layer}/${head}`;
+    let p = this.heads.get(key2);
+    if (p) {
+      this.heads.delete(key2);
+      this.heads.set(key2, p);
+      return p;
     }
-    v.set({ step: s + 1 });
-    if (s + 1 >= n) v.pause();
-  }, PLAY_MS);
-  v.dom.root.dataset.playing = "true";
-  v.dom.ui.play.textContent = "⏸";
-  v.dom.ui.play.title = "pause";
+    const [, , nq, nk] = this.shape(stack);
+    p = this.raw(key2).then((raw) => decodeHead(raw, nq, nk, this.L, this.L.index_bytes[stack] || 2));
+    p.catch(() => this.heads.delete(key2));
+    this.heads.set(key2, p);
+    trim(this.heads, 40);
+    return p;
+  }
+  /**
+   * @param {string} stack
+   * @param {number} layer
+   */
+  mask(stack, layer) {
+    const idx = this.L.stacks[stack].masks[layer], key2 = `mask/${stack}/${idx}`;
+    let p = this.masks.get(key2);
+    if (!p) {
+      const [, , nq] = this.shape(stack);
+      p = this.raw(key2).then((raw) => decodeMask(raw, nq));
+      this.masks.set(key2, p);
+    }
+    return p;
+  }
+  /**
+   * @param {TileRequest} req
+   * @returns {Promise<Tile>}
+   */
+  async tile(req) {
+    const [, H] = this.shape(req.stack);
+    const which = typeof req.head === "number" ? [req.head] : Array.from({ length: H }, (_, i) => i);
+    const heads = await Promise.all(which.map((h2) => this.head(req.stack, req.layer, h2)));
+    const mask = await this.mask(req.stack, req.layer);
+    const how = typeof req.head === "number" ? "one" : req.head;
+    let pyr = heads[0];
+    if (how !== "one") {
+      const key2 = `${req.stack}/${req.layer}/${how}`;
+      let agg = this.pyramids.get(key2);
+      if (!agg) {
+        agg = aggregatePyramid(heads, how);
+        this.pyramids.set(key2, agg);
+        trim(this.pyramids, 8);
+      }
+      pyr = { ...heads[0], ...agg };
+    }
+    return pageTile(heads, how, pyr, mask, req, this.L.block);
+  }
+};
+var ServerSource = class {
+  /** @param {string} url */
+  constructor(url) {
+    this.kind = "server";
+    this.url = url;
+  }
+  /**
+   * @param {TileRequest} req
+   * @param {number} cols
+   * @param {boolean} ignoreFirst
+   */
+  async fetchTile(req, cols, ignoreFirst) {
+    const p = new URLSearchParams({
+      stack: req.stack,
+      layer: String(req.layer),
+      head: String(req.head),
+      block: String(req.block),
+      q0: String(req.q0),
+      k0: String(req.k0),
+      rows: String(req.rows),
+      cols: String(cols),
+      reduce: req.reduce,
+      ignore_first: ignoreFirst ? "1" : "0"
+    });
+    const r = await fetch(`${this.url}?${p}`);
+    if (!r.ok) {
+      let msg = `HTTP ${r.status}`;
+      try {
+        const j = await r.json();
+        msg = j.detail || j.error || msg;
+      } catch {
+      }
+      throw new Error(`attnmap: could not fetch a tile (${msg})`);
+    }
+    const rows = Number(r.headers.get("X-Tile-Rows") ?? req.rows), c = Number(r.headers.get("X-Tile-Cols") ?? cols);
+    const buf = await r.arrayBuffer();
+    if (buf.byteLength !== rows * c * 4) throw new Error("attnmap: a tile has the wrong size");
+    return { rows, cols: c, vals: new Float32Array(buf) };
+  }
+  /**
+   * @param {TileRequest} req
+   * @returns {Promise<Tile>}
+   */
+  async tile(req) {
+    const wantRest = req.ignoreFirst && req.k0 === 0;
+    const [t, r] = await Promise.all([this.fetchTile(req, req.cols, false), wantRest ? this.fetchTile(req, 1, true) : null]);
+    return { q0: req.q0, k0: req.k0, rows: t.rows, cols: t.cols, block: req.block, reduce: req.reduce, vals: t.vals, bound: null, rest: r ? r.vals : null };
+  }
+};
+function blockFor(cs) {
+  let b = 1;
+  while (b * cs < 1) b *= 2;
+  return b;
 }
-function showHelp(v, open) {
-  v.dom.help.hidden = !open;
-  v.dom.ui.help.setAttribute("aria-expanded", String(open));
-  if (open) v.dom.tip.hidden = true;
-}
-function download(v) {
-  const st = v.st, name = `attnmap-${st.stack}-L${st.layer}-${typeof st.head === "number" ? "H" + st.head : st.head}-${st.view}.png`;
-  v.dom.canvas.toBlob((blob) => {
-    if (!blob) return v.fail(new Error("attnmap: this browser could not make a PNG"));
-    const url = URL.createObjectURL(blob), a = h("a");
-    a.href = url;
-    a.download = name;
-    a.hidden = true;
-    v.dom.root.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 5e3);
-  }, "image/png");
-}
-function attachInput(v) {
-  const u = v.dom.ui, c = v.dom.canvas;
-  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null, mark: null }));
-  v.listen(u.layer, "change", () => v.set({ layer: +u.layer.value }));
-  v.listen(u.head, "change", () => v.set({ head: /^\d+$/.test(u.head.value) ? +u.head.value : (
-    /** @type {"mean" | "max"} */
-    u.head.value
-  ) }));
-  v.listen(u.view, "change", () => v.set({ view: (
-    /** @type {State["view"]} */
-    u.view.value
-  ) }));
-  v.listen(u.scale, "change", () => v.set({ scale: (
-    /** @type {State["scale"]} */
-    u.scale.value
-  ) }));
-  v.listen(u.metric, "change", () => v.set({ metric: u.metric.value === "mean_abs" ? "mean_abs" : "js" }));
-  v.listen(u.ignore, "change", () => v.set({ ignoreFirst: u.ignore.checked }));
-  v.listen(u.zoomIn, "click", () => zoom(v, 2));
-  v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
-  v.listen(u.fit, "click", () => v.set({ cs: null }));
-  v.listen(u.png, "click", () => download(v));
-  v.listen(u.help, "click", () => showHelp(v, v.dom.help.hidden));
-  v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
-  v.listen(u.min, "input", () => {
-    const x = parseFloat(u.min.value);
-    v.set({ min: Number.isFinite(x) ? x : null });
-  });
-  for (const s of [u.from, u.to, u.vs]) v.listen(s, "change", () => relate(v));
-  v.listen(u.play, "click", () => togglePlay(v));
-  v.listen(u.prev, "click", () => stepBy(v, -1));
-  v.listen(u.next, "click", () => stepBy(v, 1));
-  v.listen(u.step, "input", () => {
-    v.pause();
-    v.set({ step: +u.step.value });
-  });
-  v.listen(u.gen, "change", () => {
-    v.set({ gen: u.gen.checked, sel: null, mark: null });
-    if (v.dom.relOut.childElementCount) relate(v);
-  });
-  v.listen(v.dom.root, "keydown", (e) => key(v, e));
-  v.listen(c, "mousemove", (e) => hover(v, e));
-  v.listen(c, "mouseleave", () => {
-    v.dom.tip.hidden = true;
-  });
-  v.listen(c, "mousedown", (e) => press(v, e));
-  v.listen(c, "wheel", (e) => wheel(v, e), { passive: false });
-  v.listen(v.dom.mini, "mousedown", (e) => miniPress(v, e));
+function tileMax(t) {
+  let m = 0;
+  for (let r = 0; r < t.rows; r++) {
+    for (let c = 0; c < t.cols; c++) {
+      const p = r * t.cols + c;
+      let x = t.vals[p], upper = !!(t.bound && t.bound[p]);
+      if (c === 0 && t.rest) {
+        x = t.rest[r];
+        upper = false;
+      }
+      if (!upper && x > m) m = x;
+    }
+  }
+  return m;
 }
 
 // js/views/heatmap.js
@@ -1743,6 +1826,496 @@ function paintMini(v, img, g) {
   }
 }
 
+// js/views/longmap.js
+var TILE_CACHE = 24;
+function viewRequest(v, g) {
+  const st = v.st, bs = blockFor(g.cs);
+  const q0 = Math.floor(g.q0 / bs) * bs, k0 = Math.floor(g.k0 / bs) * bs;
+  const rows = Math.max(1, Math.min(Math.ceil((g.q0 + g.vq - q0) / bs), Math.ceil((g.Q - q0) / bs)));
+  const cols = Math.max(1, Math.min(Math.ceil((g.k0 + g.vk - k0) / bs), Math.ceil((g.K - k0) / bs)));
+  return { stack: st.stack, layer: st.layer, head: st.head, block: bs, q0, k0, rows, cols, reduce: st.reduce, ignoreFirst: st.ignoreFirst };
+}
+function fetchTile(v, req) {
+  const lod = (
+    /** @type {NonNullable<Viewer["lod"]>} */
+    v.lod
+  );
+  const key2 = JSON.stringify(req);
+  let p = lod.tiles.get(key2);
+  if (p) {
+    lod.tiles.delete(key2);
+    lod.tiles.set(key2, p);
+    return p;
+  }
+  p = lod.source.tile(req);
+  p.catch(() => lod.tiles.delete(key2));
+  lod.tiles.set(key2, p);
+  while (lod.tiles.size > TILE_CACHE) lod.tiles.delete(
+    /** @type {string} */
+    lod.tiles.keys().next().value
+  );
+  return p;
+}
+function tileImage(t, vmax, scale, ramp) {
+  const img = new ImageData(Math.max(1, t.cols), Math.max(1, t.rows)), px = new Uint32Array(img.data.buffer);
+  const low = ramp.words[0];
+  for (let p = 0; p < t.vals.length; p++) {
+    const x = t.vals[p];
+    px[p] = x !== x ? 0 : t.bound && t.bound[p] ? low : ramp.words[lutIndex(tOf(x, vmax, scale))];
+  }
+  const c = document.createElement("canvas");
+  c.width = img.width;
+  c.height = img.height;
+  c.getContext("2d").putImageData(img, 0, 0);
+  return c;
+}
+async function paintLong(v, seq, t0) {
+  const g = v.geom(), req = viewRequest(v, g);
+  const full = { ...req, block: blockFor(g.fit), q0: 0, k0: 0, rows: Infinity, cols: Infinity };
+  full.rows = Math.ceil(g.Q / full.block);
+  full.cols = Math.ceil(g.K / full.block);
+  let got;
+  const slow = setTimeout(() => {
+    if (seq === v.seq) v.dom.status.textContent = "computing the view…";
+  }, 150);
+  try {
+    got = await Promise.all([fetchTile(v, req), fetchTile(v, full)]);
+  } catch (err) {
+    clearTimeout(slow);
+    if (seq === v.seq) v.fail(err);
+    return;
+  }
+  clearTimeout(slow);
+  if (seq !== v.seq) return;
+  v.dom.status.textContent = "";
+  v.dom.status.classList.remove("am-error");
+  const [tile, over] = got;
+  draw(v, g, tile, over);
+  v.showInfoIfStale();
+  v.drawn("heatmap", t0);
+}
+function draw(v, g, t, over) {
+  const st = v.st, info = v.stackInfo(), lod = (
+    /** @type {NonNullable<Viewer["lod"]>} */
+    v.lod
+  );
+  const ch = Math.min(g.h, Math.max(g.y0 + g.ph + M.pad, g.y0 + Math.min(g.ph, 260) + 64));
+  const ctx = setupCanvas(v.dom.canvas, Math.min(g.w, Math.max(420, g.x0 + g.pw + g.pred + M.bar)), ch);
+  const vmax = st.scale === "unit" ? 1 : tileMax(t) || 1;
+  const what = t.block > 1 ? ` · ${t.reduce} of ${t.block}×${t.block} blocks` : "";
+  title(ctx, `${v.header?.model?.id ?? "model"} · ${st.stack} · layer ${st.layer} · ${v.headName()}${what}`);
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(g.x0, g.y0, g.pw, g.ph);
+  ctx.clip();
+  hatch(ctx, g.x0, g.y0, g.pw, g.ph);
+  ctx.imageSmoothingEnabled = false;
+  const s = t.block * g.cs, dx = g.x0 + (t.k0 - g.k0) * g.cs, dy = g.y0 + (t.q0 - g.q0) * g.cs;
+  ctx.drawImage(tileImage(t, vmax, st.scale, v.ramps.seq), dx, dy, t.cols * s, t.rows * s);
+  if (t.block === 1 && g.cs >= 30) cellValues2(v, ctx, t, g, vmax);
+  if (st.sel) paintSel(ctx, g, st.sel);
+  ctx.restore();
+  ctx.strokeStyle = "#888";
+  ctx.lineWidth = 1;
+  ctx.strokeRect(g.x0 - 0.5, g.y0 - 0.5, g.pw + 1, g.ph + 1);
+  labels(ctx, g, info, st.sel, {});
+  v.axes = axisTitles(ctx, g);
+  v.bands = [];
+  v.boundary = { row: null, col: null };
+  v.stepRow = null;
+  v.predRows = [];
+  colourBar(v, ctx, g, vmax);
+  if (t.bound && t.bound.some((x) => x)) {
+    ctx.font = "9px system-ui, sans-serif";
+    ctx.fillStyle = "#888";
+    ctx.textAlign = "left";
+    ctx.fillText("palest: below the row's kept cells", g.x0 + g.pw + g.pred + 2, g.y0 + Math.min(g.ph, 260) + 64, M.bar - 4);
+    ctx.font = FONT;
+  }
+  lod.tile = t;
+  lod.vmax = vmax;
+  paintMiniLong(v, over, g);
+  v.hits = [];
+}
+function cellValues2(v, ctx, t, g, vmax) {
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.font = `${Math.min(12, Math.floor(g.cs / 3))}px system-ui, sans-serif`;
+  for (let r = 0; r < t.rows; r++) {
+    for (let c = 0; c < t.cols; c++) {
+      const p = r * t.cols + c, x = t.vals[p];
+      if (x !== x) continue;
+      const up = !!(t.bound && t.bound[p]);
+      ctx.fillStyle = !up && darkEntry(v.ramps.seq, lutIndex(tOf(x, vmax, v.st.scale))) ? "#fff" : "#333";
+      ctx.fillText(up ? `<${x.toFixed(2)}` : x.toFixed(2), g.x0 + (t.k0 + c - g.k0 + 0.5) * g.cs, g.y0 + (t.q0 + r - g.q0 + 0.5) * g.cs);
+    }
+  }
+  ctx.font = FONT;
+}
+function paintSel(ctx, g, sel) {
+  ctx.strokeStyle = "#e8590c";
+  ctx.lineWidth = 2;
+  if (sel.q != null) ctx.strokeRect(g.x0, g.y0 + (sel.q - g.q0) * g.cs, g.pw, Math.max(1, g.cs));
+  if (sel.k != null) ctx.strokeRect(g.x0 + (sel.k - g.k0) * g.cs, g.y0, Math.max(1, g.cs), g.ph);
+}
+function paintMiniLong(v, over, g) {
+  const side = 160, r = Math.min(side / g.K, side / g.Q), w = Math.max(1, Math.round(g.K * r)), hh = Math.max(1, Math.round(g.Q * r));
+  const ctx = setupCanvas(v.dom.mini, w, hh);
+  hatch(ctx, 0, 0, w, hh);
+  ctx.imageSmoothingEnabled = true;
+  const vmax = v.st.scale === "unit" ? 1 : tileMax(over) || 1;
+  ctx.drawImage(tileImage(over, vmax, v.st.scale, v.ramps.seq), 0, 0, over.cols * over.block * r, over.rows * over.block * r);
+  v.miniScale = r;
+  v.dom.mini.hidden = false;
+  if (g.cs > g.fit) {
+    ctx.strokeStyle = "#e8590c";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(g.k0 * r, g.q0 * r, Math.min(g.vk, g.K) * r, Math.min(g.vq, g.Q) * r);
+  }
+}
+function lodCell(v, q, k) {
+  const t = v.lod?.tile;
+  if (!t) return null;
+  const r = Math.floor((q - t.q0) / t.block), c = Math.floor((k - t.k0) / t.block);
+  if (r < 0 || c < 0 || r >= t.rows || c >= t.cols) return null;
+  const p = r * t.cols + c, x = t.vals[p];
+  return { block: t.block, q0: t.q0 + r * t.block, k0: t.k0 + c * t.block, reduce: t.reduce, value: x !== x ? null : x, upper: !!(t.bound && t.bound[p]) };
+}
+
+// js/input.js
+function lodTip(v, tip, line, info, q, k) {
+  const c = lodCell(v, q, k);
+  if (!c) return false;
+  if (c.block === 1) {
+    tip.append(line(`query ${q} `, info.query_tokens[q]), line(`key ${k} `, info.key_tokens[k]));
+    const text = c.value === null ? "masked (this query cannot see this key)" : c.upper ? `attention < ${c.value.toFixed(4)} (below the cells this row keeps)` : `attention ${c.value.toFixed(4)}`;
+    tip.append(h("div", "am-val", text));
+    tip.dataset.q = String(q);
+    tip.dataset.k = String(k);
+  } else {
+    const q1 = Math.min(info.shape[2], c.q0 + c.block) - 1, k1 = Math.min(info.shape[3], c.k0 + c.block) - 1;
+    tip.append(line(`queries ${c.q0}–${q1} `, info.query_tokens[c.q0]), line(`keys ${c.k0}–${k1} `, info.key_tokens[c.k0]));
+    const text = c.value === null ? "masked (no query here can see these keys)" : c.upper ? `${c.reduce} < ${c.value.toFixed(4)} (no kept cell in this block)` : `${c.reduce} of ${c.block}×${c.block} block ${c.value.toFixed(4)}`;
+    tip.append(h("div", "am-val", text));
+    tip.dataset.q = String(c.q0);
+    tip.dataset.k = String(c.k0);
+  }
+  tip.dataset.block = String(c.block);
+  tip.dataset.value = c.value === null ? "masked" : (c.upper ? "<" : "") + c.value.toFixed(4);
+  tip.dataset.raw = c.value === null ? "masked" : String(c.value);
+  return true;
+}
+function pos(v, e) {
+  const r = v.dom.canvas.getBoundingClientRect();
+  return { x: e.clientX - r.left, y: e.clientY - r.top };
+}
+function hit(v, x, y) {
+  const st = v.st;
+  if (!v.header) return null;
+  if (st.view === "diff") {
+    const g2 = v.dgeom;
+    if (!g2) return null;
+    for (let p = 0; p < 3; p++) {
+      const x0 = g2.x0s[p];
+      const y0 = g2.y0s[p];
+      if (x >= x0 && x < x0 + g2.pw && y >= y0 && y < y0 + g2.ph) return { kind: "dcell", p, q: Math.floor((y - y0) / g2.cs), k: Math.floor((x - x0) / g2.cs) };
+    }
+    return null;
+  }
+  if (st.view !== "heatmap") {
+    const t = v.hits.find((b) => x >= b.x && x < b.x + b.w && y >= b.y && y < b.y + b.h);
+    return t ? { kind: "thumb", ...t } : null;
+  }
+  const g = v.geom(), info = v.stackInfo();
+  const k = Math.floor(g.k0 + (x - g.x0) / g.cs), q = Math.floor(g.q0 + (y - g.y0) / g.cs);
+  const inX = x >= g.x0 && x < g.x0 + g.pw, inY = y >= g.y0 && y < g.y0 + g.ph;
+  const qEnd = shownEnd(st, rowSpan(info), g.Q), kEnd = shownEnd(st, colSpan(info), g.K);
+  if (inX && inY) return q < qEnd && k < kEnd ? { kind: "cell", q, k } : null;
+  const step = labelStep(g.cs), sel = st.sel;
+  if (inY && x < g.x0 && x >= 0) {
+    const r = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
+    return r < qEnd ? { kind: "row", q: r } : null;
+  }
+  if (inY && g.pred && x >= g.x0 + g.pw && x < g.x0 + g.pw + g.pred) {
+    const p = nearestLabel(g.q0 + (y - g.y0) / g.cs, g.Q, step, sel?.q);
+    return p < qEnd && v.predictions()?.has(p) ? { kind: "pred", q: p } : null;
+  }
+  if (inX && y < g.y0 && y >= M.top + M.axis) {
+    const c = nearestLabel(g.k0 + (x - g.x0) / g.cs, g.K, step, sel?.k);
+    return c < kEnd ? { kind: "col", k: c } : null;
+  }
+  return null;
+}
+function hover(v, e) {
+  if (v.drag) return;
+  const { x, y } = pos(v, e), t = hit(v, x, y), tip = v.dom.tip;
+  if (!t) {
+    tip.hidden = true;
+    return;
+  }
+  const info = v.stackInfo();
+  const line = (label, text, cls) => {
+    const d = h("div", cls);
+    d.append(h("span", "am-k", label), h("span", "am-tok", text));
+    return d;
+  };
+  tip.replaceChildren();
+  delete tip.dataset.value;
+  if (t.kind === "cell" && v.lod) {
+    if (!lodTip(v, tip, line, info, t.q, t.k)) {
+      tip.hidden = true;
+      return;
+    }
+  } else if (t.kind === "cell") {
+    const d = v.current(), val = d ? value(d, t.q, t.k) : null;
+    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line(`key ${t.k} `, info.key_tokens[t.k]));
+    tip.append(h("div", "am-val", val === null ? "masked (this query cannot see this key)" : `attention ${val.toFixed(4)}`));
+    tip.dataset.q = String(t.q);
+    tip.dataset.k = String(t.k);
+    tip.dataset.value = val === null ? "masked" : val.toFixed(4);
+  } else if (t.kind === "dcell") {
+    const dd = diffHead(v), p = t.q * dd.k + t.k;
+    const lb = v.dgeom ? v.dgeom.labels : info.query_tokens;
+    tip.append(line(`query ${t.q} `, lb[t.q] ?? info.query_tokens[t.q]), line(`key ${t.k} `, lb[t.k] ?? info.key_tokens[t.k]));
+    if (Number.isNaN(dd.d[p])) tip.append(h("div", "am-val", "masked"));
+    else tip.append(h("div", "am-val", `A ${dd.a[p].toFixed(4)} · B ${dd.b[p].toFixed(4)} · A − B ${dd.d[p] >= 0 ? "+" : ""}${dd.d[p].toFixed(4)}`));
+    tip.dataset.value = Number.isNaN(dd.d[p]) ? "masked" : dd.d[p].toFixed(4);
+  } else if (t.kind === "pred") {
+    const r2 = v.predictions()?.get(t.q);
+    if (!r2) {
+      tip.hidden = true;
+      return;
+    }
+    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), line("top-1 ", `${r2.top[0].token}  p ${r2.top[0].p.toFixed(3)}`));
+    if (r2.next) tip.append(line("actual next ", `${r2.next.token}  p ${r2.next.p.toFixed(3)} · rank ${r2.next.rank}`));
+    tip.append(h("div", "am-k", "click: top-k"));
+  } else if (t.kind === "row") {
+    tip.append(line(`query ${t.q} `, info.query_tokens[t.q]), h("div", "am-k", "click: highlight"));
+  } else if (t.kind === "col") {
+    tip.append(line(`key ${t.k} `, info.key_tokens[t.k]), h("div", "am-k", "click: highlight"));
+  } else {
+    tip.append(h("div", "", `layer ${t.layer} · head ${t.head}`));
+    if (t.badge) tip.append(h("div", "am-badge-words", badgeWords(t.badge)));
+    tip.append(h("div", "am-k", "click to open"));
+  }
+  tip.hidden = false;
+  const r = v.dom.canvas.getBoundingClientRect();
+  tip.style.left = Math.min(x + 14, r.width - 180) + "px";
+  tip.style.top = y + 16 + "px";
+}
+function press(v, e) {
+  if (e.button !== 0) return;
+  v.dom.root.focus({ preventScroll: true });
+  const start = pos(v, e), t = hit(v, start.x, start.y), st = v.st;
+  if (!t) return;
+  if (t.kind === "thumb") {
+    v.set({ layer: t.layer, head: t.head, view: st.view === "change" ? "diff" : "heatmap" });
+    return;
+  }
+  if (t.kind === "dcell") return;
+  if (t.kind === "cell") {
+    const g = v.geom();
+    if (g.cs <= g.fit) return;
+    const q0 = g.q0, k0 = g.k0;
+    const move = (ev) => {
+      const p = pos(v, ev);
+      v.drag = true;
+      v.set({ k0: k0 - (p.x - start.x) / g.cs, q0: q0 - (p.y - start.y) / g.cs });
+    };
+    const up = () => {
+      window.removeEventListener("mousemove", move);
+      window.removeEventListener("mouseup", up);
+      v.drag = false;
+    };
+    window.addEventListener("mousemove", move);
+    window.addEventListener("mouseup", up);
+    v.off.push(up);
+    return;
+  }
+  select(v, t.kind === "row" || t.kind === "pred" ? t.q : null, t.kind === "col" ? t.k : null);
+}
+function select(v, q, k) {
+  if (v.st.stack !== "cross") {
+    const i = q ?? k;
+    q = i;
+    k = i;
+  }
+  const cur = v.st.sel;
+  v.set({ sel: cur && cur.q === q && cur.k === k ? null : { q, k } });
+}
+function zoom(v, f, cx, cy) {
+  if (v.st.view !== "heatmap") return;
+  const g = v.geom();
+  v.set(zoomAbout(g, f, cx ?? g.x0 + g.pw / 2, cy ?? g.y0 + g.ph / 2));
+}
+function wheel(v, e) {
+  if (v.st.view !== "heatmap") return;
+  const g = v.geom(), p = pos(v, e);
+  if (e.ctrlKey || e.metaKey || v.lod && !e.shiftKey) {
+    e.preventDefault();
+    zoom(v, e.deltaY < 0 ? 1.25 : 0.8, p.x, p.y);
+    return;
+  }
+  if (g.cs <= g.fit) return;
+  e.preventDefault();
+  v.set({ k0: g.k0 + (e.shiftKey ? e.deltaY : e.deltaX) / g.cs, q0: g.q0 + (e.shiftKey ? 0 : e.deltaY) / g.cs });
+}
+function miniPress(v, e) {
+  const go = (ev) => {
+    const r = v.dom.mini.getBoundingClientRect(), g = v.geom();
+    const k = (ev.clientX - r.left) / v.miniScale, q = (ev.clientY - r.top) / v.miniScale;
+    v.set({ k0: k - g.vk / 2, q0: q - g.vq / 2 });
+  };
+  go(e);
+  const up = () => {
+    window.removeEventListener("mousemove", go);
+    window.removeEventListener("mouseup", up);
+  };
+  window.addEventListener("mousemove", go);
+  window.addEventListener("mouseup", up);
+}
+function key(v, e) {
+  const target = (
+    /** @type {HTMLElement | null} */
+    e.target
+  );
+  if (target && /^(SELECT|INPUT|TEXTAREA)$/.test(target.tagName)) return;
+  const st = v.st, [L, H] = v.stackInfo().shape;
+  const head = (dh) => () => v.set({ head: stepHead(st.head, dh, H) });
+  const layer = (dl) => () => v.set({ layer: (st.layer + dl + L) % L });
+  const acts = {
+    ArrowLeft: head(-1),
+    h: head(-1),
+    ArrowRight: head(1),
+    l: head(1),
+    ArrowUp: layer(-1),
+    k: layer(-1),
+    ArrowDown: layer(1),
+    j: layer(1),
+    "+": () => zoom(v, 2),
+    "=": () => zoom(v, 2),
+    "-": () => zoom(v, 0.5),
+    0: () => v.set({ cs: null }),
+    Escape: () => {
+      if (!v.dom.help.hidden) showHelp(v, false);
+      else v.set({ sel: null, mark: null });
+    },
+    ",": () => stepBy(v, -1),
+    ".": () => stepBy(v, 1),
+    "?": () => showHelp(v, v.dom.help.hidden)
+  };
+  const pan = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[e.key];
+  if (pan && e.shiftKey && st.view === "heatmap") {
+    e.preventDefault();
+    e.stopPropagation();
+    const g = v.geom();
+    if (g.cs > g.fit) v.set({ k0: g.k0 + pan[0] * g.vk / 4, q0: g.q0 + pan[1] * g.vq / 4 });
+    return;
+  }
+  const f = acts[e.key];
+  if (!f || e.ctrlKey || e.metaKey || e.altKey) return;
+  e.preventDefault();
+  e.stopPropagation();
+  f();
+}
+function stepBy(v, d) {
+  const n = v.header ? stepCount(v.header) : 0;
+  if (!n || !rowSpan(v.stackInfo())) return;
+  v.pause();
+  v.set({ step: moveStep(v.st.step, d, n) });
+}
+var PLAY_MS = 450;
+function togglePlay(v) {
+  const n = v.header ? stepCount(v.header) : 0;
+  if (v.timer !== null) {
+    v.pause();
+    return;
+  }
+  if (!n) return;
+  if (v.st.step === null || v.st.step >= n) v.set({ step: 0 });
+  v.timer = setInterval(() => {
+    const s = v.st.step ?? n;
+    if (s >= n) {
+      v.pause();
+      return;
+    }
+    v.set({ step: s + 1 });
+    if (s + 1 >= n) v.pause();
+  }, PLAY_MS);
+  v.dom.root.dataset.playing = "true";
+  v.dom.ui.play.textContent = "⏸";
+  v.dom.ui.play.title = "pause";
+}
+function showHelp(v, open) {
+  v.dom.help.hidden = !open;
+  v.dom.ui.help.setAttribute("aria-expanded", String(open));
+  if (open) v.dom.tip.hidden = true;
+}
+function download(v) {
+  const st = v.st, name = `attnmap-${st.stack}-L${st.layer}-${typeof st.head === "number" ? "H" + st.head : st.head}-${st.view}.png`;
+  v.dom.canvas.toBlob((blob) => {
+    if (!blob) return v.fail(new Error("attnmap: this browser could not make a PNG"));
+    const url = URL.createObjectURL(blob), a = h("a");
+    a.href = url;
+    a.download = name;
+    a.hidden = true;
+    v.dom.root.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 5e3);
+  }, "image/png");
+}
+function attachInput(v) {
+  const u = v.dom.ui, c = v.dom.canvas;
+  v.listen(u.stack, "change", () => v.set({ stack: u.stack.value, layer: 0, sel: null, cs: null, mark: null }));
+  v.listen(u.layer, "change", () => v.set({ layer: +u.layer.value }));
+  v.listen(u.head, "change", () => v.set({ head: /^\d+$/.test(u.head.value) ? +u.head.value : (
+    /** @type {"mean" | "max"} */
+    u.head.value
+  ) }));
+  v.listen(u.view, "change", () => v.set({ view: (
+    /** @type {State["view"]} */
+    u.view.value
+  ) }));
+  v.listen(u.scale, "change", () => v.set({ scale: (
+    /** @type {State["scale"]} */
+    u.scale.value
+  ) }));
+  v.listen(u.metric, "change", () => v.set({ metric: u.metric.value === "mean_abs" ? "mean_abs" : "js" }));
+  v.listen(u.ignore, "change", () => v.set({ ignoreFirst: u.ignore.checked }));
+  v.listen(u.reduce, "change", () => v.set({ reduce: u.reduce.value === "sum" ? "sum" : "max" }));
+  v.listen(u.zoomIn, "click", () => zoom(v, 2));
+  v.listen(u.zoomOut, "click", () => zoom(v, 0.5));
+  v.listen(u.fit, "click", () => v.set({ cs: null }));
+  v.listen(u.png, "click", () => download(v));
+  v.listen(u.help, "click", () => showHelp(v, v.dom.help.hidden));
+  v.listen(u.score, "change", () => v.set({ score: u.score.value || null }));
+  v.listen(u.min, "input", () => {
+    const x = parseFloat(u.min.value);
+    v.set({ min: Number.isFinite(x) ? x : null });
+  });
+  for (const s of [u.from, u.to, u.vs]) v.listen(s, "change", () => relate(v));
+  v.listen(u.play, "click", () => togglePlay(v));
+  v.listen(u.prev, "click", () => stepBy(v, -1));
+  v.listen(u.next, "click", () => stepBy(v, 1));
+  v.listen(u.step, "input", () => {
+    v.pause();
+    v.set({ step: +u.step.value });
+  });
+  v.listen(u.gen, "change", () => {
+    v.set({ gen: u.gen.checked, sel: null, mark: null });
+    if (v.dom.relOut.childElementCount) relate(v);
+  });
+  v.listen(v.dom.root, "keydown", (e) => key(v, e));
+  v.listen(c, "mousemove", (e) => hover(v, e));
+  v.listen(c, "mouseleave", () => {
+    v.dom.tip.hidden = true;
+  });
+  v.listen(c, "mousedown", (e) => press(v, e));
+  v.listen(c, "wheel", (e) => wheel(v, e), { passive: false });
+  v.listen(v.dom.mini, "mousedown", (e) => miniPress(v, e));
+}
+
 // js/views/grids.js
 function drawBadge(ctx, x, y, t, text) {
   if (!text || t < 30) return;
@@ -1869,6 +2442,22 @@ function hooks(v) {
   return {
     get state() {
       return { ...v.st };
+    },
+    /** Long runs: where tiles come from and the last drawn tile (block, origin, size, top of
+     * the colour scale); null for runs drawn from the dense payload. */
+    get lod() {
+      const l = v.lod;
+      if (!l) return null;
+      const t = l.tile;
+      return { source: l.source.kind, vmax: l.vmax, tile: t ? { block: t.block, q0: t.q0, k0: t.k0, rows: t.rows, cols: t.cols, reduce: t.reduce } : null };
+    },
+    /**
+     * Long runs: the drawn tile's value at cell (q, k) (see views/longmap.js lodCell).
+     * @param {number} q
+     * @param {number} k
+     */
+    lodCell(q, k) {
+      return lodCell(v, q, k);
     },
     get header() {
       return v.header;
@@ -2019,7 +2608,7 @@ function timing(rec) {
   (w.__attnmapTiming = w.__attnmapTiming || []).push(rec);
   if (w.__attnmapTiming.length > 500) w.__attnmapTiming.shift();
 }
-function trim(map, n) {
+function trim2(map, n) {
   while (map.size > n) map.delete(
     /** @type {K} */
     map.keys().next().value
@@ -2049,7 +2638,8 @@ var Viewer = class {
     this.diff = null;
     this.changeBy = /* @__PURE__ */ new Map();
     this.ramps = rampsOf(null);
-    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null, step: null, gen: false };
+    this.st = { stack: "", layer: 0, head: 0, view: "heatmap", scale: "head", metric: "js", ignoreFirst: false, cs: null, k0: 0, q0: 0, sel: null, score: null, min: null, mark: null, step: null, gen: false, reduce: "max" };
+    this.lod = null;
     this.words = [];
     this.predMap = null;
     this.hits = [];
@@ -2158,6 +2748,12 @@ var Viewer = class {
       this.changeBy = new Map(od.ranking.map((r) => [`${r.layer}/${r.head}`, r]));
     }
     this.words = textWords(header.text);
+    const chunk = this.model.get("long_chunk"), tileUrl = this.model.get("tile_url");
+    const hl = (
+      /** @type {Header & { long?: any }} */
+      header
+    );
+    this.lod = hl.long && typeof chunk === "function" ? { source: new PageSource(hl, chunk), tiles: /* @__PURE__ */ new Map(), tile: null, vmax: 1 } : tileUrl ? { source: new ServerSource(tileUrl), tiles: /* @__PURE__ */ new Map(), tile: null, vmax: 1 } : null;
     syncControls(this, true);
     resetRelation(this);
     this.set(initialState(header, o, !!this.diff));
@@ -2192,6 +2788,7 @@ var Viewer = class {
     if (!this.header) return;
     const t0 = performance.now();
     let next = applyPatch(this.st, patch, this.header);
+    if (this.lod && next.view !== "heatmap") next = { ...next, view: "heatmap" };
     if (next.view === "heatmap" || next.cs !== null) {
       const g = this.geom(next);
       next = { ...next, cs: g.cs > g.fit ? g.cs : null, k0: g.k0, q0: g.q0 };
@@ -2290,7 +2887,7 @@ var Viewer = class {
         }
         const d = await decodeLayer(bytes);
         this.layers.set(key2, d);
-        trim(this.layers, LAYER_CACHE);
+        trim2(this.layers, LAYER_CACHE);
         return d;
       })();
       this.pending.set(key2, p);
@@ -2318,7 +2915,7 @@ var Viewer = class {
       if (!bytes) throw new Error(`attnmap: layer ${li} of ${stack} is not in payload B`);
       d = await decodeLayer(bytes);
       this.layersB.set(key2, d);
-      trim(this.layersB, LAYER_CACHE);
+      trim2(this.layersB, LAYER_CACHE);
     }
     return d;
   }
@@ -2342,7 +2939,7 @@ var Viewer = class {
       const vmax = st.scale === "unit" ? 1 : headMax(d, st.ignoreFirst);
       e = { vmax, canvas: paintImage(d, vmax, st.scale, this.ramps.seq) };
       this.images.set(key2, e);
-      trim(this.images, 8);
+      trim2(this.images, 8);
     }
     return e;
   }
@@ -2356,6 +2953,7 @@ var Viewer = class {
   /** @param {number} [t0] */
   async refresh(t0 = performance.now()) {
     const seq = ++this.seq, st = this.st, status = this.dom.status;
+    if (this.lod) return paintLong(this, seq, t0);
     if (st.view === "layers") {
       this.showInfoIfStale();
       return paintLayers(this, seq, t0);

@@ -1,0 +1,128 @@
+"""The standalone page at long lengths, by hand: ``python bench/bench_long_page.py
+[--tokens 1024 2048 4096 8192] [--dense-up-to 2048]``.
+
+A GPT-2-shaped 12-layer × 12-head model with random weights (n_embd 768, built from a config),
+captured with ``store="qk"`` at each length. For each: the long page (``attnmap.viewer.
+longpage``) — build time, size, bytes per token, the k its budget chose — and, in headless
+Chromium, the first heatmap after opening it (from navigation start), head switches, pans and
+zooms (the viewer's own ``window.__attnmapTiming``: request → finished canvas). Where the dense
+page can still be built (``--dense-up-to``), its size and first heatmap too. Last, the growth
+exponent of each figure over the lengths measured (size ≈ c·nᵃ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, text_of_tokens  # noqa: E402
+from bench_html import CHROMIUM, poll  # noqa: E402
+
+
+def build_model(path: Path, n: int) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import _models
+
+    tok = _models.train_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n, n_embd=768, n_layer=12, n_head=12,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return _models._save(GPT2LMHeadModel(cfg).eval(), tok, path)
+
+
+def draws(page) -> int:
+    return int(page.get_attribute(".attnmap", "data-draws"))
+
+
+def timed(page, action) -> float:
+    """Run `action`, wait for the draw it starts; the viewer's own time for it (ms)."""
+    n = draws(page)
+    action()
+    poll(page, f"document.querySelector('.attnmap').dataset.draws > {n}", 120)
+    return float(page.evaluate("window.__attnmapTiming.at(-1).ms"))
+
+
+def in_browser(browser, path: Path, long: bool) -> dict:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(path.as_uri())
+    poll(page, "document.querySelector('.attnmap')?.dataset.draws >= 1", 300)
+    first = page.evaluate("window.__attnmapTiming[0]")
+    out = {"first_ms": first["at"]}
+    if long:
+        page.focus(".attnmap")
+        out["head_ms"] = statistics.median(
+            timed(page, lambda h=h: page.select_option(".am-head", str(h))) for h in range(1, 6))
+        out["zoom_ms"] = statistics.median(timed(page, lambda: page.keyboard.press("+"))
+                                           for _ in range(4))
+        out["pan_ms"] = statistics.median(
+            timed(page, lambda: page.keyboard.press("Shift+ArrowRight")) for _ in range(4))
+        out["mean_ms"] = timed(page, lambda: page.select_option(".am-head", "mean"))
+    page.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--dense-up-to", type=int, default=2048)
+    args = ap.parse_args()
+
+    import attnmap
+    from attnmap.viewer import html, longpage
+    from playwright.sync_api import sync_playwright
+
+    print(machine())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--headless=new", "--disable-gpu"])
+        model = build_model(Path(tmp) / "m", max(args.tokens))
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model)
+        for n in args.tokens:
+            run = attnmap.capture(text_of_tokens(tok, n), model=model, store="qk")
+            t0 = time.perf_counter()
+            data = longpage.build(run)
+            page = html.long_page(data, {})
+            build_s = time.perf_counter() - t0
+            path = Path(tmp) / f"long{n}.html"
+            path.write_text(page, encoding="utf-8")
+            row = {"n": len(run.tokens), "k": data.k, "block": data.block, "build_s": build_s,
+                   "bytes": path.stat().st_size, **in_browser(browser, path, True)}
+            if n <= args.dense_up_to:
+                t0 = time.perf_counter()
+                dpath = Path(tmp) / f"dense{n}.html"
+                html.to_html(run, dpath, representation="dense")
+                row["dense_s"] = time.perf_counter() - t0
+                row["dense_bytes"] = dpath.stat().st_size
+                row["dense_first_ms"] = in_browser(browser, dpath, False)["first_ms"]
+            rows.append(row)
+            print(row, flush=True)
+        browser.close()
+    print("\n| tokens | k | long page | bytes/token | build | first heatmap | head switch | "
+          "zoom | pan | mean of heads | dense page | dense first heatmap |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        dense = (f"{r['dense_bytes'] / 1e6:.0f} MB | {r['dense_first_ms'] / 1e3:.1f} s"
+                 if "dense_bytes" in r else "— | —")
+        print(f"| {r['n']:,} | {r['k']} | {r['bytes'] / 1e6:.1f} MB | {r['bytes'] / r['n']:,.0f} "
+              f"| {r['build_s']:.0f} s | {r['first_ms'] / 1e3:.2f} s | {r['head_ms']:.0f} ms | "
+              f"{r['zoom_ms']:.0f} ms | {r['pan_ms']:.0f} ms | {r['mean_ms']:.0f} ms | {dense} |")
+    if len(rows) > 1:
+        for key in ("bytes", "build_s", "first_ms"):
+            a = longpage.growth({r["n"]: r[key] for r in rows})
+            print(f"growth of {key}: n^{a:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,502 @@
+// Long runs: a head (or mean/max of heads) as tiles of block × block cells, reduced by max or
+// sum, from one of two sources: the standalone page's long representation (pyramid + top-k per
+// row, attnmap.viewer.longpage) or the app's tile endpoint. No DOM here (node tests run it).
+
+/** @typedef {import("./types.js").Header} Header */
+/** @typedef {import("./types.js").Head} Head */
+
+/**
+ * @typedef {object} TileRequest
+ * @property {string} stack
+ * @property {number} layer
+ * @property {Head} head
+ * @property {number} block  cells per block side (a power of two)
+ * @property {number} q0  first query, a multiple of block
+ * @property {number} k0  first key, a multiple of block
+ * @property {number} rows  blocks down
+ * @property {number} cols  blocks across
+ * @property {"max" | "sum"} reduce
+ * @property {boolean} ignoreFirst  also give the first block column without key 0 (rest)
+ */
+
+/**
+ * @typedef {object} Tile
+ * @property {number} q0
+ * @property {number} k0
+ * @property {number} rows
+ * @property {number} cols
+ * @property {number} block  may be coarser than asked (the page's sums below its pyramid)
+ * @property {"max" | "sum"} reduce
+ * @property {Float32Array} vals  [rows, cols] NaN = all masked
+ * @property {Uint8Array | null} bound  [rows, cols] 1 where vals is only an upper bound (cells
+ *   no head kept); null: every value is exact
+ * @property {Float32Array | null} rest  [rows] the first block column without key 0 (k0 = 0 and
+ *   ignoreFirst only)
+ */
+
+/**
+ * @typedef {object} TileSource
+ * @property {"page" | "server"} kind
+ * @property {(req: TileRequest) => Promise<Tile>} tile
+ */
+
+/** @param {Uint8Array} bytes */
+async function inflate(bytes) {
+  const stream = new Blob([/** @type {BlobPart} */ (bytes)]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/**
+ * One head of the page's long representation, decoded.
+ * @typedef {object} LongHead
+ * @property {number} nq
+ * @property {number} nk
+ * @property {number} pq  pyramid blocks down
+ * @property {number} pk
+ * @property {Float32Array} max  [pq, pk] NaN = masked
+ * @property {Float32Array} sum
+ * @property {Float32Array} restMax  [pq] first block column without key 0
+ * @property {Float32Array} restSum
+ * @property {Float32Array} bound  [nq] upper bound of every cell the row did not keep
+ * @property {Uint32Array} start  [nq + 1] where each row's kept cells start
+ * @property {Uint32Array} keys   kept cells' keys, ascending per row
+ * @property {Float32Array} vals  kept cells' values
+ */
+
+/**
+ * The long-representation facts a decoder needs (header.long).
+ * @typedef {{ block: number, k: number, decades: number, steps: number, levels: number, index_bytes: Record<string, number>, stacks: Record<string, { masks: number[] }> }} LongInfo
+ */
+
+/**
+ * Log codes → values: 0 → 0, 1..254 log-spaced up to hi, 255 → NaN (masked).
+ * @param {Uint8Array} codes
+ * @param {number} hi
+ * @param {LongInfo} L
+ */
+function logValues(codes, hi, L) {
+  const lut = new Float32Array(256);
+  for (let c = 1; c < 255; c++) lut[c] = hi * 10 ** (L.decades * ((c - 1) / L.steps - 1));
+  lut[255] = NaN;
+  const out = new Float32Array(codes.length);
+  for (let i = 0; i < codes.length; i++) out[i] = lut[codes[i]];
+  return out;
+}
+
+/**
+ * Decode one head chunk (inflated bytes; layout in longpage.py).
+ * @param {Uint8Array} raw
+ * @param {number} nq
+ * @param {number} nk
+ * @param {LongInfo} L
+ * @param {number} ib  bytes per key delta
+ * @returns {LongHead}
+ */
+export function decodeHead(raw, nq, nk, L, ib) {
+  const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const hiMax = dv.getFloat32(0, true), hiSum = dv.getFloat32(4, true);
+  const rowmax = new Float32Array(nq);
+  for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
+  let at = 8 + 4 * nq;
+  /** @param {number} n */
+  const take = (n) => { const a = raw.subarray(at, at + n); at += n; return a; };
+  const max = logValues(take(pq * pk), hiMax, L), sum = logValues(take(pq * pk), hiSum, L);
+  const restMax = logValues(take(pq), hiMax, L), restSum = logValues(take(pq), hiSum, L);
+  const bc = take(nq), count = take(nq);
+  const start = new Uint32Array(nq + 1);
+  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + count[i];
+  const total = start[nq];
+  const planes = [];
+  for (let p = 0; p < ib; p++) planes.push(take(total));
+  const codes = take(total);
+  if (at !== raw.length) throw new Error("attnmap: a long head chunk has the wrong size");
+  const keys = new Uint32Array(total), vals = new Float32Array(total), bound = new Float32Array(nq);
+  for (let i = 0; i < nq; i++) {
+    const f = rowmax[i] / L.levels;
+    bound[i] = bc[i] * f;
+    let key = 0;
+    for (let e = start[i]; e < start[i + 1]; e++) {
+      let d = 0;
+      for (let p = 0; p < ib; p++) d += planes[p][e] * 2 ** (8 * p);
+      key = e === start[i] ? d : key + d;
+      keys[e] = key;
+      vals[e] = codes[e] * f;
+    }
+  }
+  return { nq, nk, pq, pk, max, sum, restMax, restSum, bound, start, keys, vals };
+}
+
+/**
+ * A layer mask as each row's visible [start, end) intervals.
+ * @typedef {{ start: Uint32Array, pairs: Uint32Array }} Intervals  start: [nq + 1] into pairs/2
+ */
+
+/**
+ * @param {Uint8Array} raw
+ * @param {number} nq
+ * @returns {Intervals}
+ */
+export function decodeMask(raw, nq) {
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const start = new Uint32Array(nq + 1);
+  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + dv.getUint32(4 * i, true);
+  const n = start[nq] * 2, pairs = new Uint32Array(n);
+  for (let i = 0; i < n; i++) pairs[i] = dv.getUint32(4 * nq + 4 * i, true);
+  return { start, pairs };
+}
+
+/**
+ * First index in keys[lo, hi) with keys[i] >= x.
+ * @param {Uint32Array} keys
+ * @param {number} lo
+ * @param {number} hi
+ * @param {number} x
+ */
+function lowerBound(keys, lo, hi, x) {
+  while (lo < hi) { const m = (lo + hi) >> 1; if (keys[m] < x) lo = m + 1; else hi = m; }
+  return lo;
+}
+
+/**
+ * A tile of heads (one head, or every head of a layer for mean/max), from the pyramid where
+ * the block is at least the pyramid's, else from the cells each row kept.
+ * @param {LongHead[]} heads
+ * @param {"one" | "mean" | "max"} how
+ * @param {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} pyr  the pyramid of `how`
+ * @param {Intervals} mask
+ * @param {TileRequest} req
+ * @param {number} pb  the pyramid's block
+ * @returns {Tile}
+ */
+export function pageTile(heads, how, pyr, mask, req, pb) {
+  const h0 = heads[0];
+  if (req.block >= pb || (req.reduce === "sum" && req.block > 1)) {
+    return pyramidTile(h0, pyr, req, Math.max(req.block, pb) / pb, pb);
+  }
+  return cellTile(heads, how, mask, req);
+}
+
+/**
+ * @param {LongHead} h0
+ * @param {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} pyr
+ * @param {TileRequest} req
+ * @param {number} f  pyramid blocks per tile block
+ * @param {number} pb
+ * @returns {Tile}
+ */
+function pyramidTile(h0, pyr, req, f, pb) {
+  const block = f * pb, q0 = Math.floor(req.q0 / block) * block, k0 = Math.floor(req.k0 / block) * block;
+  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((h0.nq - q0) / block));
+  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((h0.nk - k0) / block));
+  const src = req.reduce === "sum" ? pyr.sum : pyr.max, isSum = req.reduce === "sum";
+  const vals = new Float32Array(rows * cols);
+  const r0 = q0 / pb, c0 = k0 / pb;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      let acc = NaN;
+      for (let a = 0; a < f; a++) {
+        const pr = r0 + r * f + a;
+        if (pr >= h0.pq) break;
+        const base = pr * h0.pk;
+        for (let b = 0; b < f; b++) {
+          const pc = c0 + c * f + b;
+          if (pc >= h0.pk) break;
+          const x = src[base + pc];
+          if (x === x) acc = acc === acc ? (isSum ? acc + x : Math.max(acc, x)) : x; // NaN-skipping
+        }
+      }
+      vals[r * cols + c] = acc;
+    }
+  }
+  /** @type {Float32Array | null} */
+  let rest = null;
+  if (req.ignoreFirst && k0 === 0) {
+    rest = new Float32Array(rows);
+    const rsrc = isSum ? pyr.restSum : pyr.restMax;
+    for (let r = 0; r < rows; r++) {
+      let acc = NaN;
+      for (let a = 0; a < f; a++) {
+        const pr = r0 + r * f + a;
+        if (pr >= h0.pq) break;
+        const pieces = [rsrc[pr]];
+        for (let b = 1; b < f && b < h0.pk; b++) pieces.push(src[pr * h0.pk + b]);
+        for (const x of pieces) if (x === x) acc = acc === acc ? (isSum ? acc + x : Math.max(acc, x)) : x;
+      }
+      rest[r] = acc;
+    }
+  }
+  return { q0, k0, rows, cols, block, reduce: req.reduce, vals, bound: null, rest };
+}
+
+/**
+ * Blocks smaller than the pyramid's, from the cells each row kept (max: the largest kept cell;
+ * a block with no kept cell gets the rows' bound, flagged). Block 1: the cells themselves.
+ * @param {LongHead[]} heads
+ * @param {"one" | "mean" | "max"} how
+ * @param {Intervals} mask
+ * @param {TileRequest} req
+ * @returns {Tile}
+ */
+function cellTile(heads, how, mask, req) {
+  const h0 = heads[0], bs = req.block, H = heads.length;
+  const rows = Math.min(req.rows, Math.ceil((h0.nq - req.q0) / bs)), cols = Math.min(req.cols, Math.ceil((h0.nk - req.k0) / bs));
+  const ka = req.k0, kb = Math.min(h0.nk, ka + cols * bs), W = kb - ka;
+  const vals = new Float32Array(rows * cols).fill(-1), ub = new Float32Array(rows * cols).fill(-1);
+  const vis = new Uint8Array(rows * cols);
+  const rest = req.ignoreFirst && ka === 0 ? new Float32Array(rows).fill(NaN) : null;
+  // Per-cell scratch for one query row, reset lazily through a stamp.
+  const stamp = new Int32Array(W).fill(-1), sumv = new Float32Array(W), cnt = new Uint16Array(W), mx = new Float32Array(W), sb = new Float32Array(W);
+  /** @type {number[]} */
+  const touched = [];
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let i = req.q0 + r * bs, iEnd = Math.min(h0.nq, i + bs); i < iEnd; i++) {
+      touched.length = 0;
+      let sumB = 0, maxB = 0;
+      for (const hd of heads) {
+        const b = hd.bound[i];
+        sumB += b; if (b > maxB) maxB = b;
+        const e1 = hd.start[i + 1];
+        for (let e = lowerBound(hd.keys, hd.start[i], e1, ka); e < e1 && hd.keys[e] < kb; e++) {
+          const j = hd.keys[e] - ka, x = hd.vals[e];
+          if (stamp[j] !== i) { stamp[j] = i; sumv[j] = 0; cnt[j] = 0; mx[j] = -1; sb[j] = 0; touched.push(j); }
+          sumv[j] += x; cnt[j]++; sb[j] += b; if (x > mx[j]) mx[j] = x;
+        }
+      }
+      const ubAll = how === "mean" ? sumB / H : maxB;
+      for (let p = mask.start[i]; p < mask.start[i + 1]; p++) {
+        const a = Math.max(ka, mask.pairs[2 * p]), z = Math.min(kb, mask.pairs[2 * p + 1]);
+        if (a >= z) continue;
+        for (let c = Math.floor((a - ka) / bs), c1 = Math.floor((z - 1 - ka) / bs); c <= c1; c++) {
+          vis[o + c] = 1;
+          if (ubAll > ub[o + c]) ub[o + c] = ubAll;
+        }
+      }
+      for (const j of touched) {
+        let exact = -1, bound = 0;
+        if (how === "mean") {
+          if (cnt[j] === H) exact = sumv[j] / H; else bound = (sumv[j] + sumB - sb[j]) / H;
+        } else if (mx[j] >= maxB) exact = mx[j];
+        else bound = Math.max(mx[j], maxB);
+        const c = Math.floor(j / bs);
+        if (exact >= 0) {
+          if (exact > vals[o + c]) vals[o + c] = exact;
+          if (rest && c === 0 && j > 0 && !(exact <= rest[r])) rest[r] = exact;
+        } else if (bound > ub[o + c]) ub[o + c] = bound;
+      }
+    }
+  }
+  const flag = new Uint8Array(rows * cols);
+  for (let p = 0; p < vals.length; p++) {
+    if (vals[p] >= 0) continue;
+    if (vis[p]) { vals[p] = Math.max(0, ub[p]); flag[p] = 1; } else vals[p] = NaN;
+  }
+  return { q0: req.q0, k0: ka, rows, cols, block: bs, reduce: req.reduce, vals, bound: flag, rest };
+}
+
+/**
+ * The aggregate pyramid of a layer's heads: max of block maxima, mean of block sums (both
+ * exact up to the codes).
+ * @param {LongHead[]} heads
+ * @param {"mean" | "max"} how
+ */
+export function aggregatePyramid(heads, how) {
+  const n = heads[0].max.length, np = heads[0].restMax.length, H = heads.length;
+  const max = new Float32Array(n).fill(NaN), sum = new Float32Array(n).fill(NaN);
+  const restMax = new Float32Array(np).fill(NaN), restSum = new Float32Array(np).fill(NaN);
+  /**
+   * @param {Float32Array} out
+   * @param {Float32Array} src
+   * @param {boolean} add
+   */
+  const fold = (out, src, add) => {
+    for (let i = 0; i < out.length; i++) {
+      const x = src[i];
+      if (x !== x) continue;
+      const y = out[i];
+      out[i] = y !== y ? x : add ? y + x : Math.max(y, x);
+    }
+  };
+  for (const hd of heads) { fold(max, hd.max, false); fold(sum, hd.sum, true); fold(restMax, hd.restMax, false); fold(restSum, hd.restSum, true); }
+  for (const a of [sum, restSum]) for (let i = 0; i < a.length; i++) a[i] /= H;
+  void how;
+  return { max, sum, restMax, restSum };
+}
+
+/**
+ * @template K, V
+ * @param {Map<K, V>} map
+ * @param {number} n
+ */
+function trim(map, n) {
+  while (map.size > n) map.delete(/** @type {K} */ (map.keys().next().value));
+}
+
+/**
+ * Tiles from the page's embedded long representation.
+ * @implements {TileSource}
+ */
+export class PageSource {
+  /**
+   * @param {Header & { long?: LongInfo }} header
+   * @param {(key: string) => Uint8Array | null} chunk  the bytes of a keyed element
+   */
+  constructor(header, chunk) {
+    /** @type {"page"} */
+    this.kind = "page";
+    this.header = header;
+    this.L = /** @type {LongInfo} */ (header.long);
+    this.chunk = chunk;
+    /** @type {Map<string, Promise<LongHead>>} */
+    this.heads = new Map();
+    /** @type {Map<string, Promise<Intervals>>} */
+    this.masks = new Map();
+    /** @type {Map<string, { max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }>} */
+    this.pyramids = new Map();
+  }
+
+  /** @param {string} stack */
+  shape(stack) {
+    const info = this.header.stacks.find((s) => s.name === stack);
+    if (!info) throw new Error(`attnmap: no ${stack} attention in this page`);
+    return info.shape;
+  }
+
+  /**
+   * @param {string} key
+   * @returns {Promise<Uint8Array>}
+   */
+  async raw(key) {
+    const bytes = this.chunk(key);
+    if (!bytes) throw new Error(`attnmap: this page does not hold ${key}`);
+    return inflate(bytes);
+  }
+
+  /**
+   * @param {string} stack
+   * @param {number} layer
+   * @param {number} head
+   */
+  head(stack, layer, head) {
+    const key = `${stack}/${layer}/${head}`;
+    let p = this.heads.get(key);
+    if (p) { this.heads.delete(key); this.heads.set(key, p); return p; }
+    const [, , nq, nk] = this.shape(stack);
+    p = this.raw(key).then((raw) => decodeHead(raw, nq, nk, this.L, this.L.index_bytes[stack] || 2));
+    p.catch(() => this.heads.delete(key));
+    this.heads.set(key, p);
+    trim(this.heads, 40);
+    return p;
+  }
+
+  /**
+   * @param {string} stack
+   * @param {number} layer
+   */
+  mask(stack, layer) {
+    const idx = this.L.stacks[stack].masks[layer], key = `mask/${stack}/${idx}`;
+    let p = this.masks.get(key);
+    if (!p) {
+      const [, , nq] = this.shape(stack);
+      p = this.raw(key).then((raw) => decodeMask(raw, nq));
+      this.masks.set(key, p);
+    }
+    return p;
+  }
+
+  /**
+   * @param {TileRequest} req
+   * @returns {Promise<Tile>}
+   */
+  async tile(req) {
+    const [, H] = this.shape(req.stack);
+    const which = typeof req.head === "number" ? [req.head] : Array.from({ length: H }, (_, i) => i);
+    const heads = await Promise.all(which.map((h) => this.head(req.stack, req.layer, h)));
+    const mask = await this.mask(req.stack, req.layer);
+    const how = typeof req.head === "number" ? "one" : req.head;
+    let pyr = heads[0];
+    if (how !== "one") {
+      const key = `${req.stack}/${req.layer}/${how}`;
+      let agg = this.pyramids.get(key);
+      if (!agg) { agg = aggregatePyramid(heads, how); this.pyramids.set(key, agg); trim(this.pyramids, 8); }
+      pyr = { ...heads[0], ...agg };
+    }
+    return pageTile(heads, how, pyr, mask, req, this.L.block);
+  }
+}
+
+/**
+ * Tiles from the app: GET {url}?stack=&layer=&head=&block=&q0=&k0=&rows=&cols=&reduce=&ignore_first=
+ * → float32 little-endian [rows, cols], NaN = masked.
+ * @implements {TileSource}
+ */
+export class ServerSource {
+  /** @param {string} url */
+  constructor(url) {
+    /** @type {"server"} */
+    this.kind = "server";
+    this.url = url;
+  }
+
+  /**
+   * @param {TileRequest} req
+   * @param {number} cols
+   * @param {boolean} ignoreFirst
+   */
+  async fetchTile(req, cols, ignoreFirst) {
+    const p = new URLSearchParams({
+      stack: req.stack, layer: String(req.layer), head: String(req.head), block: String(req.block),
+      q0: String(req.q0), k0: String(req.k0), rows: String(req.rows), cols: String(cols),
+      reduce: req.reduce, ignore_first: ignoreFirst ? "1" : "0",
+    });
+    const r = await fetch(`${this.url}?${p}`);
+    if (!r.ok) {
+      let msg = `HTTP ${r.status}`;
+      try { const j = await r.json(); msg = j.detail || j.error || msg; } catch { /* not JSON */ }
+      throw new Error(`attnmap: could not fetch a tile (${msg})`);
+    }
+    const rows = Number(r.headers.get("X-Tile-Rows") ?? req.rows), c = Number(r.headers.get("X-Tile-Cols") ?? cols);
+    const buf = await r.arrayBuffer();
+    if (buf.byteLength !== rows * c * 4) throw new Error("attnmap: a tile has the wrong size");
+    return { rows, cols: c, vals: new Float32Array(buf) };
+  }
+
+  /**
+   * @param {TileRequest} req
+   * @returns {Promise<Tile>}
+   */
+  async tile(req) {
+    const wantRest = req.ignoreFirst && req.k0 === 0;
+    const [t, r] = await Promise.all([this.fetchTile(req, req.cols, false), wantRest ? this.fetchTile(req, 1, true) : null]);
+    return { q0: req.q0, k0: req.k0, rows: t.rows, cols: t.cols, block: req.block, reduce: req.reduce, vals: t.vals, bound: null, rest: r ? r.vals : null };
+  }
+}
+
+/**
+ * The block size for `cs` pixels per cell: the smallest power of two with a block ≥ 1 pixel.
+ * @param {number} cs
+ */
+export function blockFor(cs) {
+  let b = 1;
+  while (b * cs < 1) b *= 2;
+  return b;
+}
+
+/**
+ * The largest exact value of a tile (for the colour scale), with the first block column
+ * replaced by `rest` (key 0 left out) when the tile carries it; 0 when nothing is known.
+ * @param {Tile} t
+ */
+export function tileMax(t) {
+  let m = 0;
+  for (let r = 0; r < t.rows; r++) {
+    for (let c = 0; c < t.cols; c++) {
+      const p = r * t.cols + c;
+      let x = t.vals[p], upper = !!(t.bound && t.bound[p]);
+      if (c === 0 && t.rest) { x = t.rest[r]; upper = false; }
+      if (!upper && x > m) m = x;
+    }
+  }
+  return m;
+}

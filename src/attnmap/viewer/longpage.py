@@ -1,0 +1,436 @@
+"""The standalone page's long representation: any head at any zoom, with no server.
+
+A run whose dense payload would be too big (every weight, one byte each, grows as n²) travels
+as, per head (``encode_head``):
+
+* a **pyramid**: the head's weights reduced over ``block × block`` blocks (``block`` a power of
+  two, chosen so a side has at most ``OVERVIEW`` blocks), by max and by sum, one byte per block
+  on a log scale (``DECADES`` decades below the head's largest block, 253 steps: within 2.8 %
+  of the true block value; below that range, 0). A block whose cells are all masked has code
+  255. The first block column is also kept without key 0 (``rest``), so "ignore the first
+  token" can leave key 0 out of the colour scale at every zoom.
+* **exact data near where attention is**: per query row its ``k`` largest weights (the keys,
+  sorted, delta-coded; the values as today's payload codes them: ``code / 128 × row max``), the
+  row's max, and an upper bound for every weight it does not keep (``bound / 128 × row max``,
+  rounded up). A zoomed-in cell that is not kept shows "< bound", never a made-up value.
+
+and per stack, each distinct layer mask as the visible key intervals of each row
+(``encode_mask``). Over heads, the max of block maxima and the mean of block sums are exact (up
+to the codes); a mean or max cell that some head did not keep is shown as an upper bound.
+
+Each piece is deflated alone, so the viewer decodes only the head it shows. ``k`` comes from a
+byte budget (``BUDGET``), measured on the first head. Chunk layout (before deflate), all
+little-endian::
+
+    f32 hi_max, f32 hi_sum, f32 rowmax[nq] |
+    u8 max[Pq, Pk], u8 sum[Pq, Pk], u8 rest_max[Pq], u8 rest_sum[Pq], u8 bound[nq], u8 count[nq] |
+    u8 key delta planes[index_bytes][entries] (low byte first) | u8 codes[entries]
+
+Mask chunk (before deflate): ``u32 count[nq]`` (intervals per row), then ``u32 [start, end)``
+pairs, row by row.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._errors import AttnmapError
+from .colours import DEFAULT_CMAP
+from ..qkweights import QKLayers
+from .payload import LEVELS, MAGIC, PAYLOAD_VERSION, _json_bytes, check_drawable, header
+
+LONG_VERSION = 1
+ENCODING = "pyramid-topk-1"
+OVERVIEW = 512  # at most this many blocks along a side of the pyramid
+DECADES = 6  # the pyramid's log scale spans this many decades below the head's largest block
+STEPS = 253  # codes 1..254 are log-spaced; 0 = below the range (or 0); 255 = masked
+MASKED = 255
+K_CHOICES = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+BUDGET = 110_000_000  # bytes of long data in a page (its base-85 text is 1.25× this)
+# `auto` picks the long representation above these: one head's n² cells, or all heads' cells.
+DENSE_MAX_HEAD_CELLS = 2048 * 2048
+DENSE_MAX_CELLS = 2 ** 28
+LEVEL = 6
+APPROXIMATE = (
+    "overview blocks within 2.8 % (log codes, 6 decades); cells each row keeps within 1/256 "
+    "of the row max; other cells are shown as an upper bound; mean/max of heads: block max "
+    "and mean of sums exact up to the codes, cells a head did not keep as a bound"
+)
+
+
+def _deflate(data: bytes) -> bytes:
+    return zlib.compress(data, LEVEL)
+
+
+def block_size(n: int) -> int:
+    """The pyramid's block: the smallest power of two giving at most OVERVIEW blocks a side."""
+    b = 1
+    while -(-n // b) > OVERVIEW:
+        b *= 2
+    return b
+
+
+def choose(run: Any) -> str:
+    """``"dense"`` or ``"long"``: the representation ``representation="auto"`` picks."""
+    total = 0
+    for st in run.stacks.values():
+        n_layers, n_heads, nq, nk = st.shape
+        if nq * nk > DENSE_MAX_HEAD_CELLS:
+            return "long"
+        total += n_layers * n_heads * nq * nk
+    return "long" if total > DENSE_MAX_CELLS else "dense"
+
+
+# --- quantisation --------------------------------------------------------------------------------
+def log_codes(x: np.ndarray, hi: float, masked: np.ndarray) -> np.ndarray:
+    """Block values → codes: 0 (below hi·10^-DECADES), 1..254 log-spaced up to hi, 255 masked."""
+    out = np.zeros(x.shape, np.uint8)
+    if hi > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (np.log10(np.maximum(x, 0) / hi) + DECADES) / DECADES  # 0..1 in range
+        ok = np.isfinite(t) & (t >= -0.5 / STEPS)
+        c = np.clip(np.rint(np.where(ok, t, 0) * STEPS) + 1, 1, STEPS + 1)
+        out[ok] = c[ok].astype(np.uint8)
+    out[masked] = MASKED
+    return out
+
+
+def log_values(codes: np.ndarray, hi: float) -> np.ndarray:
+    """Inverse of :func:`log_codes`: float32, NaN where masked."""
+    c = codes.astype(np.float64)
+    v = hi * 10.0 ** (DECADES * ((c - 1) / STEPS - 1))
+    v[codes == 0] = 0.0
+    v[codes == MASKED] = np.nan
+    return v.astype(np.float32)
+
+
+# --- one head ------------------------------------------------------------------------------------
+ROWS = 256  # query rows computed and reduced at a time (a multiple of every block size used)
+CAND = 16  # top-k candidates are found through the maxima of CAND-wide key blocks
+
+
+def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, np.ndarray]:
+    """Reduce one head, given as row chunks ``rows(r0, r1) -> float32 [r1 - r0, key]``: the
+    pyramid (block max and sum, masked cells left out, NaN where all are masked; the first
+    block column without key 0 as ``rest_*``) and each row's `k` largest visible weights
+    (``count``, ``keys`` ascending per row, ``values``, ``rowmax``, ``bound``: the largest
+    visible weight not kept, 0 when none).
+
+    A row's k largest cells lie in its k blocks (CAND keys wide) with the largest maxima, and
+    the next one in the top k + 1 blocks: only those are searched.
+    """
+    nq, nk = masked.shape
+    pq, pk = -(-nq // block), -(-nk // block)
+    cw = -(-nk // CAND) * CAND
+    width = max(pk * block, cw)
+    step = max(ROWS // block, 1) * block
+    out = {name: np.full(n, np.nan, np.float32) for name, n in
+           (("max", (pq, pk)), ("sum", (pq, pk)), ("rest_max", pq), ("rest_sum", pq))}
+    rowmax = np.zeros(nq, np.float32)
+    bound = np.zeros(nq, np.float32)
+    count = np.zeros(nq, np.int64)
+    keys: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    buf = np.empty((step, width), np.float32)
+    for r0 in range(0, nq, step):
+        r1 = min(nq, r0 + step)
+        n = r1 - r0
+        m = masked[r0:r1]  # [row, key]
+        c = buf[: -(-n // block) * block]
+        c.fill(-1)
+        w = rows(r0, r1)  # [row, key]
+        np.copyto(c[:n, :nk], w)
+        c[:n, :nk][m] = -1  # masked (and padding): -1, below any weight
+        np.fmax(c, np.float32(-1), out=c)  # a NaN weight (none from softmax) as masked
+        nb = c.shape[0] // block
+        b4 = c[:, : pk * block].reshape(nb, block, pk, block)  # [bq, q, bk, k]
+        # two steps, the contiguous axis first: ~3× faster than one reduction over (1, 3)
+        bmax = b4.max(axis=3).max(axis=1)
+        bsum = np.maximum(b4, 0).sum(axis=3).sum(axis=1)
+        b0, b1 = r0 // block, r0 // block + nb
+        out["max"][b0:b1] = np.where(bmax < 0, np.nan, bmax)
+        out["sum"][b0:b1] = np.where(bmax < 0, np.nan, bsum)
+        if block > 1:
+            first = b4[:, :, 0, 1:]
+            fmax = first.max(axis=(1, 2))
+            out["rest_max"][b0:b1] = np.where(fmax < 0, np.nan, fmax)
+            out["rest_sum"][b0:b1] = np.where(fmax < 0, np.nan,
+                                              np.maximum(first, 0).sum(axis=(1, 2)))
+        # top k per row, among the cells of its top k + 1 candidate blocks
+        rows_c = c[:n, :cw]
+        cm = rows_c.reshape(n, cw // CAND, CAND).max(axis=2)  # [row, cand block]
+        rowmax[r0:r1] = np.maximum(cm.max(axis=1), 0)
+        nc = cm.shape[1]
+        kb = min(k + 1, nc)
+        blocks = np.argpartition(-cm, kb - 1, axis=1)[:, :kb] if kb < nc else \
+            np.broadcast_to(np.arange(nc), (n, nc))
+        cols = (blocks[:, :, None] * CAND + np.arange(CAND)).reshape(n, -1)  # [row, cand]
+        cand = np.take_along_axis(rows_c, cols, axis=1)
+        kk = min(k, cand.shape[1])
+        if kk < cand.shape[1]:
+            part = np.argpartition(-cand, kk, axis=1)
+            nxt = np.take_along_axis(cand, part[:, kk : kk + 1], axis=1)[:, 0]
+            part = part[:, :kk]
+        else:
+            part = np.broadcast_to(np.arange(kk), (n, kk))
+            nxt = np.full(n, -1, np.float32)
+        top = np.take_along_axis(cols, part, axis=1)
+        order = np.argsort(top, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        vals = np.take_along_axis(cand, np.take_along_axis(part, order, axis=1), axis=1)
+        keep = vals >= 0
+        count[r0:r1] = keep.sum(axis=1)
+        bound[r0:r1] = np.maximum(nxt, 0)
+        keys.append(top[keep])
+        values.append(vals[keep])
+    return {**out, "count": count, "keys": np.concatenate(keys).astype(np.int64),
+            "values": np.concatenate(values).astype(np.float32), "rowmax": rowmax,
+            "bound": bound}
+
+
+def _dense_rows(w: np.ndarray) -> Any:
+    return lambda r0, r1: w[r0:r1]
+
+
+def pyramid(w: np.ndarray, masked: np.ndarray, block: int) -> dict[str, np.ndarray]:
+    """The pyramid part of :func:`reduce_head` for a dense head [query, key]."""
+    r = reduce_head(_dense_rows(w), masked, block, 1)
+    return {name: r[name] for name in ("max", "sum", "rest_max", "rest_sum")}
+
+
+def top_k(w: np.ndarray, masked: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """The top-k part of :func:`reduce_head` for a dense head [query, key]."""
+    r = reduce_head(_dense_rows(w), np.asarray(masked, dtype=bool), 1, k)
+    return {name: r[name] for name in ("count", "keys", "values", "rowmax", "bound")}
+
+
+def subset(r: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """`r` (from :func:`reduce_head` with some k' ≥ k) cut down to each row's k largest."""
+    count = r["count"]
+    if k >= int(count.max(initial=0)):
+        return r
+    nq = count.size
+    rows = np.repeat(np.arange(nq), count)
+    starts = np.concatenate([[0], np.cumsum(count)[:-1]])
+    # rank of each entry within its row by value (0 = largest); ties by key
+    order = np.lexsort((r["keys"], -r["values"], rows))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size) - np.repeat(starts, count)
+    keep = rank < k
+    # the new bound: the largest value dropped, or the old bound
+    dropped = np.where(~keep, r["values"], -1.0)
+    nb = np.full(nq, -1.0)
+    np.maximum.at(nb, rows, dropped)
+    return {**r, "count": np.minimum(count, k), "keys": r["keys"][keep],
+            "values": r["values"][keep], "bound": np.maximum(r["bound"], nb).astype(np.float32)}
+
+
+def pack(r: dict[str, np.ndarray], nk: int) -> bytes:
+    """A reduced head (:func:`reduce_head`) as a deflated chunk (layout: module docstring)."""
+    nq = r["rowmax"].size
+    hi_max = float(np.nanmax(r["max"])) if np.isfinite(r["max"]).any() else 0.0
+    hi_sum = float(np.nanmax(r["sum"])) if np.isfinite(r["sum"]).any() else 0.0
+    rowmax = r["rowmax"]
+    safe = np.where(rowmax > 0, rowmax, 1).astype(np.float32)
+    count = r["count"]
+    rows = np.repeat(np.arange(nq), count)
+    codes = np.rint(r["values"] / safe[rows] * LEVELS).astype(np.uint8)
+    bound = np.minimum(np.ceil(r["bound"] / safe * LEVELS - 1e-6), LEVELS).astype(np.uint8)
+    keys = r["keys"]
+    starts = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+    delta = keys.copy()
+    delta[1:] -= keys[:-1]
+    firsts = starts[count > 0]
+    delta[firsts] = keys[firsts]  # each row starts absolute
+    planes = [((delta >> (8 * i)) & 0xFF).astype(np.uint8).tobytes()
+              for i in range(index_bytes(nk))]
+    body = b"".join([
+        np.array([hi_max, hi_sum], "<f4").tobytes(), rowmax.astype("<f4").tobytes(),
+        log_codes(r["max"], hi_max, np.isnan(r["max"])).tobytes(),
+        log_codes(r["sum"], hi_sum, np.isnan(r["sum"])).tobytes(),
+        log_codes(r["rest_max"], hi_max, np.isnan(r["rest_max"])).tobytes(),
+        log_codes(r["rest_sum"], hi_sum, np.isnan(r["rest_sum"])).tobytes(),
+        bound.tobytes(), count.astype(np.uint8).tobytes(), *planes, codes.tobytes(),
+    ])
+    return _deflate(body)
+
+
+def encode_head(w: np.ndarray, masked: np.ndarray, block: int, k: int) -> bytes:
+    """One dense head [query, key] as a deflated chunk (layout: module docstring)."""
+    masked = np.asarray(masked, dtype=bool)
+    return pack(reduce_head(_dense_rows(np.asarray(w)), masked, block, k), masked.shape[1])
+
+
+def index_bytes(nk: int) -> int:
+    return 2 if nk <= 65536 else 4
+
+
+def decode_head(chunk: bytes, nq: int, nk: int, block: int) -> dict[str, Any]:
+    """Inverse of :func:`encode_head` (values as the viewer reads them; for tests)."""
+    raw = zlib.decompress(chunk)
+    pq, pk = -(-nq // block), -(-nk // block)
+    at = 0
+
+    def take(n: int, dtype: Any) -> np.ndarray:
+        nonlocal at
+        a = np.frombuffer(raw, dtype=dtype, count=n, offset=at)
+        at += a.nbytes
+        return a
+
+    hi_max, hi_sum = (float(x) for x in take(2, "<f4"))
+    rowmax = take(nq, "<f4")
+    pmax, psum = take(pq * pk, np.uint8).reshape(pq, pk), take(pq * pk, np.uint8).reshape(pq, pk)
+    rmax, rsum = take(pq, np.uint8), take(pq, np.uint8)
+    bound, count = take(nq, np.uint8), take(nq, np.uint8).astype(np.int64)
+    total = int(count.sum())
+    delta = np.zeros(total, np.int64)
+    for i in range(index_bytes(nk)):
+        delta |= take(total, np.uint8).astype(np.int64) << (8 * i)
+    codes = take(total, np.uint8)
+    if at != len(raw):
+        raise AttnmapError(f"long head chunk holds {len(raw)} bytes, not the {at} it says")
+    rows = np.repeat(np.arange(nq), count)
+    starts = np.concatenate([[0], np.cumsum(count)[:-1]])
+    first = np.zeros(total, bool)
+    first[starts[count > 0]] = True
+    # cumulative sum of deltas, restarted at each row's first (absolute) key
+    keys = np.cumsum(delta)
+    base = np.where(first, keys - delta, 0)
+    keys = keys - np.maximum.accumulate(base)
+    return {
+        "max": log_values(pmax, hi_max), "sum": log_values(psum, hi_sum),
+        "rest_max": log_values(rmax, hi_max), "rest_sum": log_values(rsum, hi_sum),
+        "rowmax": rowmax, "bound": bound.astype(np.float32) / LEVELS * rowmax,
+        "count": count, "rows": rows, "keys": keys,
+        "values": codes.astype(np.float32) / LEVELS * rowmax[rows],
+    }
+
+
+# --- masks ---------------------------------------------------------------------------------------
+def encode_mask(masked: np.ndarray) -> bytes:
+    """A mask [query, key] (True = hidden) as each row's visible ``[start, end)`` intervals."""
+    m = np.asarray(masked, dtype=bool)
+    nq, nk = m.shape
+    vis = np.zeros((nq, nk + 2), np.int8)
+    vis[:, 1:-1] = ~m
+    d = np.diff(vis, axis=1)  # +1 where a visible run starts, -1 one past its end
+    r_start, c_start = np.nonzero(d == 1)
+    _, c_end = np.nonzero(d == -1)
+    count = np.bincount(r_start, minlength=nq).astype("<u4")
+    pairs = np.stack([c_start, c_end], axis=1).astype("<u4")  # row-major order from nonzero
+    return _deflate(count.tobytes() + pairs.tobytes())
+
+
+def decode_mask(chunk: bytes, nq: int, nk: int) -> np.ndarray:
+    raw = zlib.decompress(chunk)
+    count = np.frombuffer(raw, "<u4", nq)
+    pairs = np.frombuffer(raw, "<u4", offset=4 * nq).reshape(-1, 2)
+    out = np.ones((nq, nk), bool)
+    rows = np.repeat(np.arange(nq), count)
+    for r, (a, b) in zip(rows, pairs, strict=True):
+        out[r, a:b] = False
+    return out
+
+
+# --- the page ------------------------------------------------------------------------------------
+@dataclass
+class LongData:
+    """What the long page carries: the payload (header, no layer chunks) and keyed chunks."""
+
+    payload: bytes
+    chunks: list[tuple[str, bytes]] = field(default_factory=list)
+    block: int = 1
+    k: int = 0
+    tokens: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload) + sum(len(c) for _, c in self.chunks)
+
+    def describe(self) -> str:
+        return (f"long run ({self.tokens:,} tokens): pyramid of {self.block}×{self.block} "
+                f"blocks + top-{self.k} per row")
+
+
+def _rows(run: Any, stack: str, layer: int, head: int) -> Any:
+    """``rows(r0, r1)``: query rows [r0, r1) of one head [row, key] float32, computed from
+    queries and keys where the run keeps them (never the whole head at once)."""
+    st = run.stack(stack)
+    layers = st.layers
+    if isinstance(layers, QKLayers):
+        q, kk = layers.q[layer], layers.k[layer]
+        mask = layers.masks[layer]
+        sinks = None if layers.sinks is None else [layers.sinks[layer]]
+
+        def rows(r0: int, r1: int) -> np.ndarray:
+            part = QKLayers([q[:, r0:r1]], [kk], [layers.scaling[layer]], [mask[r0:r1]],
+                            softcap=[layers.softcap[layer]], sinks=sinks)
+            return part.compute(0, heads=[head])[0]
+
+        return rows
+    w = layers[layer]
+    return lambda r0, r1: np.asarray(w[head, r0:r1], dtype=np.float32)
+
+
+def _choose_k(sizes: dict[int, int], heads: int, budget: int) -> int:
+    """The largest k whose chunks, at the sizes measured on one head, fit `budget`."""
+    fits = [k for k, n in sorted(sizes.items()) if n * heads * 1.05 <= budget]  # heads differ
+    return fits[-1] if fits else min(sizes)
+
+
+def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | None = None,
+          progress: Any = None) -> LongData:
+    """The long representation of `run`: payload header plus one chunk per head and mask."""
+    check_drawable(run)
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 255):
+        raise AttnmapError(f"k must be a whole number in 1..255 (not {k!r})")
+    n = max(max(s.shape[2], s.shape[3]) for s in run.stacks.values())
+    block = block_size(n)
+    heads = sum(s.n_layers * s.n_heads for s in run.stacks.values())
+    chunks: list[tuple[str, bytes]] = []
+    stacks: dict[str, Any] = {}
+    for name, st in run.stacks.items():
+        masks, index = st.distinct_masks()
+        for i, m in enumerate(masks):
+            chunks.append((f"mask/{name}/{i}", encode_mask(m)))
+        stacks[name] = {"masks": index}
+        nk = st.shape[3]
+        for li in range(st.n_layers):
+            masked = np.asarray(st.mask(li), dtype=bool)
+            for h in range(st.n_heads):
+                if k is None:  # the first head measures what each k costs
+                    r = reduce_head(_rows(run, name, li, h), masked, block, K_CHOICES[-1])
+                    sizes = {kc: len(pack(subset(r, kc), nk)) for kc in K_CHOICES}
+                    k = _choose_k(sizes, heads, budget)
+                    r = subset(r, k)
+                else:
+                    r = reduce_head(_rows(run, name, li, h), masked, block, k)
+                chunks.append((f"{name}/{li}/{h}", pack(r, nk)))
+                if progress is not None:
+                    progress(1)
+    head = header(run, [], cmap=cmap)
+    head["long"] = {
+        "encoding": ENCODING, "version": LONG_VERSION, "block": block, "k": k,
+        "decades": DECADES, "steps": STEPS, "levels": LEVELS,
+        "index_bytes": {name: index_bytes(st.shape[3]) for name, st in run.stacks.items()},
+        "stacks": stacks, "approximate": APPROXIMATE,
+    }
+    hb = _json_bytes(head)
+    payload = struct.pack("<4sII", MAGIC, PAYLOAD_VERSION, len(hb)) + hb
+    return LongData(payload, chunks, block, int(k or 0), n)
+
+
+def growth(sizes: dict[int, float]) -> float:
+    """The exponent a of size ≈ c·nᵃ fitted (least squares in log-log) to {n: size}."""
+    ns = sorted(sizes)
+    if len(ns) < 2:
+        return math.nan
+    x = np.log([float(n) for n in ns])
+    y = np.log([float(sizes[n]) for n in ns])
+    return float(np.polyfit(x, y, 1)[0])

@@ -1,0 +1,143 @@
+"""The standalone page's long representation (viewer/longpage.py): the pyramid is the
+reduction of the exact matrix, kept cells are exact within the codes, bounds hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnmap import AttentionRun, AttentionStack, Token
+from attnmap._errors import AttnmapError
+from attnmap.viewer import longpage as LP
+from attnmap.viewer.payload import LEVELS
+
+
+def _softmax_run(n: int = 200, heads: int = 3, layers: int = 2, window: int | None = None,
+                 seed: int = 0) -> AttentionRun:
+    rng = np.random.default_rng(seed)
+    q, k = np.indices((n, n))
+    masked = k > q  # [query, key] causal
+    masks = [masked, masked | (q - k >= window)] if window else None
+    out = []
+    for li in range(layers):
+        m = masks[li % 2] if masks else masked
+        s = rng.normal(0, 3, (heads, n, n)).astype(np.float32)  # [head, query, key]
+        s[:, m] = -np.inf
+        w = np.exp(s - s.max(axis=2, keepdims=True))
+        out.append((w / w.sum(axis=2, keepdims=True)).astype(np.float32))
+    toks = [Token(text=f"t{i}", raw=f"t{i}", id=i) for i in range(n)]
+    st = AttentionStack("self", out, masked, layer_masks=[masks[i % 2] for i in range(layers)]
+                        if masks else None)
+    return AttentionRun(tokens=toks, stacks={"self": st}, model={"id": "rand"},
+                        text=" ".join(t.text for t in toks))
+
+
+def _rel_ok(got: np.ndarray, want: np.ndarray, hi: float) -> None:
+    """Within the log codes: 2.8 % relative, or 0 below hi·10^-DECADES."""
+    floor = hi * 10.0 ** -LP.DECADES
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    g, w = got[ok], want[ok]
+    small = w < floor
+    assert np.all(g[small] <= floor * 1.03)
+    np.testing.assert_allclose(g[~small], w[~small], rtol=0.029)
+
+
+@pytest.mark.parametrize("n,block", [(200, 16), (203, 8), (64, 1)])
+def test_pyramid_is_the_reduction_of_the_exact_matrix(n, block):
+    run = _softmax_run(n, window=40)
+    for li in range(2):
+        w, m = run.layer(li)[1], run.mask(li)  # [query, key]
+        d = LP.decode_head(LP.encode_head(w, m, block, 8), n, n, block)
+        pq = -(-n // block)
+        want_max = np.full((pq, pq), np.nan, np.float32)
+        want_sum = np.full((pq, pq), np.nan, np.float32)
+        rest_max = np.full(pq, np.nan, np.float32)
+        for i in range(pq):
+            for j in range(pq):
+                cells = w[i * block:(i + 1) * block, j * block:(j + 1) * block]
+                vis = ~m[i * block:(i + 1) * block, j * block:(j + 1) * block]
+                if vis.any():
+                    want_max[i, j] = cells[vis].max()
+                    want_sum[i, j] = cells[vis].sum()
+            cells = w[i * block:(i + 1) * block, 1:block]
+            vis = ~m[i * block:(i + 1) * block, 1:block]
+            if vis.any():
+                rest_max[i] = cells[vis].max()
+        _rel_ok(d["max"], want_max, np.nanmax(want_max))
+        _rel_ok(d["sum"], want_sum, np.nanmax(want_sum))
+        if block > 1:
+            _rel_ok(d["rest_max"], rest_max, np.nanmax(want_max))
+
+
+def test_kept_cells_are_exact_and_bounds_hold():
+    n, k = 150, 12
+    run = _softmax_run(n, window=30)
+    for li in range(2):
+        w, m = run.layer(li)[2], run.mask(li)
+        d = LP.decode_head(LP.encode_head(w, m, 16, k), n, n, 16)
+        assert np.array_equal(d["count"], np.minimum(k, (~m).sum(axis=1)))
+        np.testing.assert_allclose(d["rowmax"], np.where(m, 0, w).max(axis=1), rtol=1e-6)
+        got = w[d["rows"], d["keys"]]
+        assert not m[d["rows"], d["keys"]].any()
+        step = d["rowmax"][d["rows"]] / (2 * LEVELS)
+        assert np.all(np.abs(d["values"] - got) <= step + 1e-7)
+        for r in range(n):
+            kept = d["keys"][d["rows"] == r]
+            assert np.all(np.diff(kept) > 0)
+            rest = np.setdiff1d(np.nonzero(~m[r])[0], kept)
+            top = np.sort(w[r][~m[r]])[::-1]
+            assert np.allclose(np.sort(w[r, kept])[::-1], top[: len(kept)])
+            if rest.size:
+                assert np.all(w[r, rest] <= d["bound"][r] + 1e-7)
+                assert d["bound"][r] <= w[r, rest].max() + d["rowmax"][r] / LEVELS + 1e-7
+            else:
+                assert d["bound"][r] == 0
+
+
+def test_mask_intervals_round_trip():
+    rng = np.random.default_rng(1)
+    for m in (np.triu(np.ones((50, 60), bool), 1), rng.random((40, 33)) < 0.5,
+              np.ones((5, 7), bool), np.zeros((5, 7), bool)):
+        assert np.array_equal(LP.decode_mask(LP.encode_mask(m), *m.shape), m)
+
+
+def test_log_codes_round_trip_and_edges():
+    hi = 0.5
+    x = np.array([0, 1e-9, hi * 1e-6, 1e-3, 0.25, hi], np.float32)
+    c = LP.log_codes(x, hi, np.zeros(6, bool))
+    assert c[0] == 0 and c[1] == 0 and c[-1] == 254 and c[2] == 1
+    back = LP.log_values(c, hi)
+    np.testing.assert_allclose(back[2:], x[2:], rtol=0.029)
+    assert LP.log_codes(x, hi, np.ones(6, bool)).tolist() == [255] * 6
+
+
+def test_build_chunks_and_header():
+    run = _softmax_run(300, heads=2, window=50)
+    data = LP.build(run, k=8)
+    keys = [k for k, _ in data.chunks]
+    assert keys == ["mask/self/0", "mask/self/1"] + [f"self/{li}/{h}" for li in range(2)
+                                                     for h in range(2)]
+    assert data.block == 1 and data.k == 8 and data.tokens == 300
+    import json
+    import struct
+    _, _, hl = struct.unpack_from("<4sII", data.payload)
+    head = json.loads(data.payload[12:12 + hl])
+    assert head["long"]["stacks"]["self"]["masks"] == [0, 1]
+    assert head["chunks"] == [] and head["long"]["k"] == 8
+    with pytest.raises(AttnmapError, match="k must be"):
+        LP.build(run, k=0)
+
+
+def test_k_follows_the_budget():
+    run = _softmax_run(300, heads=2)
+    big = LP.build(run, budget=10**9)
+    small = LP.build(run, budget=4 * 3000)
+    assert big.k > small.k
+    assert big.k == max(k for k in LP.K_CHOICES if k <= 300)
+
+
+def test_choose_by_size():
+    assert LP.choose(_softmax_run(64)) == "dense"
+    assert LP.block_size(8192) == 16 and LP.block_size(512) == 1 and LP.block_size(513) == 2
+    assert LP.growth({1024: 2.0, 2048: 4.0, 4096: 8.0}) == pytest.approx(1.0)
