@@ -74,8 +74,9 @@ class QKLayers(Sequence[np.ndarray]):
             yield self.compute(i)
 
     def rows(self, layer: int, r0: int, r1: int, k0: int = 0, k1: int | None = None, *,
-             entropy: bool = False, scratch: Scratch | None = None) -> Any:
-        """Weights of query rows ``r0:r1`` over keys ``k0:k1`` for every head →
+             heads: Sequence[int] | None = None, entropy: bool = False,
+             scratch: Scratch | None = None) -> Any:
+        """Weights of query rows ``r0:r1`` over keys ``k0:k1`` for every head (or `heads`) →
         ``[head, row, key]`` float32, normalised over the keys the mask allows; with
         `entropy`, also each row's entropy in nats ``[head, row]`` (from the logits, with no
         logarithm per cell): ``(weights, entropy)``.
@@ -96,11 +97,17 @@ class QKLayers(Sequence[np.ndarray]):
         nr, nk = r1 - r0, k1 - k0
         scale = np.float32(self.scaling[layer])
         scratch = scratch or Scratch()
-        s = scratch.take("logits", (h, nr, nk))  # [head, row, key]
-        for g in range(kvh):  # one matrix product per key head and the query heads sharing it
-            qg = q[g * rep:(g + 1) * rep, r0:r1].astype(np.float32) * scale
-            np.matmul(qg.reshape(rep * nr, d), k[g, k0:k1].astype(np.float32, copy=False).T,
-                      out=s[g * rep:(g + 1) * rep].reshape(rep * nr, nk))
+        picked = list(range(h)) if heads is None else [int(x) for x in heads]
+        s = scratch.take("logits", (len(picked), nr, nk))  # [head, row, key]
+        if heads is None:  # one product per key head and the query heads sharing it
+            for g in range(kvh):
+                qg = q[g * rep:(g + 1) * rep, r0:r1].astype(np.float32) * scale
+                np.matmul(qg.reshape(rep * nr, d), k[g, k0:k1].astype(np.float32, copy=False).T,
+                          out=s[g * rep:(g + 1) * rep].reshape(rep * nr, nk))
+        else:
+            for o, hi in enumerate(picked):
+                np.matmul(q[hi, r0:r1].astype(np.float32) * scale,
+                          k[hi // rep, k0:k1].astype(np.float32, copy=False).T, out=s[o])
         cap = self.softcap[layer]
         if cap is not None:
             s /= np.float32(cap)
@@ -114,11 +121,11 @@ class QKLayers(Sequence[np.ndarray]):
         top = s.max(axis=-1, keepdims=True)  # [head, row, 1]
         sink = None
         if self.sinks is not None:
-            sink = np.asarray(self.sinks[layer], dtype=np.float32)[:, None, None]
+            sink = np.asarray(self.sinks[layer], dtype=np.float32)[picked][:, None, None]
             top = np.maximum(top, sink)
         top[top <= _HIDDEN / 2] = 0.0  # a row with every key masked stays all 0
         s -= top  # log p = s − log(total)
-        p = np.exp(s, out=scratch.take("weights", (h, nr, nk)) if entropy else s)
+        p = np.exp(s, out=scratch.take("weights", s.shape) if entropy else s)
         total = p.sum(axis=-1, keepdims=True)
         if sink is not None:
             total += np.exp(sink - top)

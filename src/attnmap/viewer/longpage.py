@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from .._errors import AttnmapError
+from .._parallel import map_threads
+from ..qkweights import QKLayers, Scratch
 from .colours import DEFAULT_CMAP
-from ..qkweights import QKLayers
 from .payload import LEVELS, MAGIC, PAYLOAD_VERSION, _json_bytes, check_drawable, header
 
 LONG_VERSION = 1
@@ -144,8 +145,8 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
         m = masked[r0:r1]  # [row, key]
         c = buf[: -(-n // block) * block]
         c.fill(-1)
-        w = rows(r0, r1)  # [row, key]
-        np.copyto(c[:n, :nk], w)
+        k0, w = rows(r0, r1)  # [row, key from k0]: keys outside are masked for these rows
+        np.copyto(c[:n, k0:k0 + w.shape[1]], w)
         c[:n, :nk][m] = -1  # masked (and padding): -1, below any weight
         np.fmax(c, np.float32(-1), out=c)  # a NaN weight (none from softmax) as masked
         nb = c.shape[0] // block
@@ -195,7 +196,7 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
 
 
 def _dense_rows(w: np.ndarray) -> Any:
-    return lambda r0, r1: w[r0:r1]
+    return lambda r0, r1: (0, w[r0:r1])
 
 
 def pyramid(w: np.ndarray, masked: np.ndarray, block: int) -> dict[str, np.ndarray]:
@@ -359,23 +360,33 @@ class LongData:
 
 
 def _rows(run: Any, stack: str, layer: int, head: int) -> Any:
-    """``rows(r0, r1)``: query rows [r0, r1) of one head [row, key] float32, computed from
-    queries and keys where the run keeps them (never the whole head at once)."""
+    """``rows(r0, r1) -> (k0, [row, key] float32)``: query rows [r0, r1) of one head over the
+    keys from `k0` on that they may see, computed from queries and keys where the run keeps
+    them (never the whole head at once); keys outside the span are masked for those rows."""
     st = run.stack(stack)
     layers = st.layers
     if isinstance(layers, QKLayers):
-        q, kk = layers.q[layer], layers.k[layer]
-        mask = layers.masks[layer]
-        sinks = None if layers.sinks is None else [layers.sinks[layer]]
+        masked = layers.masks[layer]
+        seen = ~masked
+        any_row = seen.any(axis=1)
+        first = np.where(any_row, seen.argmax(axis=1), 0)
+        end = np.where(any_row, masked.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
+        scratch = Scratch()
 
-        def rows(r0: int, r1: int) -> np.ndarray:
-            part = QKLayers([q[:, r0:r1]], [kk], [layers.scaling[layer]], [mask[r0:r1]],
-                            softcap=[layers.softcap[layer]], sinks=sinks)
-            return part.compute(0, heads=[head])[0]
+        def rows(r0: int, r1: int) -> tuple[int, np.ndarray]:
+            live = any_row[r0:r1]
+            if not live.any():
+                return 0, np.zeros((r1 - r0, 0), np.float32)
+            k0, k1 = int(first[r0:r1][live].min()), int(end[r0:r1][live].max())
+            return k0, layers.rows(layer, r0, r1, k0, k1, heads=[head], scratch=scratch)[0]
 
         return rows
     w = layers[layer]
-    return lambda r0, r1: np.asarray(w[head, r0:r1], dtype=np.float32)
+    return lambda r0, r1: (0, np.asarray(w[head, r0:r1], dtype=np.float32))
+
+
+def _mask(st: Any, layer: int) -> np.ndarray:
+    return np.asarray(st.mask(layer), dtype=bool)
 
 
 def _choose_k(sizes: dict[int, int], heads: int, budget: int) -> int:
@@ -401,19 +412,28 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             chunks.append((f"mask/{name}/{i}", encode_mask(m)))
         stacks[name] = {"masks": index}
         nk = st.shape[3]
-        for li in range(st.n_layers):
-            masked = np.asarray(st.mask(li), dtype=bool)
-            for h in range(st.n_heads):
-                if k is None:  # the first head measures what each k costs
-                    r = reduce_head(_rows(run, name, li, h), masked, block, K_CHOICES[-1])
-                    sizes = {kc: len(pack(subset(r, kc), nk)) for kc in K_CHOICES}
-                    k = _choose_k(sizes, heads, budget)
-                    r = subset(r, k)
-                else:
-                    r = reduce_head(_rows(run, name, li, h), masked, block, k)
-                chunks.append((f"{name}/{li}/{h}", pack(r, nk)))
-                if progress is not None:
-                    progress(1)
+        todo = [(li, h) for li in range(st.n_layers) for h in range(st.n_heads)]
+        if k is None and todo:  # the first head measures what each k costs
+            li, h = todo[0]
+            r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, K_CHOICES[-1])
+            sizes = {kc: len(pack(subset(r, kc), nk)) for kc in K_CHOICES}
+            k = _choose_k(sizes, heads, budget)
+            first = [(f"{name}/{li}/{h}", pack(subset(r, k), nk))]
+            todo = todo[1:]
+            if progress is not None:
+                progress(1)
+        else:
+            first = []
+
+        def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
+                k: int = int(k or 1)) -> tuple[str, bytes]:
+            li, h = job
+            r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, k)
+            if progress is not None:
+                progress(1)
+            return f"{name}/{li}/{h}", pack(r, nk)
+
+        chunks += first + map_threads(one, todo)  # heads on one thread per core
     head = header(run, [], cmap=cmap)
     head["long"] = {
         "encoding": ENCODING, "version": LONG_VERSION, "block": block, "k": k,
