@@ -23,10 +23,12 @@ PKG = SRC / "attnmap"
 
 CORE = {"attnmap._errors", "attnmap._io", "attnmap._options", "attnmap.tokens", "attnmap.run",
         "attnmap.qkweights", "attnmap.diff", "attnmap.arrays", "attnmap.analysis",
-        "attnmap.analysis.*", "attnmap.viewer.payload", "attnmap.viewer.colours"}
+        "attnmap.analysis.*", "attnmap.viewer.payload", "attnmap.viewer.colours",
+        "attnmap.patches"}
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",
-           "attnmap._chat", "attnmap.attribution", "attnmap.probes", "attnmap.generating"}
-OUTPUT = {"attnmap.plot", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
+           "attnmap._chat", "attnmap.attribution", "attnmap.probes", "attnmap.generating",
+           "attnmap.vision"}
+OUTPUT = {"attnmap.plot", "attnmap.plot_image", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
           "attnmap.app", "attnmap.app.*"}
 CLI = {"attnmap.cli", "attnmap.cli.*", "attnmap.__main__"}
 FACADE = {"attnmap"}  # the package's front door re-exports from every layer, lazily
@@ -46,6 +48,7 @@ EXTERNAL = {
     "fastapi": {"app", "cli"}, "starlette": {"app"}, "pydantic": {"app"}, "uvicorn": {"app", "cli"},
     "anywidget": {"attnmap.viewer.widget"}, "traitlets": {"attnmap.viewer.widget"},
     "rich": {"cli"},
+    "PIL": {"capture", "output"},  # images: read and thumbnailed in capture, drawn in outputs
 }
 
 
