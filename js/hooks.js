@@ -5,6 +5,7 @@ import { ctx2d } from "./draw.js";
 import { relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
 import { rowWindow, stepCount } from "./steps.js";
+import { visionHooks } from "./vision.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 
@@ -32,6 +33,8 @@ export function hooks(v) {
   };
   return {
     get state() { return { ...v.st }; },
+    /** Runs of an image: the overlay's query and values, a patch's point on screen. */
+    get vision() { return visionHooks(v); },
     get header() { return v.header; },
     get thumbs() { return v.hits.map((t) => ({ layer: t.layer, head: t.head, badge: t.badge ?? null, pass: t.pass ?? true })); },
     get changeCells() { return v.changeCells; },

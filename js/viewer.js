@@ -17,6 +17,7 @@ import { paintHeads, paintLayers } from "./views/grids.js";
 import { paintDiff, paintChange } from "./views/diff.js";
 import { hooks } from "./hooks.js";
 import { rowWindow } from "./steps.js";
+import { paintVision } from "./vision.js";
 
 /** @typedef {import("./types.js").State} State */
 /** @typedef {import("./types.js").Header} Header */
@@ -429,6 +430,7 @@ export class Viewer {
       if (st.view === "heads") paintHeads(this);
       else paintHeatmap(this, d);
     }
+    paintVision(this); // runs of an image: the picture with the query's row over it
     this.drawn(st.view, t0);
   }
 

@@ -197,3 +197,24 @@ def check_thumbnail(arr: np.ndarray) -> None:
                          f"({MAX_THUMBNAIL_BYTES:,})")
     if image_magic(arr[:16].tobytes()) != "png":
         raise ValueError("extra.image_png is not a PNG")
+
+
+def image_header(run: Any) -> dict[str, Any]:
+    """The viewer payload's ``image`` field for a run of an image (empty for a text run):
+    size, grid, kind, the thumbnail as base64 PNG, per token ``[row, col, x0, y0, x1, y1]``
+    (null for tokens that are not patches), per token its kind, and the default query."""
+    import base64
+
+    meta = image_meta(run)
+    if meta is None:
+        return {}
+    png = thumbnail_bytes(run)
+    return {"image": {
+        "width": int(meta["width"]), "height": int(meta["height"]),
+        "grid": [int(g) for g in meta["grid"]], "kind": meta.get("kind", "vision"),
+        "png": None if png is None else base64.b64encode(png).decode("ascii"),
+        "patches": [[t.row, t.col, *t.box] if t.row is not None and t.box is not None else None
+                    for t in run.tokens],
+        "kinds": [t.kind for t in run.tokens],
+        "query": default_query(run),
+    }}
