@@ -298,3 +298,18 @@ def test_bad_inputs_are_one_line(vit_dir, llava_dir, gpt2_dir, picture, tmp_path
 
 def test_loaded_model_is_reused(vit_dir):
     assert load_vision(vit_dir) is load_vision(vit_dir)
+
+
+def test_cli_heads_of_an_image_has_the_vision_census(dinoreg_dir, picture):
+    import json
+
+    r = run_cli("heads", picture, "--model", dinoreg_dir, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(r.stdout)
+    assert len(entries) == 4
+    for e in entries:
+        v = e["vision"]
+        assert 0 <= v["register_mass"] <= v["sink_mass"] <= 1
+        assert 0 <= v["cls_focus"] <= 1 and 0 < v["distance_px"] < np.hypot(W, H)
+    table = run_cli("heads", picture, "--model", dinoreg_dir, "-q")
+    assert table.returncode == 0 and "vision heads" in table.stdout
