@@ -3,6 +3,7 @@ from configs with processors made from their classes; pictures drawn here."""
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -313,3 +314,53 @@ def test_cli_heads_of_an_image_has_the_vision_census(dinoreg_dir, picture):
         assert 0 <= v["cls_focus"] <= 1 and 0 < v["distance_px"] < np.hypot(W, H)
     table = run_cli("heads", picture, "--model", dinoreg_dir, "-q")
     assert table.returncode == 0 and "vision heads" in table.stdout
+
+
+@pytest.mark.parametrize("family,first", [
+    ("deit", ["cls", "distillation", "patch"]),  # CLS and the distillation token
+    ("clip", ["cls", "patch", "patch"]),  # CLIP's vision tower
+    ("siglip", ["patch", "patch", "patch"]),  # SigLIP has no CLS: the mean of patch rows
+])
+def test_other_vision_families(family, first, picture, tmp_path):
+    import torch
+    import transformers as tf
+
+    kw = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+              image_size=32, patch_size=8)
+    model, proc = {
+        "deit": lambda: (tf.DeiTModel(tf.DeiTConfig(**kw)), tf.DeiTImageProcessor(
+            size={"height": 36, "width": 36}, crop_size={"height": 32, "width": 32})),
+        "clip": lambda: (tf.CLIPVisionModel(tf.CLIPVisionConfig(**kw)), tf.CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})),
+        "siglip": lambda: (tf.SiglipVisionModel(tf.SiglipVisionConfig(**kw)),
+                           tf.SiglipImageProcessor(size={"height": 32, "width": 32})),
+    }[family]()
+    model.save_pretrained(tmp_path / family)
+    proc.save_pretrained(tmp_path / family)
+    run = capture_image(picture, tmp_path / family)
+    assert [t.kind for t in run.tokens[:3]] == first
+    assert len(patch_indices(run.tokens)) == 16
+    from PIL import Image
+
+    eager = type(model).from_pretrained(tmp_path / family, attn_implementation="eager").eval()
+    pixels = proc(images=Image.open(picture).convert("RGB"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = eager(pixel_values=pixels, output_attentions=True).attentions
+    assert np.abs(run.layer(0) - ref[0][0].numpy()).max() <= 1e-6
+    if family == "siglip":
+        grid, outside = plot_image.patch_map(run, 0, 0)  # no CLS: the mean over patch rows
+        assert outside == pytest.approx(0.0, abs=1e-6)
+        assert np.nansum(grid) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_html_of_an_image(vit_dir, picture, tmp_path):
+    out = tmp_path / "vit.html"
+    r = run_cli("html", picture, "--model", vit_dir, "-o", out, "-q")
+    assert r.returncode == 0, r.stderr
+    from .test_html_cli import payload_of
+
+    image = payload_of(out.read_text("utf-8"))["header"]["image"]
+    run = capture_image(picture, vit_dir)
+    assert image["png"] == base64.b64encode(run.extra["image_png"].tobytes()).decode()
+    assert image["grid"] == [4, 4] and image["query"] == 0
+    assert image["patches"][1] == [0, 0, *run.tokens[1].box]
