@@ -183,7 +183,7 @@ def check_image_meta(meta: Any, token_info: list[dict[str, Any]]) -> None:
         r, c = d.get("row"), d.get("col")
         if (r is None) != (c is None):
             raise ValueError(f"token {i} has a row without a col, or a col without a row")
-        if r is not None and not (0 <= r < grid[0] and 0 <= c < grid[1]):
+        if r is not None and c is not None and not (0 <= r < grid[0] and 0 <= c < grid[1]):
             raise ValueError(f"token {i} sits at ({r}, {c}), outside the {grid[0]}×{grid[1]} "
                              "patch grid")
 

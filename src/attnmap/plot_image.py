@@ -89,8 +89,8 @@ def _extent(run: AttentionRun, shape: tuple[int, int]) -> tuple[float, float, fl
     """Where the patch grid lies on the thumbnail (left, right, bottom, top), in its pixels."""
     meta = image_meta(run) or {}
     sx, sy = shape[1] / meta["width"], shape[0] / meta["height"]
-    boxes = [run.tokens[int(i)].box for i in patch_indices(run.tokens)]
-    boxes = [b for b in boxes if b is not None]
+    found = (run.tokens[int(i)].box for i in patch_indices(run.tokens))
+    boxes = [b for b in found if b is not None]
     if not boxes:
         return 0.0, float(shape[1]), float(shape[0]), 0.0
     x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)

@@ -379,7 +379,8 @@ def _capture_vlm(loaded: VisionLoaded, img: Any, prompt: str, source_name: str) 
     layers = _to_numpy(out.attentions, loaded.id)
     n = len(ids)
     if rec is not None:  # the vision tower's layers come first; keep the text model's
-        rec.masks = [m for m in rec.masks if m is not None and m.shape == (n, n)][-len(layers):]
+        kept: list[Any] = [m for m in rec.masks if m is not None and m.shape == (n, n)]
+        rec.masks = kept[-len(layers):]
     masks = _recorded_masks(rec, len(layers), n, True)
     hw = (int(inputs["pixel_values"].shape[-2]), int(inputs["pixel_values"].shape[-1]))
     n_img = len(image_pos)

@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from _vision import gradient_image
 
+from _vision import gradient_image
 from attnmap.run import AttentionStack
 from attnmap.vision import capture_image
 

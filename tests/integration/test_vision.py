@@ -8,10 +8,10 @@ import io
 
 import numpy as np
 import pytest
-from _cli import run_cli
-from _vision import gradient_image
 
 import attnmap
+from _cli import run_cli
+from _vision import gradient_image
 from attnmap import plot_image
 from attnmap.patches import patch_indices
 from attnmap.vision import capture_image, load_vision
