@@ -6,6 +6,7 @@ import { relate } from "./panels.js";
 import { diffHead } from "./views/diff.js";
 import { rowWindow, stepCount } from "./steps.js";
 import { lodCell } from "./views/longmap.js";
+import { visionHooks } from "./vision.js";
 
 /** @typedef {import("./viewer.js").Viewer} Viewer */
 
@@ -47,6 +48,8 @@ export function hooks(v) {
      * @param {number} k
      */
     lodCell(q, k) { return lodCell(v, q, k); },
+    /** Runs of an image: the overlay's query and values, a patch's point on screen. */
+    get vision() { return visionHooks(v); },
     get header() { return v.header; },
     get thumbs() { return v.hits.map((t) => ({ layer: t.layer, head: t.head, badge: t.badge ?? null, pass: t.pass ?? true })); },
     get changeCells() { return v.changeCells; },

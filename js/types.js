@@ -52,6 +52,7 @@
  * @property {LutEntry} [diverging]
  * @property {{ side: string, boundary: number, count: number, positions: number[] }} [generation]
  *   where the generated tokens are (runs from attnmap.generate)
+ * @property {import("./vision.js").ImageInfo} [image]  runs of an image (attnmap.patches)
  */
 
 /**

@@ -19,6 +19,7 @@ import { hooks } from "./hooks.js";
 import { rowWindow } from "./steps.js";
 import { PageSource, ServerSource } from "./long.js";
 import { paintLong } from "./views/longmap.js";
+import { paintVision } from "./vision.js";
 
 /** @typedef {import("./types.js").State} State */
 /** @typedef {import("./types.js").Header} Header */
@@ -440,6 +441,7 @@ export class Viewer {
       if (st.view === "heads") paintHeads(this);
       else paintHeatmap(this, d);
     }
+    paintVision(this); // runs of an image: the picture with the query's row over it
     this.drawn(st.view, t0);
   }
 

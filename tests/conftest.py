@@ -55,6 +55,27 @@ def hostile_gpt2_dir(models_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vit_dir(models_dir) -> Path:
+    import _vision
+
+    return _vision.build_vit(models_dir / "vit")
+
+
+@pytest.fixture(scope="session")
+def dinoreg_dir(models_dir) -> Path:
+    import _vision
+
+    return _vision.build_dinov2_registers(models_dir / "dinoreg")
+
+
+@pytest.fixture(scope="session")
+def llava_dir(models_dir) -> Path:
+    import _vision
+
+    return _vision.build_llava(models_dir / "llava")
+
+
+@pytest.fixture(scope="session")
 def gpt2_run(gpt2_dir):
     import attnmap
 

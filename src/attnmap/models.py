@@ -210,6 +210,12 @@ _NON_TEXT_INPUTS = {
 def check_text_model(ident: str, cls: Any) -> None:
     """Refuse, in one line, a model that reads pixels or audio rather than token ids."""
     main = getattr(cls, "main_input_name", "input_ids")
+    if main == "pixel_values":
+        raise AttnmapError(
+            f"model {ident!r} ({cls.__name__}) is a vision model: it reads images "
+            "(pixel_values), not text; give it an image file (PNG, JPEG or WebP) in place of "
+            "the text"
+        )
     if main in _NON_TEXT_INPUTS:
         raise AttnmapError(
             f"model {ident!r} ({cls.__name__}) reads {_NON_TEXT_INPUTS[main]}, not text; "

@@ -500,7 +500,8 @@ def _check_strings(obj: Any, where: str) -> None:
 _TOKEN_FIELDS = {
     "text": (str, False), "raw": (str, False), "id": (int, False), "special": (bool, True),
     "start": (int, True), "end": (int, True), "message": (int, True), "role": (str, True),
-    "template": (bool, True), "generated": (bool, True),
+    "template": (bool, True), "generated": (bool, True), "row": (int, True),
+    "col": (int, True), "kind": (str, True),
 }
 
 
@@ -517,6 +518,11 @@ def _check_tokens(info: Any, where: str) -> None:
             if not (_is_int(v) if kind is int else isinstance(v, kind)):
                 what = "an integer" if kind is int else f"a {kind.__name__}"
                 raise ValueError(f"{where}[{i}].{name} must be {what} (not {v!r:.40})")
+        box = d.get("box")
+        if box is not None and (not isinstance(box, list) or len(box) != 4
+                                or not all(_is_int(x) for x in box)):
+            raise ValueError(f"{where}[{i}].box must be 4 integers x0, y0, x1, y1 "
+                             f"(not {box!r:.40})")
 
 
 def _check_meta(meta: dict[str, Any]) -> None:
@@ -547,6 +553,11 @@ def _check_meta(meta: dict[str, Any]) -> None:
     preds = (meta.get("extra") or {}).get("predictions")
     if preds is not None:
         check_predictions(preds)
+    image = (meta.get("extra") or {}).get("image")
+    if image is not None:
+        from .patches import check_image_meta
+
+        check_image_meta(image, meta["token_info"])
 
 
 def check_predictions(preds: Any) -> None:
@@ -694,6 +705,10 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
     for key, value in tensors.items():
         if key.startswith("extra."):
             extra[key[len("extra.") :]] = value
+    if "image_png" in extra:
+        from .patches import check_thumbnail
+
+        check_thumbnail(extra["image_png"])
     return AttentionRun(
         text=meta["text"],
         tokens=tokens,

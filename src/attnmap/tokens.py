@@ -33,12 +33,20 @@ class Token:
     role: str | None = None
     template: bool = False
     generated: bool = False  # written by the model (attnmap.generate), not read
+    # image input: a patch's place in the patch grid (row, col) and the pixels of the original
+    # image it covers (x0, y0, x1, y1; end exclusive); kind names what a vision token is:
+    # "patch", "cls", "distillation", "register" (a VLM's image tokens are "patch" too)
+    row: int | None = None
+    col: int | None = None
+    box: tuple[int, int, int, int] | None = None
+    kind: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         # fields added after format 1 are written only when set, so plain runs stay as before
         for name, default in (("message", None), ("role", None), ("template", False),
-                              ("generated", False)):
+                              ("generated", False), ("row", None), ("col", None),
+                              ("box", None), ("kind", None)):
             if d[name] == default:
                 del d[name]
         return d
@@ -58,6 +66,11 @@ class Token:
             role=None if d.get("role") is None else str(d["role"]),
             template=bool(d.get("template", False)),
             generated=bool(d.get("generated", False)),
+            row=None if d.get("row") is None else int(d["row"]),
+            col=None if d.get("col") is None else int(d["col"]),
+            box=None if d.get("box") is None else (
+                int(d["box"][0]), int(d["box"][1]), int(d["box"][2]), int(d["box"][3])),
+            kind=None if d.get("kind") is None else str(d["kind"]),
         )
 
 

@@ -21,14 +21,15 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 PKG = SRC / "attnmap"
 
-CORE = {"attnmap._errors", "attnmap._io", "attnmap._parallel", "attnmap._options", "attnmap.tokens", "attnmap.run",
-        "attnmap.qkweights", "attnmap.tiles", "attnmap.diff", "attnmap.arrays", "attnmap.analysis",
-        "attnmap.analysis.*", "attnmap.viewer.payload", "attnmap.viewer.colours"}
+CORE = {"attnmap._errors", "attnmap._io", "attnmap._parallel", "attnmap._options",
+        "attnmap.tokens", "attnmap.run", "attnmap.qkweights", "attnmap.tiles", "attnmap.diff",
+        "attnmap.arrays", "attnmap.analysis", "attnmap.analysis.*", "attnmap.viewer.payload",
+        "attnmap.viewer.colours", "attnmap.patches"}
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",
            "attnmap._chat", "attnmap._tiles_torch", "attnmap.attribution", "attnmap.probes",
-           "attnmap.generating"}
-OUTPUT = {"attnmap.plot", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
-          "attnmap.viewer.longpage",
+           "attnmap.generating", "attnmap.vision"}
+OUTPUT = {"attnmap.plot", "attnmap.plot_image", "attnmap.viewer", "attnmap.viewer.html",
+          "attnmap.viewer.widget", "attnmap.viewer.longpage",
           "attnmap.app", "attnmap.app.*"}
 CLI = {"attnmap.cli", "attnmap.cli.*", "attnmap.__main__"}
 FACADE = {"attnmap"}  # the package's front door re-exports from every layer, lazily
@@ -48,6 +49,7 @@ EXTERNAL = {
     "fastapi": {"app", "cli"}, "starlette": {"app"}, "pydantic": {"app"}, "uvicorn": {"app", "cli"},
     "anywidget": {"attnmap.viewer.widget"}, "traitlets": {"attnmap.viewer.widget"},
     "rich": {"cli"},
+    "PIL": {"capture", "output"},  # images: read and thumbnailed in capture, drawn in outputs
 }
 
 

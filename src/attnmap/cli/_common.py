@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._errors import AttnmapError
+from ..patches import looks_like_image
 
 
 def say(args: argparse.Namespace, msg: str) -> None:
@@ -66,10 +67,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    "continuation)")
     p.add_argument("--truncate", action="store_true",
                    help="cut text longer than the model's maximum instead of failing")
-    p.add_argument("--chat", action="store_true",
+    p.add_argument("--chat", nargs="?", const=True, default=False, metavar="PROMPT",
                    help='the text (or --file) is a JSON list of chat messages '
                    '[{"role": "user", "content": "..."}], read through the tokenizer\'s chat '
-                   "template")
+                   'template; with an image and a vision-language model, --chat "PROMPT" is '
+                   "the question asked about the image")
     p.add_argument("--no-special-tokens", dest="special_tokens", action="store_false",
                    help="plain text: leave out the tokenizer's BOS/EOS/[CLS]/[SEP]")
     p.add_argument("--device", default="auto", metavar="DEVICE",
@@ -152,6 +154,10 @@ def obtain_run(args: argparse.Namespace) -> Any:
     """The run a command works on: loaded from --run, or captured from the text."""
     from .._errors import AttnmapError
 
+    prompt = _split_chat(args)
+    if not getattr(args, "run", None) and getattr(args, "file", None) is None and (
+            looks_like_image(getattr(args, "text", None))):
+        return _image_run(args, prompt)
     text = read_text(args)
     predictions = bool(getattr(args, "predictions", False))
     if getattr(args, "run", None):
@@ -185,10 +191,52 @@ def obtain_run(args: argparse.Namespace) -> Any:
     return run
 
 
+def _split_chat(args: argparse.Namespace) -> str | None:
+    """``--chat VALUE``: with an image, VALUE is the prompt (returned); otherwise VALUE is the
+    chat messages' JSON, the text itself (``--chat '[…]'``)."""
+    chat = getattr(args, "chat", False)
+    if not isinstance(chat, str):
+        return None
+    text = getattr(args, "text", None)
+    if looks_like_image(text):
+        args.chat = False
+        return chat
+    if text is not None or getattr(args, "file", None) is not None:
+        raise AttnmapError("--chat takes a value only as the messages' JSON (or, with an "
+                           "image, the prompt); give the text once")
+    args.text, args.chat = chat, True
+    return None
+
+
+def _image_run(args: argparse.Namespace, prompt: str | None) -> Any:
+    """Capture an image: a vision model reads it alone, a vision-language model with the
+    ``--chat`` prompt."""
+    for name, flag in (("target", "--target"), ("predictions", "--predictions")):
+        if getattr(args, name, None):
+            raise AttnmapError(f"{flag} is for text models; leave it out for an image")
+    if getattr(args, "store", "auto") == "qk":
+        raise AttnmapError("--store qk is for long texts; an image's weights are stored whole "
+                           "(leave --store out)")
+    from ..vision import capture_image
+
+    t0 = time.perf_counter()
+    run = capture_image(args.text, args.model, prompt=prompt,
+                        device=getattr(args, "device", "auto"),
+                        torch_dtype=getattr(args, "torch_dtype", "auto"),
+                        progress=not getattr(args, "quiet", False))
+    say(args, f"captured {len(run.tokens)} tokens ({run.extra['image']['grid'][0]}×"
+        f"{run.extra['image']['grid'][1]} patches), {run.n_layers} layers × {run.n_heads} "
+        f"heads in {time.perf_counter() - t0:.1f}s")
+    return run
+
+
 def apply_view(run: Any, args: argparse.Namespace) -> Any:
     """--words / --method: hand the run to the analysis transforms when asked."""
     if not getattr(args, "words", False) and getattr(args, "method", "raw") in ("raw", None):
         return run
+    if getattr(args, "words", False) and run.extra.get("image") is not None:
+        raise AttnmapError("--words merges subword tokens into words; this run's tokens are "
+                           "image patches (leave --words out)")
     from ..attribution import transform
 
     return transform(run, words=args.words, method=args.method)

@@ -150,13 +150,41 @@ def _heads(args: argparse.Namespace) -> int:
         # Undefined scores (no row had a target) sort last; ties keep layer/head order.
         entries.sort(key=lambda e: (e["scores"][args.sort] is None,
                                     -(e["scores"][args.sort] or 0.0)))
+    vision = None
+    if run.extra.get("image") is not None:  # a run of an image: the vision census too
+        from ..analysis.vision import vision_scores
+
+        by_head = {(v["layer"], v["head"]): v["scores"]
+                   for v in vision_scores(run, stack=args.stack)}
+        vision = by_head
+        for e in entries:
+            e["vision"] = by_head.get((e["layer"], e["head"]))
     if args.top:
         entries = entries[: args.top]
     if args.json:
         print(json_text(entries))
         return 0
     _heads_table(run, entries, args)
+    if vision is not None:
+        _vision_table(entries)
     return 0
+
+
+def _vision_table(entries: list[dict[str, Any]]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="vision heads", caption="distance: mean attention distance in pixels "
+                  "of the image; CLS focus 1 − H/log n over the patches; sink/register: share "
+                  "of the patch queries' attention", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("layer", "head", "distance px", "CLS focus", "sink", "register"):
+        table.add_column(name, justify="right")
+    for e in entries:
+        v = e.get("vision") or {}
+        table.add_row(str(e["layer"]), str(e["head"]),
+                      *(_fmt(v.get(n)) for n in ("distance_px", "cls_focus", "sink_mass",
+                                                 "register_mass")))
+    _console().print(table)
 
 
 def _fmt(v: float | None) -> str:

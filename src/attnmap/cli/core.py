@@ -67,6 +67,12 @@ def register(sub: Any) -> None:
     p.add_argument("--steps", action="store_true",
                    help="a run from `attnmap generate`: one strip per step (the new token's "
                    "row over every token, its probability, rank and entropy beside it)")
+    p.add_argument("--query", type=int, metavar="N",
+                   help="an image run: the token whose attention is laid over the image "
+                   "(default: CLS; for a vision-language model the last token)")
+    p.add_argument("--matrix", action="store_true",
+                   help="an image run: draw the plain patch × patch heatmap instead of the "
+                   "overlay on the image")
     add_common(p)
     p.set_defaults(func=_render)
 
@@ -106,6 +112,12 @@ def _render(args: argparse.Namespace) -> int:
     run = apply_view(obtain_run(args), args)
     from .. import plot
 
+    if (args.query is not None or args.matrix) and run.extra.get("image") is None:
+        from .._errors import AttnmapError
+
+        raise AttnmapError("--query and --matrix are for runs of an image; a text run draws "
+                           "its heatmap (leave them out)")
+
     layer = plot.default_layer(run) if args.layer is None else args.layer
     run.layer_index(layer, args.stack)  # range errors before any drawing
     look = {"stack": args.stack, "scale": args.scale, "cmap": args.cmap,
@@ -125,6 +137,15 @@ def _render(args: argparse.Namespace) -> int:
                          stack=args.stack, cmap=args.cmap)
     elif args.overview:
         fig = plot.overview(run, **look)
+    elif run.extra.get("image") is not None and not args.matrix:
+        from .. import plot_image
+
+        if args.head == "all":
+            fig = plot_image.overlay_grid(run, layer, query=args.query, stack=args.stack,
+                                          cmap=args.cmap)
+        else:
+            fig = plot_image.overlay(run, layer, args.head, query=args.query,
+                                     stack=args.stack, cmap=args.cmap)
     elif args.head == "all":
         fig = plot.grid(run, layer, **look)
     else:

@@ -367,8 +367,8 @@ def _rows(run: Any, stack: str, layer: int, head: int) -> Any:
     layers = st.layers
     if isinstance(layers, QKLayers):
         masked = layers.masks[layer]
-        seen = ~masked
-        any_row = seen.any(axis=1)
+        seen = np.logical_not(masked)
+        any_row: np.ndarray = np.asarray(seen.any(axis=1))
         first = np.where(any_row, seen.argmax(axis=1), 0)
         end = np.where(any_row, masked.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
         scratch = Scratch()

@@ -52,6 +52,10 @@ Optional header fields (a viewer that does not know them ignores them, so the ve
   the viewer's step playback, generated-only rows and prompt/generation boundary read them.
   Generated runs' predictions (``predictions_kind`` "generate") may carry ``entropy``.
 
+* ``image``: runs of an image only (see :func:`attnmap.patches.image_header`): size, patch
+  grid, a base64 PNG thumbnail and each token's grid cell and pixel box; the viewer lays the
+  query's row over the picture.
+
 A diff page (``attnmap.viewer.diff_html``) carries two ordinary payloads, A and B, each a run
 restricted to the aligned tokens (so both have the same shape and row i of A faces row i of
 B); the viewer computes A − B from the two decoded layers, cell by cell (masked where either
@@ -70,6 +74,7 @@ import numpy as np
 
 from .._errors import AttnmapError
 from .._parallel import map_threads
+from ..patches import image_header
 from .colours import DEFAULT_CMAP, DIVERGING_CMAP, check_cmap, lut_entry
 
 PAYLOAD_VERSION = 1
@@ -223,6 +228,7 @@ def header(
             else [n for n in run.stacks if n in ("self", "encoder")],
         }
     extra.update(_generation(run))
+    extra.update(image_header(run))  # runs of an image: thumbnail, grid, patch boxes
     return {
         "format": "attnmap-payload",
         "version": PAYLOAD_VERSION,

@@ -2425,6 +2425,217 @@ async function paintLayers(v, seq, t0) {
   v.drawn("layers", t0);
 }
 
+// js/vision.js
+var SIDE = 360;
+var ALPHA = 0.6;
+function paneOf(v) {
+  return (
+    /** @type {any} */
+    v.visionPane || null
+  );
+}
+function ensure(v) {
+  const info = (
+    /** @type {ImageInfo | undefined} */
+    v.header?.image
+  );
+  let pane = paneOf(v);
+  if (pane && pane.info === info) return pane;
+  if (pane) {
+    pane.root.remove();
+    v.visionPane = null;
+  }
+  if (!info) return null;
+  const doc = v.dom.root.ownerDocument;
+  const root = doc.createElement("div");
+  root.className = "am-vision";
+  root.style.cssText = "display:flex;gap:12px;align-items:flex-start;margin:4px 0 8px";
+  const canvas = doc.createElement("canvas");
+  canvas.className = "am-vision-image";
+  canvas.style.cursor = "crosshair";
+  const side = doc.createElement("div");
+  side.style.cssText = "display:flex;flex-direction:column;gap:4px;font:12px system-ui,sans-serif";
+  const caption = doc.createElement("div");
+  caption.className = "am-vision-caption";
+  const list = doc.createElement("div");
+  list.className = "am-vision-tokens";
+  list.style.cssText = "display:flex;flex-wrap:wrap;gap:4px;max-width:260px";
+  side.append(caption, list);
+  root.append(canvas, side);
+  const scale = SIDE / Math.max(info.width, info.height);
+  const dpr = typeof window !== "undefined" && window.devicePixelRatio || 1;
+  canvas.style.width = `${Math.round(info.width * scale)}px`;
+  canvas.style.height = `${Math.round(info.height * scale)}px`;
+  canvas.width = Math.round(info.width * scale * dpr);
+  canvas.height = Math.round(info.height * scale * dpr);
+  const cells = [];
+  for (let i = 0; i < info.patches.length; i++) if (info.patches[i]) cells.push(i);
+  const p = { info, root, canvas, list, caption, img: null, scale, hover: null, pinned: null, cells, last: { query: null, values: [], vmax: 0 } };
+  const tokens = v.stackInfo().query_tokens;
+  info.kinds.forEach((kind, i) => {
+    if (kind !== "cls" && kind !== "distillation" && kind !== "register") return;
+    const b = doc.createElement("button");
+    b.type = "button";
+    b.className = "am-vision-token";
+    b.dataset.token = String(i);
+    b.textContent = tokens[i] ?? kind;
+    b.title = `${kind} token: show its attention over the image (click to pin)`;
+    v.listen(b, "mouseenter", () => {
+      p.hover = i;
+      paintVision(v);
+    });
+    v.listen(b, "mouseleave", () => {
+      p.hover = null;
+      paintVision(v);
+    });
+    v.listen(b, "click", () => {
+      p.pinned = p.pinned === i ? null : i;
+      paintVision(v);
+    });
+    list.append(b);
+  });
+  if (!list.childElementCount) {
+    const none = doc.createElement("span");
+    none.textContent = "no CLS or register tokens";
+    list.append(none);
+  }
+  v.listen(canvas, "mousemove", (e) => {
+    const t = patchAt(p, e);
+    if (t !== p.hover) {
+      p.hover = t;
+      paintVision(v);
+    }
+  });
+  v.listen(canvas, "mouseleave", () => {
+    if (p.hover !== null) {
+      p.hover = null;
+      paintVision(v);
+    }
+  });
+  v.listen(canvas, "click", (e) => {
+    const t = patchAt(p, e);
+    p.pinned = t === null || t === p.pinned ? null : t;
+    paintVision(v);
+  });
+  v.listen(doc, "keydown", (e) => {
+    if (e.key === "Escape" && p.pinned !== null) {
+      p.pinned = null;
+      paintVision(v);
+    }
+  }, { capture: true });
+  if (info.png) {
+    const img = new Image();
+    img.onload = () => {
+      p.img = img;
+      paintVision(v);
+    };
+    img.src = `data:image/png;base64,${info.png}`;
+  }
+  const stage = v.dom.canvas.parentElement;
+  (stage && stage.parentElement ? stage.parentElement : v.dom.root).insertBefore(root, stage);
+  v.visionPane = p;
+  return p;
+}
+function patchAt(p, e) {
+  const r = p.canvas.getBoundingClientRect();
+  const x = (e.clientX - r.left) / p.scale, y = (e.clientY - r.top) / p.scale;
+  for (const i of p.cells) {
+    const b = (
+      /** @type {number[]} */
+      p.info.patches[i]
+    );
+    if (x >= b[2] && x < b[4] && y >= b[3] && y < b[5]) return i;
+  }
+  return null;
+}
+function paintVision(v) {
+  const p = ensure(v);
+  if (!p) return;
+  const d = v.current();
+  const ctx = ctx2d(p.canvas);
+  const dpr = p.canvas.width / (p.info.width * p.scale);
+  ctx.setTransform(dpr * p.scale, 0, 0, dpr * p.scale, 0, 0);
+  ctx.clearRect(0, 0, p.info.width, p.info.height);
+  ctx.globalAlpha = 1;
+  if (p.img) ctx.drawImage(p.img, 0, 0, p.info.width, p.info.height);
+  else {
+    ctx.fillStyle = "#c8c8c8";
+    ctx.fillRect(0, 0, p.info.width, p.info.height);
+  }
+  if (!d) return;
+  const query = p.pinned ?? p.hover ?? p.info.query;
+  const values = p.cells.map((j) => query === null ? mean(d, p.cells, j) : value(d, query, j));
+  let vmax = 0;
+  for (const x of values) if (x !== null && x > vmax) vmax = x;
+  const ramp = v.ramps.seq;
+  ctx.globalAlpha = ALPHA;
+  p.cells.forEach((j, n) => {
+    const x = values[n];
+    if (x === null) return;
+    const b = (
+      /** @type {number[]} */
+      p.info.patches[j]
+    );
+    ctx.fillStyle = css(ramp, lutIndex(vmax > 0 ? x / vmax : 0));
+    ctx.fillRect(b[2], b[3], b[4] - b[2], b[5] - b[3]);
+  });
+  ctx.globalAlpha = 1;
+  if (query !== null && p.info.patches[query]) {
+    const b = (
+      /** @type {number[]} */
+      p.info.patches[query]
+    );
+    ctx.strokeStyle = p.pinned === query ? "#d62728" : "#ff7f0e";
+    ctx.lineWidth = 2 / p.scale;
+    ctx.strokeRect(b[2], b[3], b[4] - b[2], b[5] - b[3]);
+  }
+  p.last = { query, values, vmax };
+  const tokens = v.stackInfo().query_tokens;
+  const who = query === null ? "mean of the patch queries" : `${tokens[query] ?? query}${p.pinned === query ? " (pinned)" : ""}`;
+  p.caption.textContent = `${who} → the image · ${v.headName()} · layer ${v.st.layer} · brightest ${vmax.toFixed(3)}`;
+  for (
+    const b of
+    /** @type {HTMLButtonElement[]} */
+    Array.from(p.list.querySelectorAll("button"))
+  ) {
+    b.style.fontWeight = Number(b.dataset.token) === query ? "bold" : "normal";
+  }
+  p.root.dataset.query = query === null ? "" : String(query);
+}
+function mean(d, rows, j) {
+  let s = 0, n = 0;
+  for (const i of rows) {
+    const x = value(d, i, j);
+    if (x !== null) {
+      s += x;
+      n++;
+    }
+  }
+  return n ? s / n : null;
+}
+function visionHooks(v) {
+  const p = paneOf(v);
+  if (!p) return null;
+  return {
+    query: p.last.query,
+    values: p.last.values,
+    vmax: p.last.vmax,
+    pinned: p.pinned,
+    /** @param {number} token */
+    point(token) {
+      const b = p.info.patches[token];
+      if (!b) throw new Error(`attnmap: token ${token} is not a patch`);
+      const r = p.canvas.getBoundingClientRect();
+      return { x: r.left + (b[2] + b[4]) / 2 * p.scale, y: r.top + (b[3] + b[5]) / 2 * p.scale };
+    },
+    /** @param {number} x  @param {number} y  canvas RGBA at CSS point (x, y) of the picture */
+    pixel(x, y) {
+      const dpr = p.canvas.width / (p.info.width * p.scale);
+      return Array.from(ctx2d(p.canvas).getImageData(Math.floor(x * dpr), Math.floor(y * dpr), 1, 1).data);
+    }
+  };
+}
+
 // js/hooks.js
 function hooks(v) {
   const at = (x, y) => {
@@ -2458,6 +2669,10 @@ function hooks(v) {
      */
     lodCell(q, k) {
       return lodCell(v, q, k);
+    },
+    /** Runs of an image: the overlay's query and values, a patch's point on screen. */
+    get vision() {
+      return visionHooks(v);
     },
     get header() {
       return v.header;
@@ -2993,6 +3208,7 @@ var Viewer = class {
       if (st.view === "heads") paintHeads(this);
       else paintHeatmap(this, d);
     }
+    paintVision(this);
     this.drawn(st.view, t0);
   }
   /**
