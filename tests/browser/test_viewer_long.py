@@ -43,7 +43,7 @@ def long_file(long_run, tmp_path_factory):
 
 def row(run, layer: int, head: int, q: int) -> np.ndarray:
     """The exact weights of query q [key], from the run's queries and keys."""
-    return longpage._rows(run, "self", layer, head)(q, q + 1)[0]
+    return run.stack("self").rows(layer, q, q + 1)[head, 0]
 
 
 def opened(page, path):
