@@ -141,3 +141,34 @@ def test_choose_by_size():
     assert LP.choose(_softmax_run(64)) == "dense"
     assert LP.block_size(8192) == 16 and LP.block_size(512) == 1 and LP.block_size(513) == 2
     assert LP.growth({1024: 2.0, 2048: 4.0, 4096: 8.0}) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("block", [1, 8])
+def test_a_qk_run_reduces_as_its_weights_do(block):
+    """Read from queries and keys a block of rows at a time over only the keys the rows may
+    see (a window leaves early keys behind), a head reduces as its whole matrix does."""
+    from attnmap.qkweights import QKLayers
+
+    rng = np.random.default_rng(3)
+    n, heads = 300, 2
+    q, k = np.indices((n, n))
+    masks = [k > q, (k > q) | (q - k >= 37)]  # causal, then a 37-key window
+    qs = [rng.normal(size=(heads, n, 8)).astype(np.float32) for _ in masks]
+    ks = [rng.normal(size=(1, n, 8)).astype(np.float32) for _ in masks]
+    lazy = QKLayers(qs, ks, [0.9, 0.9], masks)
+    toks = [Token(text=f"t{i}", raw=f"t{i}", id=i) for i in range(n)]
+
+    def run(layers):
+        return AttentionRun(tokens=toks, text=" ".join(t.text for t in toks), model={"id": "r"},
+                            stacks={"self": AttentionStack("self", layers, masks[0], masks)})
+
+    qk_run, dense_run = run(lazy), run([lazy.compute(0), lazy.compute(1)])
+    for li in range(2):
+        for h in range(heads):
+            got = LP.reduce_head(LP._rows(qk_run, "self", li, h), masks[li], block, 6)
+            want = LP.reduce_head(LP._rows(dense_run, "self", li, h), masks[li], block, 6)
+            for name in ("max", "sum", "rest_max", "rest_sum", "rowmax", "bound", "values"):
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7,
+                                           err_msg=name)
+            for name in ("count", "keys"):
+                np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -117,7 +117,8 @@ CAND = 16  # top-k candidates are found through the maxima of CAND-wide key bloc
 
 
 def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, np.ndarray]:
-    """Reduce one head, given as row chunks ``rows(r0, r1) -> float32 [r1 - r0, key]``: the
+    """Reduce one head, given as row chunks ``rows(r0, r1) -> (k0, float32 [r1 - r0, key])``
+    (the keys from `k0` on; those outside are masked for the chunk's rows): the
     pyramid (block max and sum, masked cells left out, NaN where all are masked; the first
     block column without key 0 as ``rest_*``) and each row's `k` largest visible weights
     (``count``, ``keys`` ascending per row, ``values``, ``rowmax``, ``bound``: the largest
@@ -142,30 +143,36 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
     for r0 in range(0, nq, step):
         r1 = min(nq, r0 + step)
         n = r1 - r0
-        m = masked[r0:r1]  # [row, key]
-        c = buf[: -(-n // block) * block]
-        c.fill(-1)
         k0, w = rows(r0, r1)  # [row, key from k0]: keys outside are masked for these rows
-        np.copyto(c[:n, k0:k0 + w.shape[1]], w)
-        c[:n, :nk][m] = -1  # masked (and padding): -1, below any weight
+        kend = k0 + w.shape[1]  # no row of the block sees a key from here on
+        lk = -(-kend // block)  # block columns that hold a visible cell
+        lw = max(lk * block, -(-kend // CAND) * CAND)  # the live width, padded
+        nb = -(-n // block)
+        c = buf[: nb * block, :lw]
+        c.fill(-1)
+        np.copyto(c[:n, k0:kend], w)
+        live = min(lw, nk)
+        c[:n, :live][masked[r0:r1, :live]] = -1  # masked (and padding): -1, below any weight
         np.fmax(c, np.float32(-1), out=c)  # a NaN weight (none from softmax) as masked
-        nb = c.shape[0] // block
-        b4 = c[:, : pk * block].reshape(nb, block, pk, block)  # [bq, q, bk, k]
+        b4 = c[:, : lk * block].reshape(nb, block, lk, block)  # [bq, q, bk, k]
         # two steps, the contiguous axis first: ~3× faster than one reduction over (1, 3)
         bmax = b4.max(axis=3).max(axis=1)
         bsum = np.maximum(b4, 0).sum(axis=3).sum(axis=1)
         b0, b1 = r0 // block, r0 // block + nb
-        out["max"][b0:b1] = np.where(bmax < 0, np.nan, bmax)
-        out["sum"][b0:b1] = np.where(bmax < 0, np.nan, bsum)
-        if block > 1:
+        out["max"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bmax)  # later blocks stay NaN
+        out["sum"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bsum)
+        if block > 1 and lk:
             first = b4[:, :, 0, 1:]
             fmax = first.max(axis=(1, 2))
             out["rest_max"][b0:b1] = np.where(fmax < 0, np.nan, fmax)
             out["rest_sum"][b0:b1] = np.where(fmax < 0, np.nan,
                                               np.maximum(first, 0).sum(axis=(1, 2)))
         # top k per row, among the cells of its top k + 1 candidate blocks
-        rows_c = c[:n, :cw]
-        cm = rows_c.reshape(n, cw // CAND, CAND).max(axis=2)  # [row, cand block]
+        lc = -(-kend // CAND) * CAND  # candidate blocks that may hold a visible cell
+        if lc == 0:  # no row of the block sees any key: nothing kept, rowmax and bound 0
+            continue
+        rows_c = c[:n, :lc]
+        cm = rows_c.reshape(n, lc // CAND, CAND).max(axis=2)  # [row, cand block]
         rowmax[r0:r1] = np.maximum(cm.max(axis=1), 0)
         nc = cm.shape[1]
         kb = min(k + 1, nc)
