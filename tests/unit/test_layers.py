@@ -25,9 +25,10 @@ CORE = {"attnmap._errors", "attnmap._io", "attnmap._options", "attnmap.tokens", 
         "attnmap.qkweights", "attnmap.diff", "attnmap.arrays", "attnmap.analysis",
         "attnmap.analysis.*", "attnmap.viewer.payload", "attnmap.viewer.colours"}
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",
-           "attnmap._chat", "attnmap.attribution", "attnmap.probes", "attnmap.generating"}
+           "attnmap._chat", "attnmap.attribution", "attnmap.probes", "attnmap.generating",
+           "attnmap.corpus", "attnmap._corpus_io"}
 OUTPUT = {"attnmap.plot", "attnmap.viewer", "attnmap.viewer.html", "attnmap.viewer.widget",
-          "attnmap.app", "attnmap.app.*"}
+          "attnmap.app", "attnmap.app.*", "attnmap.viewer.census"}
 CLI = {"attnmap.cli", "attnmap.cli.*", "attnmap.__main__"}
 FACADE = {"attnmap"}  # the package's front door re-exports from every layer, lazily
 LAYERS = {"core": CORE, "capture": CAPTURE, "output": OUTPUT, "cli": CLI, "facade": FACADE}
@@ -46,6 +47,7 @@ EXTERNAL = {
     "fastapi": {"app", "cli"}, "starlette": {"app"}, "pydantic": {"app"}, "uvicorn": {"app", "cli"},
     "anywidget": {"attnmap.viewer.widget"}, "traitlets": {"attnmap.viewer.widget"},
     "rich": {"cli"},
+    "ray": {"attnmap.corpus"},
 }
 
 
