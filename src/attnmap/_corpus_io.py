@@ -363,39 +363,46 @@ class Shards:
         self.files.append(path)
         return path
 
-    def finish(self, outdir: Path, keep: set[int], info: dict[str, Any]) -> dict[str, Any]:
-        """Write heads.parquet, docs.parquet and summary.json from the shards (documents in
-        `keep` only, each once); return the summary."""
+    def _tables(self, keep: set[int]) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
+        """Each shard's rows of documents in `keep` not seen in an earlier shard, sorted."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         seen: set[int] = set()
+        for p in sorted(self.files):
+            pf = pq.ParquetFile(p)
+            fresh = [d for d in self._docs(pf) if d["doc"] in keep and d["doc"] not in seen]
+            if not fresh:
+                continue
+            ids = {d["doc"] for d in fresh}
+            seen |= ids
+            t = pf.read().replace_schema_metadata(None)
+            t = t.filter(pc.is_in(t["doc"], pa.array(sorted(ids), type=pa.int64())))
+            yield t.sort_by([("doc", "ascending"), ("stack", "ascending"),
+                             ("layer", "ascending"), ("head", "ascending")]), fresh
+
+    def finish(self, outdir: Path, keep: set[int], info: dict[str, Any]) -> dict[str, Any]:
+        """Write heads.parquet, docs.parquet and summary.json from the shards (documents in
+        `keep` only, each once); return the summary."""
+        import pyarrow.parquet as pq
+
         docs: list[dict[str, Any]] = []
         sums = CorpusSums()
         with atomic_path(outdir / "heads.parquet") as tmp:
             writer = None
             try:
-                for p in sorted(self.files):
-                    pf = pq.ParquetFile(p)
-                    fresh = [d for d in self._docs(pf) if d["doc"] in keep and d["doc"] not in seen]
-                    if not fresh:
-                        continue
-                    ids = {d["doc"] for d in fresh}
-                    seen |= ids
+                for t, fresh in self._tables(keep):
                     docs += fresh
-                    t = pf.read().replace_schema_metadata(None)
-                    t = t.filter(pc.is_in(t["doc"], pa.array(sorted(ids), type=pa.int64())))
-                    t = t.sort_by([("doc", "ascending"), ("stack", "ascending"),
-                                   ("layer", "ascending"), ("head", "ascending")])
-                    cols = {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
-                    sums.add(cols)
+                    sums.add({c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names})
                     if writer is None:
                         writer = pq.ParquetWriter(tmp, t.schema)
                     writer.write_table(t)
             finally:
                 if writer is not None:
                     writer.close()
+        for t, _ in self._tables(keep):
+            sums.add_spread({c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names})
         docs.sort(key=lambda d: d["doc"])
         with atomic_path(outdir / "docs.parquet") as tmp:
             pq.write_table(_docs_table(docs), tmp)

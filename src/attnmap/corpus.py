@@ -77,9 +77,10 @@ def _check_cap(n: int, cap: int, max_tokens: int | None, info: dict[str, Any]) -
                            f"--max-tokens {cap} to truncate")
 
 
-def doc_parts(loaded: Any, value: Any, *, max_tokens: int | None = None
-              ) -> tuple[ScoreParts, int, int]:
-    """One document's census parts, its tokens (kept) and its tokens before truncation."""
+def doc_run(loaded: Any, value: Any, *, max_tokens: int | None = None, store: str = "auto"
+            ) -> Any:
+    """One document's run, as the census reads it (``run.extra["tokens_in"]``: its tokens
+    before truncation). `store` auto keeps queries and keys above ``QK_ABOVE`` bytes."""
     import torch
 
     from .capturing import _capture_qk, _facts, forward_weights
@@ -89,13 +90,21 @@ def doc_parts(loaded: Any, value: Any, *, max_tokens: int | None = None
     text, ids, tokens, n_in, extra = _encode(loaded, value, max_tokens)
     n = len(ids)
     input_ids = torch.tensor([ids], device=_device(loaded.model))
-    if 4 * n * n * int(info.get("layers") or 1) * int(info.get("heads") or 1) > QK_ABOVE:
+    big = 4 * n * n * int(info.get("layers") or 1) * int(info.get("heads") or 1) > QK_ABOVE
+    if store == "qk" or (store == "auto" and big):
         stack, _ = _capture_qk(loaded, input_ids, False)
     else:
         _, stack = forward_weights(loaded, input_ids)
-    run = AttentionRun(text=text, tokens=tokens, stacks={"self": stack},
-                       model=_facts(info, stack), extra=extra)
-    return head_score_parts(run), n, n_in
+    extra["tokens_in"] = n_in
+    return AttentionRun(text=text, tokens=tokens, stacks={"self": stack},
+                        model=_facts(info, stack), extra=extra)
+
+
+def doc_parts(loaded: Any, value: Any, *, max_tokens: int | None = None
+              ) -> tuple[ScoreParts, int, int]:
+    """One document's census parts, its tokens (kept) and its tokens before truncation."""
+    run = doc_run(loaded, value, max_tokens=max_tokens)
+    return head_score_parts(run), len(run.tokens), int(run.extra["tokens_in"])
 
 
 def _device(model: Any) -> Any:

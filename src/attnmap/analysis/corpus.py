@@ -9,8 +9,8 @@ The interval (``ci95``) is the delta-method interval of a ratio estimator with d
 clusters: with ``y_d`` a document's numerator, ``x_d`` its rows and ``R = Σy / Σx``,
 ``Var(R) ≈ n/(n−1) · Σ (y_d − R·x_d)² / (Σx)²`` over the ``n`` documents that have rows for
 the score, and ``ci95 = R ± 1.96·√Var``. It is null when fewer than two documents have rows.
-The sums it needs (Σy, Σx, Σy², Σxy, Σx², n) add up shard by shard, so a summary of millions
-of documents never holds them all.
+Its sums add up shard by shard (two passes: Σy and Σx, then Σ(y − R·x)²), so a summary of
+millions of documents never holds them all.
 """
 
 from __future__ import annotations
@@ -62,13 +62,15 @@ def concat(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 class CorpusSums:
-    """Per head (stack, layer, head) and score: Σy, Σx, Σy², Σxy, Σx², documents with rows.
+    """Per head (stack, layer, head) and score: Σy, Σx, documents with rows, Σ(y − R·x)².
 
-    ``add(table)`` takes rows of ``heads.parquet`` (any documents, any order; each document
-    once); :meth:`summary_heads` gives the corpus means and intervals.
+    Two passes over the rows of ``heads.parquet`` (any documents, any order; each document
+    once): :meth:`add` every table, then :meth:`add_spread` every table again (the spread
+    about the corpus mean ``R``, summed directly: no cancellation); :meth:`summary_heads`
+    gives the corpus means and intervals.
     """
 
-    _FIELDS = ("y", "x", "yy", "xy", "xx", "n")
+    _FIELDS = ("y", "x", "n", "ss")
 
     def __init__(self) -> None:
         self.heads: dict[tuple[str, int, int], int] = {}
@@ -92,6 +94,7 @@ class CorpusSums:
         return idx
 
     def add(self, table: dict[str, np.ndarray]) -> None:
+        """First pass: numerators, rows and documents with rows."""
         if not len(table["doc"]):
             return
         idx = self._index(table)
@@ -100,9 +103,23 @@ class CorpusSums:
             y = np.asarray(table[f"{name}_sum"], dtype=np.float64)
             x = np.asarray(table[f"{name}_rows"], dtype=np.float64)
             per = self.acc[name]
-            for f, w in (("y", y), ("x", x), ("yy", y * y), ("xy", x * y), ("xx", x * x),
-                         ("n", (x > 0).astype(np.float64))):
-                per[f] += np.bincount(idx, weights=w, minlength=size)
+            per["y"] += np.bincount(idx, weights=y, minlength=size)
+            per["x"] += np.bincount(idx, weights=x, minlength=size)
+            per["n"] += np.bincount(idx, weights=(x > 0).astype(np.float64), minlength=size)
+
+    def add_spread(self, table: dict[str, np.ndarray]) -> None:
+        """Second pass: Σ (y − R·x)² with R the corpus mean from the first pass."""
+        if not len(table["doc"]):
+            return
+        idx = self._index(table)
+        size = len(self.heads)
+        for name in SCORE_NAMES:
+            y = np.asarray(table[f"{name}_sum"], dtype=np.float64)
+            x = np.asarray(table[f"{name}_rows"], dtype=np.float64)
+            per = self.acc[name]
+            r = _mean(per)[idx]
+            d = np.where(x > 0, y - np.nan_to_num(r) * x, 0.0)
+            per["ss"] += np.bincount(idx, weights=d * d, minlength=size)
 
     def summary_heads(self) -> list[dict[str, Any]]:
         """``[{"stack", "layer", "head", "scores": {name: {"mean", "ci95"} | None}}]``,
@@ -123,16 +140,19 @@ class CorpusSums:
         return out
 
 
+def _mean(per: dict[str, np.ndarray]) -> np.ndarray:
+    y, x = per["y"], per["x"]
+    return np.divide(y, x, out=np.full(x.shape, np.nan), where=x > 0)
+
+
 def _ratio_interval(per: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, low, high) per head; NaN mean without rows, NaN bounds under two documents."""
-    y, x, n = per["y"], per["x"], per["n"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(x > 0, y / np.where(x > 0, x, 1.0), np.nan)
-        resid = per["yy"] - 2 * r * per["xy"] + r * r * per["xx"]  # Σ (y − R x)²
-        resid = np.maximum(resid, 0.0)  # rounding can take an exact 0 just below
-        var = np.where(n > 1, n / np.maximum(n - 1, 1) * resid / np.where(x > 0, x * x, 1.0),
-                       np.nan)
-        half = Z95 * np.sqrt(var)
+    x, n = per["x"], per["n"]
+    r = _mean(per)
+    var = np.full(x.shape, np.nan)
+    ok = (n > 1) & (x > 0)
+    var[ok] = n[ok] / (n[ok] - 1) * per["ss"][ok] / (x[ok] * x[ok])
+    half = Z95 * np.sqrt(var)
     return r, r - half, r + half
 
 
@@ -141,9 +161,10 @@ def ratio_ci95(sums: np.ndarray, rows: np.ndarray) -> tuple[float, float, float]
     numerators and row counts (the same numbers :class:`CorpusSums` gives)."""
     y = np.asarray(sums, dtype=np.float64)
     x = np.asarray(rows, dtype=np.float64)
-    per = {"y": np.array([y.sum()]), "x": np.array([x.sum()]), "yy": np.array([(y * y).sum()]),
-           "xy": np.array([(x * y).sum()]), "xx": np.array([(x * x).sum()]),
-           "n": np.array([float((x > 0).sum())])}
+    r = y.sum() / x.sum() if x.sum() > 0 else np.nan
+    d = np.where(x > 0, y - np.nan_to_num(r) * x, 0.0)
+    per = {"y": np.array([y.sum()]), "x": np.array([x.sum()]),
+           "n": np.array([float((x > 0).sum())]), "ss": np.array([(d * d).sum()])}
     r, lo, hi = _ratio_interval(per)
     return float(r[0]), float(lo[0]), float(hi[0])
 

@@ -149,3 +149,71 @@ class _Bar:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def write_report(args: argparse.Namespace) -> int:
+    """``attnmap html --census OUTDIR -o report.html``."""
+    import warnings
+
+    from .._errors import AttnmapError, AttnmapWarning
+    from .._io import check_writable
+
+    if args.text is not None or args.file is not None or args.run:
+        raise AttnmapError("--census makes the report of a census; give no TEXT, --file or --run")
+    if args.embed < 0:
+        raise AttnmapError(f"--embed must be 0 or more (not {args.embed})")
+    out = check_writable(args.output)
+    from ..viewer.census import census_page, pick_documents, report_data
+
+    data = report_data(args.census)
+    pages: dict[int, str] = {}
+    wanted = pick_documents(data, args.embed) if args.embed else []
+    if wanted:
+        try:
+            pages = _attention_pages(args.census, wanted, args)
+        except AttnmapError as exc:
+            warnings.warn(f"the report has no attention pages: {exc}", AttnmapWarning,
+                          stacklevel=1)
+    html = census_page(data, pages)
+    from .._io import atomic_path
+
+    with atomic_path(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    say(args, f"wrote {out} ({data['docs']} documents; {len(pages)} attention pages)")
+    print(out)
+    return 0
+
+
+def _attention_pages(outdir: str, docs: list[int], args: argparse.Namespace) -> dict[int, str]:
+    """The standalone attention page of each of `docs`, captured again with the census's
+    model from its corpus (both named in OUTDIR/fingerprint.json)."""
+    import json
+    from pathlib import Path
+
+    from .._corpus_io import read_corpus
+    from .._errors import AttnmapError
+    from ..capturing import get_model
+    from ..corpus import doc_run
+    from ..viewer.html import page
+
+    try:
+        fp = json.loads((Path(outdir) / "fingerprint.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        raise AttnmapError(f"{outdir!r} has no readable fingerprint.json") from None
+    opts = fp["options"]
+    paths = [Path(c["path"]) for c in fp["corpus"]]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise AttnmapError(f"the corpus {missing[0]!r} is gone")
+    records, _ = read_corpus(paths, field=opts["field"], split=opts["split"],
+                             chat=opts["chat"], skip_bad=True)
+    by_doc = {r.doc: r for r in records}
+    model_arg = fp.get("model_arg")
+    loaded = get_model(model_arg if args.model is None else args.model,
+                       torch_dtype=opts.get("torch_dtype", "auto"))
+    out = {}
+    for d in docs:
+        if d in by_doc:
+            out[d] = page(doc_run(loaded, by_doc[d].value, max_tokens=opts["max_tokens"],
+                                  store="weights"))
+    return out
