@@ -322,7 +322,8 @@ def census(
     records, skipped = read_corpus(paths, field=field, split=split, chat=chat,
                                    max_docs=max_docs, skip_bad=skip_bad)
     opts = {"max_tokens": max_tokens, "chat": chat}
-    fp = {"format": 1, "model": model_fingerprint(model), "corpus": corpus_fingerprint(paths),
+    fp: dict[str, Any] = {
+          "format": 1, "model": model_fingerprint(model), "corpus": corpus_fingerprint(paths),
           "options": {"field": field, "split": split, "chat": chat, "max_tokens": max_tokens,
                       "torch_dtype": torch_dtype or "auto"},
           "model_arg": None if model is None else str(model)}

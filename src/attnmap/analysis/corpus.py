@@ -142,7 +142,9 @@ class CorpusSums:
 
 def _mean(per: dict[str, np.ndarray]) -> np.ndarray:
     y, x = per["y"], per["x"]
-    return np.divide(y, x, out=np.full(x.shape, np.nan), where=x > 0)
+    out = np.full(x.shape, np.nan)
+    np.divide(y, x, out=out, where=x > 0)
+    return out
 
 
 def _ratio_interval(per: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
