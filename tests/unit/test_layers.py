@@ -27,9 +27,9 @@ CORE = {"attnmap._errors", "attnmap._io", "attnmap._parallel", "attnmap._options
         "attnmap.viewer.colours", "attnmap.patches"}
 CAPTURE = {"attnmap.models", "attnmap.capturing", "attnmap.predict", "attnmap._qk",
            "attnmap._chat", "attnmap._tiles_torch", "attnmap.attribution", "attnmap.probes",
-           "attnmap.generating", "attnmap.vision"}
+           "attnmap.generating", "attnmap.vision", "attnmap.corpus", "attnmap._corpus_io"}
 OUTPUT = {"attnmap.plot", "attnmap.plot_image", "attnmap.viewer", "attnmap.viewer.html",
-          "attnmap.viewer.widget", "attnmap.viewer.longpage",
+          "attnmap.viewer.widget", "attnmap.viewer.longpage", "attnmap.viewer.census",
           "attnmap.app", "attnmap.app.*"}
 CLI = {"attnmap.cli", "attnmap.cli.*", "attnmap.__main__"}
 FACADE = {"attnmap"}  # the package's front door re-exports from every layer, lazily
@@ -50,6 +50,7 @@ EXTERNAL = {
     "anywidget": {"attnmap.viewer.widget"}, "traitlets": {"attnmap.viewer.widget"},
     "rich": {"cli"},
     "PIL": {"capture", "output"},  # images: read and thumbnailed in capture, drawn in outputs
+    "ray": {"attnmap.corpus"},
 }
 
 

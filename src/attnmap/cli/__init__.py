@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "attnmap.cli.analysis",  # heads, relate
     "attnmap.cli.serve",  # serve
     "attnmap.cli.generate",  # generate
+    "attnmap.cli.census",  # census
 ]
 
 

@@ -55,6 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also record the model's predictions and show them beside the rows "
                    "(top-1 and its probability; click a row for the top-k)")
     add_top_k_option(p, " with --predictions")
+    p.add_argument("--census", metavar="OUTDIR",
+                   help="instead of a text: the report of a corpus census (attnmap census -o)")
+    p.add_argument("--embed", type=int, default=3, metavar="N",
+                   help="--census: embed the attention pages of N top documents (default 3; "
+                   "needs the census's model and corpus)")
     add_common(p)
     p.set_defaults(func=handle)
 
@@ -63,6 +68,10 @@ def handle(args: argparse.Namespace) -> int:
     from .._io import check_writable
     from ._common import obtain_run
 
+    if args.census:
+        from .census import write_report
+
+        return write_report(args)
     t0 = time.perf_counter()
     from ..viewer.colours import check_cmap
 
