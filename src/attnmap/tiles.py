@@ -21,6 +21,8 @@ matrix product and one max pass. A GPU backend may be registered by the capture 
 
 from __future__ import annotations
 
+import os
+
 import threading
 import weakref
 from collections import OrderedDict
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import AttnmapError
+from ._parallel import map_threads
 from .qkweights import QKLayers
 
 REDUCES = ("max", "sum")
@@ -397,17 +400,19 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
     kb = min(nk, k0 + cols * b)
     step = max(b, (CHUNK_CELLS // max(nk, 1)) // b * b)  # query rows per chunk, whole blocks
     out = np.full((rows, cols), np.nan, dtype=np.float32)
-    buf = np.empty(step * (nk + 2 * b), dtype=np.float32)
     chunks: list[tuple[int, int, bool]] = []
     if missing:  # rows outside the tile still need their normalisers
         chunks += [(r, min(r + step, qa), False) for r in range(0, qa, step)]
     chunks += [(r, min(r + step, qb), True) for r in range(qa, qb, step)]
     if missing:
         chunks += [(r, min(r + step, nq), False) for r in range(qb, nq, step)]
-    for r0, r1, in_tile in chunks:
+    for h in heads:
+        layer.keys(h)  # each key head made contiguous once, before the threads share them
+
+    def one_chunk(r0: int, r1: int, in_tile: bool, buf: np.ndarray) -> None:
         e0, e1 = int(lo[r0:r1].min()), int(hi[r0:r1].max())  # keys these rows can see
         if e1 <= e0:
-            continue  # every key hidden from these rows: normalisers stay (0, 1), cells NaN
+            return  # every key hidden from these rows: normalisers stay (0, 1), cells NaN
         nr = r1 - r0
         gr = -(-nr // b)
         # the tile's keys within what the rows see, widened to whole blocks
@@ -415,7 +420,7 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
         t1 = min(kb, k0 + -(-(e1 - k0) // b) * b)
         use_tile = in_tile and t1 > t0
         if not use_tile and not missing:
-            continue
+            return
         nb = -(-(t1 - t0) // b) if use_tile else 0  # column blocks these rows reach
         c0, c1 = (min(e0, t0), max(e1, t1)) if use_tile and missing else (
             (t0, t1) if use_tile else (e0, e1))
@@ -484,7 +489,7 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
             else:
                 acc += tv
         if acc is None:
-            continue
+            return
         if agg == "max":
             acc = np.exp(_fold(acc, gr, b, nb, "max")) if reduce == "max" else _fold(
                 np.exp(acc), gr, b, nb, "sum")
@@ -493,6 +498,17 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
         ok = _allowed(layer, r0, r1, t0, nb, b, skip0)
         r_out, c_out = (r0 - q0) // b, (t0 - k0) // b
         out[r_out : r_out + gr, c_out : c_out + nb] = np.where(ok, acc, np.nan)
+
+    # Chunks of rows on one thread per core, interleaved (causal rows grow wider down the
+    # matrix); each writes its own rows of the tile and of the normalisers.
+    workers = max(1, min(len(chunks), os.cpu_count() or 1))
+
+    def part(i: int) -> None:
+        buf = np.empty(step * (nk + 2 * b), dtype=np.float32)
+        for r0, r1, in_tile in chunks[i::workers]:
+            one_chunk(r0, r1, in_tile, buf)
+
+    map_threads(part, range(workers))
     if missing and cache is not None:
         for h in missing:
             top, total = norms[h]
