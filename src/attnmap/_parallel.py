@@ -20,13 +20,14 @@ def map_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """
     todo = list(items)
     workers = min(len(todo), os.cpu_count() or 1)
-    if workers <= 1:
-        return [fn(x) for x in todo]
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         limits: Any = contextlib.nullcontext()
     else:
         limits = threadpool_limits(1, "blas")
-    with limits, ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, todo))
+    with limits:
+        if workers <= 1:
+            return [fn(x) for x in todo]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, todo))

@@ -8,6 +8,7 @@ are in ``docs/reading.md``.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -202,11 +203,16 @@ def head_score_parts(
     done = [0]
     lock = threading.Lock()
 
-    def one_layer(li: int) -> _Accumulator:
+    # Jobs of (layer, every W-th block of rows) on one thread per core: interleaved, as a
+    # causal block's keys grow down the matrix; the jobs of a layer add up.
+    ways = max(1, os.cpu_count() or 1)
+
+    def job(which: tuple[int, int]) -> _Accumulator:
+        li, part = which
         su = setups[id(st.mask(li))]
         acc = _Accumulator(n_heads)
-        scratch = Scratch()  # this layer's block memory, reused block after block
-        for r0, r1, k0, k1 in su.blocks:
+        scratch = Scratch()  # this job's block memory, reused block after block
+        for r0, r1, k0, k1 in su.blocks[part::ways]:
             if k1 > k0:
                 a, ent = st.rows(li, r0, r1, k0, k1, entropy=True, scratch=scratch)
                 _score_block(acc, a, ent, su, rule, r0, k0, special_cols)
@@ -216,11 +222,11 @@ def head_score_parts(
                     progress(done[0], total)
         return acc
 
-    # Layers are independent: one thread per core (a run of weights in memory is read, not
-    # computed, so it gains little but loses nothing)
-    for li, acc in enumerate(map_threads(one_layer, range(n_layers))):
+    jobs = [(li, part) for li in range(n_layers) for part in range(ways)]
+    for (li, _), acc in zip(jobs, map_threads(job, jobs)):
         for k in SCORE_NAMES:
-            sums[k][li], counts[k][li] = acc.sums[k], acc.counts[k]
+            sums[k][li] += acc.sums[k]
+            counts[k][li] += acc.counts[k]
     return ScoreParts(name, sums, counts)
 
 
