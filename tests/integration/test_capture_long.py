@@ -151,8 +151,10 @@ def libc(monkeypatch):
 
 
 def test_qk_capture_releases_memory_but_sets_no_threshold(tok, libc):
-    attnmap.capture(TEXT, model=_model("llama", tok), tokenizer=tok, store="qk")
-    assert libc.calls == [("trim", 0)]
+    model = _model("llama", tok)
+    attnmap.capture(TEXT, model=model, tokenizer=tok, store="qk")
+    # after each layer and once at the end
+    assert libc.calls == [("trim", 0)] * (model.config.num_hidden_layers + 1)
 
 
 def test_fixed_threshold_is_set_once_and_set_back_by_the_last_user(libc, monkeypatch):
