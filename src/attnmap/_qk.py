@@ -57,11 +57,12 @@ class _Recording:
 
         if attention_mask is None:
             # what SDPA does with no mask: causal when the module says so
-            causal = nq > 1 and bool(getattr(module, "is_causal", False))
+            causal = _causal_without_mask(module, nq, nk)
             key = (0, int(causal), (nq, nk))
-            if key not in self._seen:
-                self._seen[key] = (np.triu(np.ones((nq, nk), bool), 1 + nk - nq) if causal
-                                   else np.zeros((nq, nk), bool))
+            if key not in self._seen:  # query i sees keys up to i + nk - nq
+                self._seen[key] = (
+                    np.arange(nk)[None, :] > np.arange(nq)[:, None] + (nk - nq) if causal
+                    else np.zeros((nq, nk), bool))
             return self._seen[key]
         m = attention_mask
         key = (id(m), m.data_ptr() if hasattr(m, "data_ptr") else 0, (nq, nk))
@@ -78,37 +79,114 @@ class _Recording:
         return out
 
 
+# A block of queries is scored against the keys in one go: its scores ``[block, key]`` (float32)
+# stay near this many bytes, so no call holds an n × n matrix (at 32,768 keys: 256 queries).
+BLOCK_BYTES = 32 << 20
+
+
+def _blocks(nq: int, nk: int) -> Iterator[slice]:
+    """Query rows in blocks of at most BLOCK_BYTES of float32 scores each."""
+    step = max(1, BLOCK_BYTES // (4 * max(nk, 1)))
+    for start in range(0, nq, step):
+        yield slice(start, min(nq, start + step))
+
+
+def _mask_rows(attention_mask: Any, rows: slice, nk: int) -> Any:
+    """Rows `rows` of a ``[batch, 1|head, query|1, key]`` mask, cut to `nk` keys."""
+    if attention_mask.shape[2] == 1:
+        return attention_mask[..., :nk]
+    return attention_mask[:, :, rows, :nk]
+
+
+def _visible_keys(mask: Any, causal_end: int | None, nk: int) -> slice:
+    """The span of keys that any query of a block may see: keys outside it are hidden for
+    every query of the block (a sliding window, the causal future), so they are skipped."""
+    import torch
+
+    if mask is None:
+        return slice(0, nk if causal_end is None else causal_end)
+    seen = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    cols = seen.reshape(-1, seen.shape[-1]).any(dim=0).nonzero()
+    if cols.numel() == 0:  # every key hidden: keep them all, as the whole call would
+        return slice(0, nk)
+    return slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _causal_without_mask(module: Any, nq: int, nk: int) -> bool:
+    """What SDPA does when transformers hands it no mask: causal when the module says so
+    (transformers drops the mask only where query and key lengths agree)."""
+    return nq > 1 and bool(getattr(module, "is_causal", False))
+
+
 def _eager_default(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                    scaling: float, softcap: float | None, sinks: Any,
                    want_weights: bool) -> tuple[Any, Any]:
-    """Plain attention, one head at a time so the peak stays one ``[query, key]`` matrix."""
+    """Plain attention, one head and one block of queries at a time, so the peak stays one
+    block of scores; keys no query of a block may see are skipped. For what SDPA cannot do
+    (soft-capping, sink logits) and for weights when a model has no eager function."""
     import torch
 
     rep = query.shape[1] // key.shape[1]
+    nq, nk = query.shape[2], key.shape[2]
+    causal = attention_mask is None and _causal_without_mask(module, nq, nk)
     out = torch.empty_like(query)  # [batch, head, query, dim]
-    weights = (torch.empty(query.shape[0], query.shape[1], query.shape[2], key.shape[2],
+    weights = (torch.zeros(query.shape[0], query.shape[1], nq, nk,
                            dtype=query.dtype, device=query.device) if want_weights else None)
-    for h in range(query.shape[1]):
-        w = torch.matmul(query[:, h], key[:, h // rep].transpose(-1, -2)).float()
-        w.mul_(scaling)  # [batch, query, key]
-        if softcap is not None:
-            w.div_(softcap).tanh_().mul_(softcap)
-        if attention_mask is not None:
-            am = attention_mask[:, 0, :, : w.shape[-1]]
-            if am.dtype == torch.bool:
-                w.masked_fill_(~am, float("-inf"))
+    for rows in _blocks(nq, nk):
+        am = None if attention_mask is None else _mask_rows(attention_mask, rows, nk)
+        keys = _visible_keys(am, rows.stop + nk - nq if causal else None, nk)
+        if am is not None:
+            am = am[:, 0, :, keys]  # [batch, query|1, key]
+        elif causal:  # query i sees keys up to i + nk - nq
+            qpos = torch.arange(rows.start, rows.stop, device=query.device)[:, None]
+            kpos = torch.arange(keys.start, keys.stop, device=query.device)[None, :]
+            am = (kpos <= qpos + (nk - nq))[None]
+        for h in range(query.shape[1]):
+            w = torch.matmul(query[:, h, rows], key[:, h // rep, keys].transpose(-1, -2)).float()
+            w.mul_(scaling)  # [batch, query, key]
+            if softcap is not None:
+                w.div_(softcap).tanh_().mul_(softcap)
+            if am is not None:
+                if am.dtype == torch.bool:
+                    w.masked_fill_(~am, float("-inf"))
+                else:
+                    w.add_(am.float())
+            if sinks is not None:
+                sink = sinks[h].float().reshape(1, 1, 1).expand(w.shape[0], w.shape[1], 1)
+                w = torch.softmax(torch.cat([w, sink], dim=-1), dim=-1)[..., :-1]
             else:
-                w.add_(am.float())
-        if sinks is not None:
-            sink = sinks[h].float().reshape(1, 1, 1).expand(w.shape[0], w.shape[1], 1)
-            w = torch.softmax(torch.cat([w, sink], dim=-1), dim=-1)[..., :-1]
-        else:
-            w = torch.softmax(w, dim=-1)
-        w = w.to(value.dtype)
-        out[:, h] = torch.matmul(w, value[:, h // rep])
-        if weights is not None:
-            weights[:, h] = w
+                w = torch.softmax(w, dim=-1)
+            w = w.to(value.dtype)
+            out[:, h, rows] = torch.matmul(w, value[:, h // rep, keys])
+            if weights is not None:
+                weights[:, h, rows, keys] = w
     return out.transpose(1, 2).contiguous(), weights
+
+
+def _sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+          scaling: float) -> Any:
+    """The layer's output from torch's fused attention. With no mask (causal or not) one
+    call does it in memory linear in the length; with a mask (sliding windows, chunks,
+    padding) the queries go in blocks, each with only the keys it may see, so neither the
+    mask nor SDPA's float copy of it is ever n × n."""
+    import torch
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    gqa = query.shape[1] != key.shape[1]
+    nq, nk = query.shape[2], key.shape[2]
+    if attention_mask is None:
+        out = sdpa(query, key, value, is_causal=_causal_without_mask(module, nq, nk),
+                   scale=scaling, enable_gqa=gqa)
+        return out.transpose(1, 2).contiguous()
+    mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask.to(
+        query.dtype)
+    out = torch.empty_like(query)  # [batch, head, query, dim]
+    for rows in _blocks(nq, nk):
+        am = _mask_rows(mask, rows, nk)
+        keys = _visible_keys(am, None, nk)
+        out[:, :, rows] = sdpa(query[:, :, rows], key[:, :, keys], value[:, :, keys],
+                               attn_mask=am[..., keys], scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous()
 
 
 def _own_eager(module: Any) -> Any:
@@ -143,19 +221,8 @@ def _qk_record(module: Any, query: Any, key: Any, value: Any, attention_mask: An
     if sinks is None:
         sinks = getattr(module, "sinks", None)
     if softcap is None and sinks is None:
-        mask = attention_mask
-        is_causal = False
-        if mask is None:
-            is_causal = query.shape[2] > 1 and bool(getattr(module, "is_causal", False))
-        elif mask.dtype != torch.bool:
-            mask = mask.to(query.dtype)
-        else:
-            mask = mask[:, :, :, : key.shape[2]]
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, is_causal=is_causal, scale=float(scaling),
-            enable_gqa=query.shape[1] != key.shape[1])
-        out = out.transpose(1, 2).contiguous()
-    else:
+        out = _sdpa(module, query, key, value, attention_mask, float(scaling))
+    else:  # soft-capping or sink logits: SDPA has neither
         out, _ = _eager_default(module, query, key, value, attention_mask, float(scaling),
                                 softcap, sinks, False)
     if rec is not None:
@@ -165,35 +232,96 @@ def _qk_record(module: Any, query: Any, key: Any, value: Any, attention_mask: An
             low = torch.finfo(attention_mask.dtype).min / 2
             rec.bias = bool(((attention_mask != 0) & (attention_mask > low)).any())
         rec.masks.append(rec.mask_of(module, attention_mask, query.shape[2], key.shape[2]))
-        rec.q.append(query[0].detach().float().cpu().numpy())
-        rec.k.append(key[0].detach().float().cpu().numpy())
+        # own contiguous copies where the model's are views (GPT-2 slices q, k and v out
+        # of one buffer): the run keeps no values and later reads go row by row
+        rec.q.append(np.ascontiguousarray(query[0].detach().float().cpu().numpy()))
+        rec.k.append(np.ascontiguousarray(key[0].detach().float().cpu().numpy()))
         rec.scaling.append(float(scaling))
         rec.softcap.append(None if softcap is None else float(softcap))
         rec.sinks.append(None if sinks is None else
                          sinks.detach().float().reshape(-1).cpu().numpy())
+        # the layer's freed scratch goes back now, not at the end (lowers a long run's peak
+        # without fixing glibc's mmap threshold: see fixed_mmap_threshold)
+        release_freed_memory()
     return out, None
 
 
-def _release_freed_memory(setup: bool) -> None:
-    """glibc keeps freed blocks of a few MB in its heaps, so a long forward leaves the process
-    holding gigabytes it no longer uses. Serving big blocks from mmap (returned to the system
-    on free) during the forward, and trimming afterwards, keeps the peak near what is live;
-    the default threshold is restored after."""
+# --- the allocator --------------------------------------------------------------------------
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc)
+GLIBC_MMAP_THRESHOLD = 128 * 1024  # glibc's threshold at start-up
+_ALLOC_LOCK = threading.Lock()
+_alloc_users = 0  # fixed_mmap_threshold blocks open in this process, all threads together
+
+
+def _libc() -> Any:
+    """glibc, or None (another C library, another system): then there is nothing to tune."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if not name or not sys.platform.startswith("linux"):
-        return
+        return None
     try:
         libc = ctypes.CDLL(name)
-        if setup:
-            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks of 1 MiB and up via mmap
-        else:
-            libc.malloc_trim(0)
-            libc.mallopt(-3, 128 * 1024)  # glibc's default threshold
-    except (OSError, AttributeError):  # not glibc (musl, say): nothing to tune
-        pass
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both must exist
+    except (OSError, AttributeError):  # musl, say
+        return None
+    return libc
+
+
+def _startup_mmap_threshold() -> int:
+    """The threshold this process started with: the environment's, if it set one
+    (``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…``), else
+    glibc's."""
+    import os
+
+    value = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        if item.startswith("glibc.malloc.mmap_threshold="):
+            value = item.split("=", 1)[1]
+    try:
+        return int(value) if value is not None else GLIBC_MMAP_THRESHOLD
+    except ValueError:
+        return GLIBC_MMAP_THRESHOLD
+
+
+def release_freed_memory() -> None:
+    """Hand the blocks freed inside glibc's heaps back to the system (``malloc_trim``): a
+    long forward leaves the heaps holding memory that nothing uses any more."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@contextmanager
+def fixed_mmap_threshold() -> Iterator[None]:
+    """Inside, blocks of 1 MiB and up come from mmap, so freeing them gives them back to the
+    system at once (generation's thousands of growing caches otherwise stay in the heap).
+
+    The threshold is set when the first block in the process opens and set back, with the
+    freed memory released, when the last one closes: nested and concurrent uses (the app
+    serves several) never set it back under each other. Set back means to the start-up
+    value; glibc has no call that turns its self-adjusting threshold on again once mallopt
+    has fixed one, which is why a capture does not use this (it only releases what it
+    freed, :func:`release_freed_memory`)."""
+    global _alloc_users
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    with _ALLOC_LOCK:
+        _alloc_users += 1
+        if _alloc_users == 1:
+            libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    try:
+        yield
+    finally:
+        with _ALLOC_LOCK:
+            _alloc_users -= 1
+            if _alloc_users == 0:
+                libc.malloc_trim(0)
+                libc.mallopt(M_MMAP_THRESHOLD, _startup_mmap_threshold())
 
 
 def register_attention(name: str, fn: Any, mask: Any) -> None:
@@ -238,16 +366,6 @@ def attention_function(model: Any, name: str) -> Iterator[None]:
             model.set_attn_implementation(before)
 
 
-@contextmanager
-def fixed_mmap_threshold() -> Iterator[None]:
-    """Freed big buffers go back to the system while inside (see _release_freed_memory)."""
-    _release_freed_memory(setup=True)
-    try:
-        yield
-    finally:
-        _release_freed_memory(setup=False)
-
-
 class recording:  # noqa: N801 - used as a context manager, like torch.no_grad
     """Run `model` with one of attnmap's attention functions and collect what each call did.
 
@@ -264,8 +382,8 @@ class recording:  # noqa: N801 - used as a context manager, like torch.no_grad
     def __enter__(self) -> _Recording:
         register()
         with ExitStack() as stack:
-            if self.mode == "qk":
-                stack.enter_context(fixed_mmap_threshold())
+            if self.mode == "qk":  # give back what the forward freed; settings untouched
+                stack.callback(release_freed_memory)
             stack.enter_context(attention_function(
                 self.model, EAGER_IMPL if self.mode == "eager" else QK_IMPL))
             _STATE.record = self.rec

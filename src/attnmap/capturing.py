@@ -206,13 +206,35 @@ def _facts(info: dict[str, Any], stack: AttentionStack) -> dict[str, Any]:
     masks, index = stack.distinct_masks()
     n = masks[0].shape[0]
     if n > 1:
-        future = np.triu(np.ones((n, n), dtype=bool), k=1)
-        facts["causal"] = all(bool(m[future].all()) for m in masks)
+        facts["causal"] = all(_hides_future(m) for m in masks)
         if facts["causal"] and facts.get("architecture") == "encoder":
             facts["architecture"] = "decoder"
     if not stack.uniform:
         facts["layer_masks"] = index
     return facts
+
+
+def _takes(model: Any, name: str) -> bool:
+    """Whether `model`'s forward names the argument `name`."""
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _hides_future(mask: np.ndarray) -> bool:
+    """Whether `mask` ``[query, key]`` hides every key after its query, checked a block of
+    rows at a time (at 32,768 tokens a whole upper triangle would be 1 GiB)."""
+    n = mask.shape[1]
+    cols = np.arange(n)[None, :]
+    step = max(1, (4 << 20) // max(n, 1))  # rows per block: about 4 MB of bools
+    for start in range(0, mask.shape[0], step):
+        rows = np.arange(start, min(mask.shape[0], start + step))[:, None]
+        if not (mask[start:start + step] | (cols <= rows)).all():
+            return False
+    return True
 
 
 def _capture_qk(loaded: Any, input_ids: Any, predictions: bool) -> tuple[AttentionStack, Any]:
@@ -226,9 +248,12 @@ def _capture_qk(loaded: Any, input_ids: Any, predictions: bool) -> tuple[Attenti
     # cost more memory than all the queries and keys together.
     body = model if predictions else getattr(model, "base_model", model)
     limit = weights_limit(info)
+    kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    if _takes(body, "use_cache"):  # a key/value cache would hold every layer's values too
+        kwargs["use_cache"] = False
     try:
         with torch.no_grad(), recording(model, "qk") as rec:
-            out = body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            out = body(**kwargs)
     except _Unsupported:
         raise bypass_error(info["id"], type(model).__name__, limit) from None
     n_layers = int(info.get("layers") or 0)
