@@ -149,49 +149,42 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
         lw = max(lk * block, -(-kend // CAND) * CAND)  # the live width, padded
         nb = -(-n // block)
         c = buf[: nb * block, :lw]
-        c.fill(-1)
+        c.fill(0)
         np.copyto(c[:n, k0:kend], w)
-        live = min(lw, nk)
-        c[:n, :live][masked[r0:r1, :live]] = -1  # masked (and padding): -1, below any weight
-        np.fmax(c, np.float32(-1), out=c)  # a NaN weight (none from softmax) as masked
         b4 = c[:, : lk * block].reshape(nb, block, lk, block)  # [bq, q, bk, k]
+        # sums first, while masked cells and padding hold 0 (a masked cell's weight)
         # two steps, the contiguous axis first: ~3× faster than one reduction over (1, 3)
+        bsum = b4.sum(axis=3).sum(axis=1)
+        fsum = b4[:, :, 0, 1:].sum(axis=(1, 2)) if block > 1 and lk else None
+        live = min(lw, nk)
+        np.copyto(c[:n, :live], np.float32(-1), where=masked[r0:r1, :live])
+        c[n:] = -1  # padding: below any weight
+        c[:, live:] = -1
+        np.fmax(c, np.float32(-1), out=c)  # a NaN weight (none from softmax) as masked
         bmax = b4.max(axis=3).max(axis=1)
-        bsum = np.maximum(b4, 0).sum(axis=3).sum(axis=1)
         b0, b1 = r0 // block, r0 // block + nb
         out["max"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bmax)  # later blocks stay NaN
         out["sum"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bsum)
-        if block > 1 and lk:
-            first = b4[:, :, 0, 1:]
-            fmax = first.max(axis=(1, 2))
+        if fsum is not None:
+            fmax = b4[:, :, 0, 1:].max(axis=(1, 2))
             out["rest_max"][b0:b1] = np.where(fmax < 0, np.nan, fmax)
-            out["rest_sum"][b0:b1] = np.where(fmax < 0, np.nan,
-                                              np.maximum(first, 0).sum(axis=(1, 2)))
-        # top k per row, among the cells of its top k + 1 candidate blocks
-        lc = -(-kend // CAND) * CAND  # candidate blocks that may hold a visible cell
+            out["rest_sum"][b0:b1] = np.where(fmax < 0, np.nan, fsum)
+        # top k per row: one partial sort of the row's live keys
+        lc = min(-(-kend // CAND) * CAND, c.shape[1])  # keys that may hold a visible cell
         if lc == 0:  # no row of the block sees any key: nothing kept, rowmax and bound 0
             continue
         rows_c = c[:n, :lc]
-        cm = rows_c.reshape(n, lc // CAND, CAND).max(axis=2)  # [row, cand block]
-        rowmax[r0:r1] = np.maximum(cm.max(axis=1), 0)
-        nc = cm.shape[1]
-        kb = min(k + 1, nc)
-        blocks = np.argpartition(-cm, kb - 1, axis=1)[:, :kb] if kb < nc else \
-            np.broadcast_to(np.arange(nc), (n, nc))
-        cols = (blocks[:, :, None] * CAND + np.arange(CAND)).reshape(n, -1)  # [row, cand]
-        cand = np.take_along_axis(rows_c, cols, axis=1)
-        kk = min(k, cand.shape[1])
-        if kk < cand.shape[1]:
-            part = np.argpartition(-cand, kk, axis=1)
-            nxt = np.take_along_axis(cand, part[:, kk : kk + 1], axis=1)[:, 0]
-            part = part[:, :kk]
+        kk = min(k, lc)
+        if kk < lc:
+            part = np.argpartition(rows_c, lc - kk - 1, axis=1)  # largest kk last
+            nxt = np.take_along_axis(rows_c, part[:, lc - kk - 1 : lc - kk], axis=1)[:, 0]
+            top = part[:, lc - kk :]
         else:
-            part = np.broadcast_to(np.arange(kk), (n, kk))
+            top = np.broadcast_to(np.arange(lc), (n, lc))
             nxt = np.full(n, -1, np.float32)
-        top = np.take_along_axis(cols, part, axis=1)
-        order = np.argsort(top, axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        vals = np.take_along_axis(cand, np.take_along_axis(part, order, axis=1), axis=1)
+        top = np.sort(top, axis=1)  # keys ascending
+        vals = np.take_along_axis(rows_c, top, axis=1)
+        rowmax[r0:r1] = np.maximum(vals.max(axis=1), 0)
         keep = vals >= 0
         count[r0:r1] = keep.sum(axis=1)
         bound[r0:r1] = np.maximum(nxt, 0)
@@ -202,19 +195,21 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
             "bound": bound}
 
 
-def _dense_rows(w: np.ndarray) -> Any:
-    return lambda r0, r1: (0, w[r0:r1])
+def _dense_rows(w: np.ndarray, masked: np.ndarray) -> Any:
+    return lambda r0, r1: (0, np.where(masked[r0:r1], np.float32(0), w[r0:r1]))
 
 
 def pyramid(w: np.ndarray, masked: np.ndarray, block: int) -> dict[str, np.ndarray]:
     """The pyramid part of :func:`reduce_head` for a dense head [query, key]."""
-    r = reduce_head(_dense_rows(w), masked, block, 1)
+    masked = np.asarray(masked, dtype=bool)
+    r = reduce_head(_dense_rows(w, masked), masked, block, 1)
     return {name: r[name] for name in ("max", "sum", "rest_max", "rest_sum")}
 
 
 def top_k(w: np.ndarray, masked: np.ndarray, k: int) -> dict[str, np.ndarray]:
     """The top-k part of :func:`reduce_head` for a dense head [query, key]."""
-    r = reduce_head(_dense_rows(w), np.asarray(masked, dtype=bool), 1, k)
+    masked = np.asarray(masked, dtype=bool)
+    r = reduce_head(_dense_rows(w, masked), masked, 1, k)
     return {name: r[name] for name in ("count", "keys", "values", "rowmax", "bound")}
 
 
@@ -272,7 +267,8 @@ def pack(r: dict[str, np.ndarray], nk: int) -> bytes:
 def encode_head(w: np.ndarray, masked: np.ndarray, block: int, k: int) -> bytes:
     """One dense head [query, key] as a deflated chunk (layout: module docstring)."""
     masked = np.asarray(masked, dtype=bool)
-    return pack(reduce_head(_dense_rows(np.asarray(w)), masked, block, k), masked.shape[1])
+    return pack(reduce_head(_dense_rows(np.asarray(w), masked), masked, block, k),
+                masked.shape[1])
 
 
 def index_bytes(nk: int) -> int:
@@ -389,7 +385,10 @@ def _rows(run: Any, stack: str, layer: int, head: int) -> Any:
 
         return rows
     w = layers[layer]
-    return lambda r0, r1: (0, np.asarray(w[head, r0:r1], dtype=np.float32))
+    masked = np.asarray(st.mask(layer), dtype=bool)
+    # masked cells as exactly 0, as softmax gives them (weights from elsewhere may hold noise)
+    return lambda r0, r1: (0, np.where(masked[r0:r1], np.float32(0),
+                                       np.asarray(w[head, r0:r1], dtype=np.float32)))
 
 
 def _mask(st: Any, layer: int) -> np.ndarray:
