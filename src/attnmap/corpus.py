@@ -306,6 +306,11 @@ def census(
     """
     if engine not in ("local", "ray"):
         raise AttnmapError(f"--engine must be local or ray (not {engine!r})")
+    try:  # the census writes Parquet
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise AttnmapError("the corpus census writes Parquet files and needs pyarrow: "
+                           "pip install 'attnmap[corpus]'") from None
     if engine == "ray":
         _import_ray()  # before the slow part
     if batch_size < 1:
