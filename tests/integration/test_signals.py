@@ -45,10 +45,18 @@ run.save(sys.argv[1])
 """
 
 
+def _default_signals() -> None:
+    """The child starts with SIGTERM and SIGHUP as a program run from a shell has them: a
+    suite run under ``nohup`` would otherwise hand SIGHUP down ignored."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _start(code: str, target: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_signals)
 
 
 def _parts(folder: Path) -> list[str]:
