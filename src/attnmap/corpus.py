@@ -235,6 +235,22 @@ def _import_ray() -> Any:
     return ray
 
 
+def _start_local_ray(ray: Any, env: dict[str, Any]) -> None:
+    """A local Ray on 2 CPUs; its start can time out on a busy machine, so it gets a second
+    try before the census gives up with one line."""
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, runtime_env=env, log_to_driver=False)
+            return
+        except Exception as exc:  # Ray's start fails with grpc, connection or runtime errors
+            ray.shutdown()
+            if attempt == 2:
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise AttnmapError(
+                    f"could not start a local Ray ({first}); try again, or join a running "
+                    "cluster with --ray-address") from None
+
+
 def _run_ray(records: list[Record], model_kwargs: dict[str, Any], opts: dict[str, Any],
              batch_size: int, on_result: Callable[[dict[str, Any]], None], *,
              address: str | None, gpus_per_worker: float, workers: int | None) -> None:
@@ -246,7 +262,7 @@ def _run_ray(records: list[Record], model_kwargs: dict[str, Any], opts: dict[str
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
-            ray.init(num_cpus=2, include_dashboard=False, runtime_env=env, log_to_driver=False)
+            _start_local_ray(ray, env)
         started = True
     try:
         ctx = ray.data.DataContext.get_current()
