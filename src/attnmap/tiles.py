@@ -437,6 +437,13 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
             s_all[nr:] = _NEG  # padding past the last row
             s = layer.logits(h, r0, r1, c0, c1, s_all)  # [rows, keys], -inf where masked
             if h in missing:
+                # one head's max tile needs no weights: each row's block maxima of the logits,
+                # taken before the softmax below turns them into weights in place
+                pre = None
+                if tv is not None and agg is None and reduce == "max":
+                    pre = tv.reshape(gr * b, nb, b).max(axis=2)  # [row, block]
+                    if skip0 and t0 == 0:
+                        pre[:, 0] = tv[:, 1:b].max(axis=1) if b > 1 else _NEG
                 top = s.max(axis=1)
                 if layer.sinks is not None:
                     top = np.maximum(top, np.float32(layer.sinks[h]))
@@ -450,6 +457,10 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
                 norms[h][0][r0:r1] = top
                 norms[h][1][r0:r1] = total
                 if tv is None:
+                    continue
+                if pre is not None:  # log weight = logit − top − log(total)
+                    pre[:nr] -= (top + np.log(total))[:, None]
+                    acc = np.exp(pre.reshape(gr, b, nb).max(axis=1))
                     continue
                 s_all[:, c1 - c0 :] = 0.0  # padding: weight 0
                 s_all[nr:] = 0.0
