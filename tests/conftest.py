@@ -55,6 +55,13 @@ def hostile_gpt2_dir(models_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_gpt2_dir(models_dir) -> Path:
+    """A tiny GPT-2 with 512 positions: a generation long enough that Stop, clicked at its
+    first token, always lands before it ends."""
+    return _models.build_gpt2(models_dir / "gpt2-long", n_positions=512)
+
+
+@pytest.fixture(scope="session")
 def vit_dir(models_dir) -> Path:
     import _vision
 
@@ -93,14 +100,15 @@ SERVER_MAX_RUNS = 32
 
 
 @pytest.fixture(scope="session")
-def app_server(gpt2_dir, hostile_gpt2_dir):
+def app_server(gpt2_dir, hostile_gpt2_dir, long_gpt2_dir):
     """The one real `attnmap serve` process of the test run (127.0.0.1, a free port): the tiny
-    GPT-2 (the default for requests that name no model) and the hostile one, 32 runs kept.
+    GPT-2 (the default for requests that name no model), the hostile one and one with 512
+    positions, 32 runs kept.
     Tests that need real sockets or a browser share it; everything else uses the app in
     process through FastAPI's TestClient."""
     from _server import start
 
     server = start("--model", str(gpt2_dir), "--model", str(hostile_gpt2_dir),
-                   "--max-runs", str(SERVER_MAX_RUNS))
+                   "--model", str(long_gpt2_dir), "--max-runs", str(SERVER_MAX_RUNS))
     yield server
     server.stop()

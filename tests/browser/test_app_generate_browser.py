@@ -12,6 +12,7 @@ httpx = pytest.importorskip("httpx")
 
 PROMPT = "The cat sat"
 MOST = 60  # the tiny GPT-2 has 64 positions
+LONG_MOST = 250  # the 512-position one, within the server's 256-token cap
 
 # Record the number of streamed tokens on the page each time it changes (before clicking).
 WATCH = """() => {
@@ -63,7 +64,7 @@ def test_generate_streams_tokens_then_opens_the_run_with_steps(page, app_server,
     assert page.blocked == []
 
 
-def test_stop_ends_the_generation_and_keeps_what_was_written(page, app_server, gpt2_dir):
+def test_stop_ends_the_generation_and_keeps_what_was_written(page, app_server, long_gpt2_dir):
     open_app(page, app_server)
     before = page.evaluate("document.body.dataset.run || ''")
     # the Stop button is clicked (a real click, in the page) as soon as the first token shows
@@ -75,10 +76,12 @@ def test_stop_ends_the_generation_and_keeps_what_was_written(page, app_server, g
       });
       obs.observe(out, { childList: true });
     }""")
-    generate(page, gpt2_dir, MOST)
+    # a long generation: 60 steps of the 64-position model could all be written before the
+    # click's request reaches the server
+    generate(page, long_gpt2_dir, LONG_MOST)
     run_id = wait_opened(page, before)
     facts = api_run(app_server, run_id)
-    assert 1 <= facts["generated"] < MOST
+    assert 1 <= facts["generated"] < LONG_MOST
     assert page.locator("#gen-out span").count() == facts["generated"]
     assert "stopped" in page.text_content("#status")
     assert page.locator(".am-steps").is_visible()
