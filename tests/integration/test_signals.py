@@ -45,18 +45,20 @@ run.save(sys.argv[1])
 """
 
 
-def _default_signals() -> None:
-    """The child starts with SIGTERM and SIGHUP as a program run from a shell has them: a
-    suite run under ``nohup`` would otherwise hand SIGHUP down ignored."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+# The child starts with SIGTERM and SIGHUP as a program run from a shell has them: a suite run
+# under `nohup` would otherwise hand SIGHUP down ignored. (Set in the child's own code: a
+# preexec_fn would fork a process that holds threads.)
+DEFAULT_SIGNALS = """
+import signal
+for _s in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_s, signal.SIG_DFL)
+"""
 
 
 def _start(code: str, target: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_default_signals)
+    return subprocess.Popen([sys.executable, "-c", DEFAULT_SIGNALS + code, str(target)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _parts(folder: Path) -> list[str]:
