@@ -18,6 +18,8 @@ _NAMES = {
     "relate": "relations",
     "SCORE_NAMES": "scores",
     "head_scores": "scores",
+    "head_score_parts": "scores",
+    "ScoreParts": "scores",
     "merge_words": "words",
     "word_groups": "words",
 }
