@@ -76,9 +76,10 @@ def main() -> None:
     ap.add_argument("--dense-up-to", type=int, default=2048)
     args = ap.parse_args()
 
+    from playwright.sync_api import sync_playwright
+
     import attnmap
     from attnmap.viewer import html, longpage
-    from playwright.sync_api import sync_playwright
 
     print(machine())
     rows = []

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-
 # A masked logit: finite, so that 0 × it is 0 where log-probabilities are summed; exp of it
 # (after the row's max is taken away) is exactly 0 in float32.
 _HIDDEN = np.float32(-1e30)

@@ -22,7 +22,6 @@ matrix product and one max pass. A GPU backend may be registered by the capture 
 from __future__ import annotations
 
 import os
-
 import threading
 import weakref
 from collections import OrderedDict

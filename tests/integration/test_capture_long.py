@@ -14,7 +14,7 @@ import _zoo
 import attnmap
 from attnmap import _qk
 
-from .test_zoo import TEXT, _eager, _gpt_oss
+from .test_zoo import TEXT, _eager, _model
 
 QK_MODELS = [n for n in _zoo.SPECS if n not in _zoo.NO_QK] + ["gpt-oss-sinks"]
 # about 110 tokens (the zoo's models have 128 positions): 27 windows of 4 tokens
@@ -26,15 +26,6 @@ def tok():
     import _models
 
     return _models.train_tokenizer()
-
-
-_BUILT: dict[str, object] = {}
-
-
-def _model(name, tok):
-    if name not in _BUILT:
-        _BUILT[name] = _gpt_oss(tok) if name == "gpt-oss-sinks" else _zoo.build(name, tok)
-    return _BUILT[name]
 
 
 def _rows_per_block(monkeypatch, rows: int, keys: int) -> None:

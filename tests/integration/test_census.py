@@ -1,15 +1,6 @@
-"""The census on a real GPT-2 whose attention is set by hand, run through attnmap.capture.
-
-The model is a transformers GPT2LMHeadModel built from a config; only its weights are chosen.
-The residual stream holds one-hot blocks (position, token, previous token), so every LayerNorm
-sees vectors with the same mean and spread and acts as a fixed scale. Queries and keys are
-tables indexed by position or token, with logit gaps of ≥ 30, so softmax is one-hot to ~1e-13.
-
-layer 0: h0 previous token (and writes the previous token into the residual), h1 self,
-         h2 first token, h3 uniform.
-layer 1: h0 induction (query = own token, key = the previous token written by layer 0 h0),
-         h1 same token (itself and earlier copies), h2 two back, h3 three back.
-"""
+"""The census on a real GPT-2 whose attention is set by hand (tests/_handmade.py: previous
+token, self, first token and uniform heads in layer 0; induction, same token, two and three
+back in layer 1), run through attnmap.capture."""
 
 from __future__ import annotations
 

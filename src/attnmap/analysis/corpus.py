@@ -15,6 +15,7 @@ millions of documents never holds them all.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -93,8 +94,10 @@ class CorpusSums:
                     per[f] = np.concatenate([per[f], np.zeros(size - per[f].size)])
         return idx
 
-    def add(self, table: dict[str, np.ndarray]) -> None:
-        """First pass: numerators, rows and documents with rows."""
+    def _scores(self, table: dict[str, np.ndarray]
+                ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
+                                    int]]:
+        """Per score of a shard's rows: (its sums, head index, numerators y, rows x, heads)."""
         if not len(table["doc"]):
             return
         idx = self._index(table)
@@ -102,23 +105,19 @@ class CorpusSums:
         for name in SCORE_NAMES:
             y = np.asarray(table[f"{name}_sum"], dtype=np.float64)
             x = np.asarray(table[f"{name}_rows"], dtype=np.float64)
-            per = self.acc[name]
+            yield self.acc[name], idx, y, x, size
+
+    def add(self, table: dict[str, np.ndarray]) -> None:
+        """First pass: numerators, rows and documents with rows."""
+        for per, idx, y, x, size in self._scores(table):
             per["y"] += np.bincount(idx, weights=y, minlength=size)
             per["x"] += np.bincount(idx, weights=x, minlength=size)
             per["n"] += np.bincount(idx, weights=(x > 0).astype(np.float64), minlength=size)
 
     def add_spread(self, table: dict[str, np.ndarray]) -> None:
         """Second pass: Σ (y − R·x)² with R the corpus mean from the first pass."""
-        if not len(table["doc"]):
-            return
-        idx = self._index(table)
-        size = len(self.heads)
-        for name in SCORE_NAMES:
-            y = np.asarray(table[f"{name}_sum"], dtype=np.float64)
-            x = np.asarray(table[f"{name}_rows"], dtype=np.float64)
-            per = self.acc[name]
-            r = _mean(per)[idx]
-            d = np.where(x > 0, y - np.nan_to_num(r) * x, 0.0)
+        for per, idx, y, x, size in self._scores(table):
+            d = np.where(x > 0, y - np.nan_to_num(_mean(per)[idx]) * x, 0.0)
             per["ss"] += np.bincount(idx, weights=d * d, minlength=size)
 
     def summary_heads(self) -> list[dict[str, Any]]:

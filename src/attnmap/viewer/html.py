@@ -177,12 +177,14 @@ const payload = mod.b85decode(
 const pb = document.getElementById("attnmap-payload-b");
 const payload_b = pb ? mod.b85decode(pb.textContent, Number(pb.dataset.length)) : null;
 // Long runs: one element per head (and mask), decoded only when the viewer asks for it.
-const longEls = new Map(Array.from(document.querySelectorAll("script.attnmap-long"), (e) => [e.dataset.key, e]));
+const longEls = new Map(Array.from(document.querySelectorAll("script.attnmap-long"),
+                                   (e) => [e.dataset.key, e]));
 const long_chunk = (key) => {{
   const e = longEls.get(key);
   return e ? mod.b85decode(e.textContent, Number(e.dataset.length)) : null;
 }};
-const state = {{ payload, payload_b, options: JSON.parse(text("attnmap-options")), layer_url: "", long_chunk }};
+const state = {{ payload, payload_b, options: JSON.parse(text("attnmap-options")), layer_url: "",
+                long_chunk }};
 const model = {{ get: (k) => state[k], set() {{}}, save_changes() {{}}, on() {{}}, off() {{}} }};
 mod.default.render({{ model, el }});
 </script>
