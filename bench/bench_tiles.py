@@ -32,12 +32,27 @@ from attnmap.tokens import Token  # noqa: E402
 HEADS, KV_HEADS, DIM = 8, 2, 64
 
 
-def long_run(n: int, seed: int = 0) -> AttentionRun:
+def log_sum_exp(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Each row's log-sum-exp as a capture on the CPU keeps it: from torch's fused causal
+    attention (the same call that gives the layer's output), [head, query]."""
+    import torch
+
+    from attnmap import _qk
+
+    qt = torch.from_numpy(q)[None]
+    kt = torch.from_numpy(k)[None]
+    _, lse = _qk._sdpa(type("M", (), {"is_causal": True})(), qt, kt, kt, None, DIM ** -0.5)
+    assert lse is not None, "this torch gives no log-sum-exp"
+    return np.ascontiguousarray(lse[0].numpy())
+
+
+def long_run(n: int, seed: int = 0, lse: bool = False) -> AttentionRun:
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((HEADS, n, DIM), dtype=np.float32)  # [head, query, dim]
     k = rng.standard_normal((KV_HEADS, n, DIM), dtype=np.float32)  # [kv_head, key, dim]
     mask = np.triu(np.ones((n, n), dtype=bool), 1)  # [query, key] causal future
-    layers = QKLayers([q], [k], [DIM ** -0.5], [mask])
+    layers = QKLayers([q], [k], [DIM ** -0.5], [mask],
+                      logsumexp=[log_sum_exp(q, k)] if lse else None)
     toks = [Token(text="x", raw="x", id=0) for _ in range(n)]
     st = AttentionStack("self", layers, mask)
     return AttentionRun(text="", tokens=toks, stacks={"self": st},
@@ -58,25 +73,34 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# {machine()}; head dim {DIM}, {HEADS} heads / {KV_HEADS} key heads, causal, "
           f"overview 512 × 512, reduce={args.reduce}")
-    print(f"{'tokens':>7} {'block':>5} {'cold s':>7} {'warm s':>7} {'q/k MB':>7}")
+    print(f"{'tokens':>7} {'block':>5} {'cold s':>7} {'warm s':>7} {'lse s':>7} "
+          f"{'q/k MB':>7}")
     rows = []
     for n in args.lengths:
-        run = long_run(n)
-        colds, warms = [], []
+        run = long_run(n, lse=True)
+        plain = long_run(n)  # the same queries and keys (same seed), no log-sum-exp
+        colds, warms, firsts = [], [], []
         for r in range(args.repeat):
             cache = tiles.TileCache()
-            view = partial(tiles.overview, run, 0, r % HEADS, reduce=args.reduce, cache=cache)
+            view = partial(tiles.overview, plain, 0, r % HEADS, reduce=args.reduce, cache=cache)
             colds.append(timed(view))
             cache.clear("tile")
             warms.append(timed(view))
+            cache = tiles.TileCache()
+            firsts.append(timed(partial(tiles.overview, run, 0, r % HEADS,
+                                        reduce=args.reduce, cache=cache)))
         block = tiles.overview_block(n, 512)
         qk_mb = (HEADS + KV_HEADS) * n * DIM * 4 / 1e6
         cold, warm = float(np.median(colds)), float(np.median(warms))
-        rows.append((n, cold, warm))
-        print(f"{n:>7} {block:>5} {cold:>7.3f} {warm:>7.3f} {qk_mb:>7.1f}", flush=True)
+        first = float(np.median(firsts))
+        rows.append((n, cold, warm, first))
+        print(f"{n:>7} {block:>5} {cold:>7.3f} {warm:>7.3f} {first:>7.3f} {qk_mb:>7.1f}",
+              flush=True)
+    print("cold: nothing cached, normalisers found in a pass of their own; warm: normalisers "
+          "cached; lse: nothing cached, the run carries the capture's log-sum-exp")
     if len(rows) > 1:
         x = np.log([r[0] for r in rows])
-        for i, what in ((1, "cold"), (2, "warm")):
+        for i, what in ((1, "cold"), (2, "warm"), (3, "lse")):
             slope = np.polyfit(x, np.log([r[i] for r in rows]), 1)[0]
             print(f"growth exponent ({what}, {rows[0][0]}→{rows[-1][0]}): {slope:.2f}")
 

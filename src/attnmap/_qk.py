@@ -32,6 +32,7 @@ EAGER_IMPL = "attnmap_eager"
 QK_IMPL = "attnmap_qk"
 _STATE = threading.local()
 _registered: set[str] = set()  # attention functions made known to transformers
+_FLASH_CPU: Any = None  # torch's fused CPU attention that also returns the log-sum-exp
 
 
 # --- recording ------------------------------------------------------------------------------
@@ -47,6 +48,7 @@ class _Recording:
         self.scaling: list[float] = []
         self.softcap: list[float | None] = []
         self.sinks: list[np.ndarray | None] = []
+        self.lse: list[np.ndarray | None] = []  # per call: [head, query] float32, or None
         self.bias = False  # a float "mask" that also adds a position bias (T5)
         self._seen: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
 
@@ -163,30 +165,73 @@ def _eager_default(module: Any, query: Any, key: Any, value: Any, attention_mask
     return out.transpose(1, 2).contiguous(), weights
 
 
-def _sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-          scaling: float) -> Any:
-    """The layer's output from torch's fused attention. With no mask (causal or not) one
-    call does it in memory linear in the length; with a mask (sliding windows, chunks,
-    padding) the queries go in blocks, each with only the keys it may see, so neither the
-    mask nor SDPA's float copy of it is ever n × n."""
+def _fused(query: Any, key: Any, value: Any, mask: Any, causal: bool, scaling: float,
+           gqa: bool) -> tuple[Any, Any]:
+    """One call of torch's fused attention → ``(output, logsumexp)``. On the CPU the fused
+    kernel that SDPA runs also hands back each row's log-sum-exp of the scaled logits
+    ``[batch, head, query]`` (the softmax's normaliser), which the run keeps so that a tile
+    of a head needs no pass of its own to find it; elsewhere it is None."""
     import torch
 
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if query.device.type == "cpu" and _FLASH_CPU is not None and query.dtype in (
+            torch.float32, torch.bfloat16, torch.float16):
+        m = mask
+        if m is not None and m.dtype == torch.bool:  # what SDPA does with a bool mask
+            m = torch.zeros(m.shape, dtype=query.dtype, device=query.device).masked_fill_(
+                ~m, float("-inf"))
+        try:
+            out, lse = _FLASH_CPU(query, key, value, 0.0, causal, attn_mask=m, scale=scaling)
+        except (RuntimeError, TypeError):
+            pass  # a shape or option this kernel does not take: plain SDPA below
+        else:
+            ok = tuple(lse.shape) == tuple(query.shape[:3])
+            return out, lse if ok else None
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=gqa)
+    return out, None
+
+
+def _flash_cpu() -> Any:
+    import torch
+
+    try:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+          scaling: float) -> tuple[Any, Any]:
+    """The layer's output from torch's fused attention, and each row's log-sum-exp where
+    the kernel gives it (see :func:`_fused`). With no mask (causal or not) one call does it
+    in memory linear in the length; with a mask (sliding windows, chunks, padding) the
+    queries go in blocks, each with only the keys it may see, so neither the mask nor
+    SDPA's float copy of it is ever n × n."""
+    import torch
+
+    global _FLASH_CPU
+    if _FLASH_CPU is None:
+        _FLASH_CPU = _flash_cpu()
     gqa = query.shape[1] != key.shape[1]
     nq, nk = query.shape[2], key.shape[2]
     if attention_mask is None:
-        out = sdpa(query, key, value, is_causal=_causal_without_mask(module, nq, nk),
-                   scale=scaling, enable_gqa=gqa)
-        return out.transpose(1, 2).contiguous()
+        out, lse = _fused(query, key, value, None, _causal_without_mask(module, nq, nk),
+                          scaling, gqa)
+        return out.transpose(1, 2).contiguous(), lse
     mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask.to(
         query.dtype)
     out = torch.empty_like(query)  # [batch, head, query, dim]
+    lse_all: Any = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
     for rows in _blocks(nq, nk):
         am = _mask_rows(mask, rows, nk)
         keys = _visible_keys(am, None, nk)
-        out[:, :, rows] = sdpa(query[:, :, rows], key[:, :, keys], value[:, :, keys],
-                               attn_mask=am[..., keys], scale=scaling, enable_gqa=gqa)
-    return out.transpose(1, 2).contiguous()
+        out[:, :, rows], lse = _fused(query[:, :, rows], key[:, :, keys], value[:, :, keys],
+                                      am[..., keys], False, scaling, gqa)
+        if lse is None:
+            lse_all = None
+        elif lse_all is not None:
+            lse_all[:, :, rows] = lse
+    return out.transpose(1, 2).contiguous(), lse_all
 
 
 def _own_eager(module: Any) -> Any:
@@ -220,8 +265,9 @@ def _qk_record(module: Any, query: Any, key: Any, value: Any, attention_mask: An
     sinks = kwargs.get("s_aux")
     if sinks is None:
         sinks = getattr(module, "sinks", None)
+    lse = None
     if softcap is None and sinks is None:
-        out = _sdpa(module, query, key, value, attention_mask, float(scaling))
+        out, lse = _sdpa(module, query, key, value, attention_mask, float(scaling))
     else:  # soft-capping or sink logits: SDPA has neither
         out, _ = _eager_default(module, query, key, value, attention_mask, float(scaling),
                                 softcap, sinks, False)
@@ -240,6 +286,8 @@ def _qk_record(module: Any, query: Any, key: Any, value: Any, attention_mask: An
         rec.softcap.append(None if softcap is None else float(softcap))
         rec.sinks.append(None if sinks is None else
                          sinks.detach().float().reshape(-1).cpu().numpy())
+        rec.lse.append(None if lse is None else
+                       np.ascontiguousarray(lse[0].detach().float().cpu().numpy()))
         # the layer's freed scratch goes back now, not at the end (lowers a long run's peak
         # without fixing glibc's mmap threshold: see fixed_mmap_threshold)
         release_freed_memory()
@@ -407,7 +455,9 @@ def qk_layers(rec: _Recording) -> QKLayers:
                  for s, q in zip(rec.sinks, rec.q)]
     masks = [m if m is not None else np.zeros((q.shape[1], k.shape[1]), bool)
              for m, q, k in zip(rec.masks, rec.q, rec.k)]
-    return QKLayers(rec.q, rec.k, rec.scaling, masks, softcap=rec.softcap, sinks=sinks)
+    lse = rec.lse if rec.lse and all(x is not None for x in rec.lse) else None
+    return QKLayers(rec.q, rec.k, rec.scaling, masks, softcap=rec.softcap, sinks=sinks,
+                    logsumexp=lse)
 
 
 def bypass_error(model_name: str, cls: str, weights_limit: int, *, bias: bool = False

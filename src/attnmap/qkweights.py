@@ -38,7 +38,8 @@ class QKLayers(Sequence[np.ndarray]):
     def __init__(self, q: list[np.ndarray], k: list[np.ndarray], scaling: list[float],
                  masks: Sequence[np.ndarray] | np.ndarray, *,
                  softcap: Sequence[float | None] | float | None = None,
-                 sinks: list[np.ndarray] | None = None) -> None:
+                 sinks: list[np.ndarray] | None = None,
+                 logsumexp: list[np.ndarray] | None = None) -> None:
         self.q = q  # each [head, query, dim]
         self.k = k  # each [kv_head, key, dim] (grouped-query models share keys across heads)
         self.scaling = [float(s) for s in scaling]
@@ -49,6 +50,10 @@ class QKLayers(Sequence[np.ndarray]):
             softcap = [softcap] * len(q)
         self.softcap = [None if c is None else float(c) for c in softcap]
         self.sinks = sinks  # each [head] float32: a sink logit per head (gpt-oss), or None
+        # each [head, query] float32: log Σ exp of a row's scaled logits over the keys it may
+        # see, as the capture's fused attention found it (None where it was not given); a
+        # reader may take it as the row's softmax normaliser instead of finding it again
+        self.logsumexp = logsumexp
 
     @property
     def masked(self) -> np.ndarray:

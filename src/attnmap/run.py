@@ -334,6 +334,10 @@ class AttentionRun:
                     if st.layers.sinks is not None:
                         tensors[f"{prefix}sinks.layer.{i}"] = np.ascontiguousarray(
                             st.layers.sinks[i], np.float32)
+                    if st.layers.logsumexp is not None and dtype == "float32":
+                        # normalisers of float32 q/k only: rounded q/k would not sum to 1
+                        tensors[f"{prefix}lse.layer.{i}"] = np.ascontiguousarray(
+                            st.layers.logsumexp[i], np.float32)
             else:
                 for i, arr in enumerate(st.layers):
                     tensors[f"{prefix}layer.{i}"] = np.ascontiguousarray(arr, dtype=dtype)
@@ -684,13 +688,18 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
             if sinks is not None and (len(sinks) != len(qs) or any(
                     s.shape != (qs[0].shape[0],) or s.dtype.kind != "f" for s in sinks)):
                 raise ValueError(f"{name}: sinks must be one float per head and layer")
+            lse = _numbered(tensors, f"{prefix}lse.layer.") or None
+            if lse is not None and (len(lse) != len(qs) or any(
+                    x.shape != q.shape[:2] or x.dtype != np.float32 for x, q in zip(lse, qs))):
+                raise ValueError(f"{name}: the log-sum-exp must be one float32 per layer, head "
+                                 "and query")
             softcap = smeta.get("softcap")
             if softcap is not None and (not isinstance(softcap, list) or len(softcap) != len(qs)
                                         or any(c is not None and not (_is_number(c) and c > 0)
                                                for c in softcap)):
                 raise ValueError(f"{name}: softcap must be a positive number or null per layer")
             qk = QKLayers(qs, ks, [float(x) for x in scaling], layer_masks or [mask] * len(qs),
-                          softcap=softcap, sinks=sinks)
+                          softcap=softcap, sinks=sinks, logsumexp=lse)
             stacks[name] = AttentionStack(name, qk, mask, layer_masks)
             continue
         for arr in layers:

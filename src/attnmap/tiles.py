@@ -10,7 +10,8 @@ Runs captured with ``store="qk"`` keep queries and keys: their tiles are compute
 few query rows at a time, over only the keys each row's mask lets it see (a causal row skips
 the future, a sliding-window row everything outside its window), so memory stays
 O(rows of a chunk × keys) and a whole head is never held at full resolution. The row
-normalisers of the softmax (max logit and sum of exponentials per head and query) are
+normalisers of the softmax (max logit and sum of exponentials per head and query) come with
+the run when its capture's fused attention gave them (the log-sum-exp of each row), or are
 computed once per layer and head and kept in a bounded cache, with the tiles themselves.
 
 For a max tile the softmax needs no exponential per cell: ``max exp(s - t)/z`` over a row's
@@ -254,9 +255,20 @@ def _dense_tile(weights: Any, heads: list[int], mask: np.ndarray,
 
 
 # --- runs that keep queries and keys ---------------------------------------------------------
+# per byte of packed hidden flags (most significant bit first): how many keys it hides, and
+# one past the last key it lets through (0 when it hides all 8)
+_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
+_LAST_SEEN = np.array([max((p + 1 for p in range(8) if not b >> (7 - p) & 1), default=0)
+                       for b in range(256)], dtype=np.int64)
+
+
 def _extents(mask: np.ndarray, cache: TileCache | None) -> tuple[np.ndarray, ...]:
     """Per query row: the first and one-past-last key it may see, and whether every key in
-    between is visible (a causal or sliding-window row is; a padded one may not be)."""
+    between is visible (a causal or sliding-window row is; a padded one may not be).
+
+    Read from the mask packed eight keys to a byte: the first visible key by a forward
+    search (which stops early), the last one and the count of hidden keys from the packed
+    bytes, so a 32,768-token mask (1 GiB) is read once, on one thread per core."""
     if cache is not None:
         hit = cache.get(mask, ("extents",))
         if hit is not None:
@@ -267,15 +279,29 @@ def _extents(mask: np.ndarray, cache: TileCache | None) -> tuple[np.ndarray, ...
     hi = np.zeros(nq, dtype=np.int64)
     whole = np.ones(nq, dtype=bool)
     step = max(1, CHUNK_CELLS // max(nk, 1))
-    for r0 in range(0, nq, step):
-        seen = ~np.asarray(mask[r0:r0 + step], dtype=bool)  # [rows, key] True = visible
-        count = np.count_nonzero(seen, axis=1)
-        first = seen.argmax(axis=1)
-        last = nk - seen[:, ::-1].argmax(axis=1)
-        some = count > 0
+    pad = -nk % 8  # bits past the last key in a row's last byte: marked hidden
+
+    def part(r0: int) -> None:
+        m = np.asarray(mask[r0:r0 + step], dtype=bool)  # [rows, key] True = hidden
+        rows = np.arange(m.shape[0])
+        first = m.argmin(axis=1)
+        some = ~m[rows, first]
+        packed = np.packbits(m, axis=1)  # [rows, ⌈keys/8⌉]
+        if pad:
+            packed[:, -1] |= np.uint8((1 << pad) - 1)
+        if hasattr(np, "bitwise_count"):
+            hidden = np.bitwise_count(packed).sum(axis=1, dtype=np.int64) - pad
+        else:  # numpy < 2
+            hidden = _POPCOUNT[packed].sum(axis=1) - pad
+        open_ = packed != 0xFF  # bytes with a visible key
+        j = packed.shape[1] - 1 - open_[:, ::-1].argmax(axis=1)
+        last = j * 8 + _LAST_SEEN[packed[rows, j]]
         lo[r0:r0 + step] = np.where(some, first, 0)
         hi[r0:r0 + step] = np.where(some, last, 0)
-        whole[r0:r0 + step] = ~some | (count == last - first)
+        whole[r0:r0 + step] = ~some | (nk - hidden == last - first)
+
+    if nk:  # with no keys every row sees nothing: (0, 0, whole)
+        map_threads(part, range(0, nq, step))
     ext = (lo, hi, whole)
     if cache is not None:
         cache.put(mask, ("extents",), ext, lo.nbytes + hi.nbytes + whole.nbytes)
@@ -388,8 +414,14 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
     # arrays to fill for the others in the same pass as the tile
     norms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     missing: set[int] = set()
+    lse = None if lay.logsumexp is None else lay.logsumexp[li]  # [head, query], from capture
     for h in heads:
         hit = cache.get(st, ("norms", li, h)) if cache is not None else None
+        if hit is None and lse is not None:
+            # the capture's log-sum-exp is the normaliser: weight = exp(logit − lse)
+            top = np.array(lse[h], dtype=np.float32)
+            top[~np.isfinite(top)] = 0.0  # rows that see no key draw nothing anyway
+            hit = (top, np.ones(nq, np.float32))
         if hit is None:
             missing.add(h)
             norms[h] = (np.zeros(nq, np.float32), np.ones(nq, np.float32))

@@ -77,13 +77,13 @@ def test_windowed_model_beyond_its_window_in_blocks_equals_eager(name, tok, monk
     assert n > 25 * _zoo.WINDOW
     _rows_per_block(monkeypatch, 8, n)
     seen: list[tuple[int, int]] = []  # (queries, keys) of each fused call
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    fused = _qk._fused
 
     def spy(q, k, *args, **kwargs):
         seen.append((q.shape[2], k.shape[2]))
-        return sdpa(q, k, *args, **kwargs)
+        return fused(q, k, *args, **kwargs)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(_qk, "_fused", spy)
     run = attnmap.capture(LONG_TEXT, model=model, tokenizer=tok, store="qk")
     assert run.stack().lazy and len(run.tokens) == n
     ref = _eager(model, ids)
@@ -99,9 +99,58 @@ def test_windowed_model_beyond_its_window_in_blocks_equals_eager(name, tok, monk
         # … in blocks where a layer has a mask; a causal layer without one in one call
         assert seen and all(q <= 8 or (q, k) == (n, n) for q, k in seen)
         assert min(k for _, k in seen) <= 8 + _zoo.WINDOW  # a block beyond the window
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(_qk, "_fused", fused)
     assert float((_outputs(model, ids, qk=True) - _outputs(model, ids, qk=False)).abs().max()
                  ) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral-window", "gemma2-softcap"])
+def test_capture_keeps_each_rows_log_sum_exp(name, tok, tmp_path):
+    """On the CPU the fused attention also gives each row's log-sum-exp: exp(logit − lse)
+    is the eager weight; it survives a float32 save (not a float16 one, whose rounded q/k it
+    would not fit), and tiles drawn with it equal tiles that find the normalisers themselves.
+    Soft-capped layers run in eager blocks and keep none."""
+    from attnmap import tiles
+
+    model = _model(name, tok)
+    run = attnmap.capture(LONG_TEXT, model=model, tokenizer=tok, store="qk")
+    lay = run.stack().layers
+    if name == "gemma2-softcap":
+        assert lay.logsumexp is None
+        return
+    assert lay.logsumexp is not None and len(lay.logsumexp) == run.n_layers
+    ref = _eager(model, tok(LONG_TEXT)["input_ids"])
+    for li, a in enumerate(ref):  # a: [head, query, key]
+        q = lay.q[li].astype(np.float64)  # [head, query, dim]
+        k = np.repeat(lay.k[li].astype(np.float64), q.shape[0] // lay.k[li].shape[0], 0)
+        logits = lay.scaling[li] * q @ k.transpose(0, 2, 1)  # [head, query, key]
+        lse = lay.logsumexp[li]
+        assert lse.shape == a.shape[:2] and lse.dtype == np.float32
+        seen = ~run.mask(li)
+        w = np.exp(logits - lse[:, :, None].astype(np.float64))
+        np.testing.assert_allclose(w[:, seen], a[:, seen], rtol=1e-4, atol=1e-7)
+    path = run.save(tmp_path / "r.safetensors")
+    back = attnmap.load(path)
+    for x, y in zip(back.stack().layers.logsumexp, lay.logsumexp, strict=True):
+        assert np.array_equal(x, y)
+    assert attnmap.load(run.save(tmp_path / "h.safetensors", dtype="float16")
+                        ).stack().layers.logsumexp is None
+    plain = attnmap.load(path)
+    plain.stack().layers.logsumexp = None
+    for li in range(run.n_layers):
+        for head in (0, "mean", "max"):
+            for reduce in tiles.REDUCES:
+                for block in (1, 4):
+                    with_lse = tiles.tile(back, li, head, block=block, reduce=reduce, cache=None)
+                    own = tiles.tile(plain, li, head, block=block, reduce=reduce, cache=None)
+                    np.testing.assert_allclose(with_lse, own, rtol=2e-5, atol=1e-7)
+                    if block == 1:
+                        exact = ref[li][head] if head == 0 else (
+                            ref[li].mean(0) if head == "mean" else ref[li].max(0))
+                        hidden = run.mask(li)
+                        np.testing.assert_allclose(with_lse[~hidden], exact[~hidden],
+                                                   rtol=2e-5, atol=1e-7)
+                        assert np.isnan(with_lse[hidden]).all()
 
 
 def test_causal_mask_recorded_without_a_transformers_mask(tok):

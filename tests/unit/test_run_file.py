@@ -150,3 +150,33 @@ def test_written_file_has_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_log_sum_exp_that_does_not_fit_is_refused(tmp_path):
+    """A long run's ``lse.layer.{i}`` must be float32 [heads, queries] for every layer."""
+    from safetensors.numpy import load_file
+
+    from attnmap.qkweights import QKLayers
+
+    rng = np.random.default_rng(0)
+    q = [rng.standard_normal((2, 4, 3), dtype=np.float32) for _ in range(2)]
+    k = [rng.standard_normal((1, 4, 3), dtype=np.float32) for _ in range(2)]
+    mask = np.triu(np.ones((4, 4), bool), 1)
+    lse = [rng.standard_normal((2, 4), dtype=np.float32) for _ in range(2)]
+    run = _run(layers=2, heads=2, n=4)
+    run.stacks["self"] = AttentionStack("self", QKLayers(q, k, [1.0, 1.0], mask, logsumexp=lse),
+                                        mask)
+    path = run.save(tmp_path / "r.safetensors")
+    assert [np.array_equal(a, b) for a, b in zip(
+        attnmap.load(path).stack().layers.logsumexp, lse, strict=True)] == [True, True]
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    for bad in (np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float64)):
+        save_file({**tensors, "lse.layer.1": bad}, str(tmp_path / "bad.safetensors"), meta)
+        with pytest.raises(AttnmapError, match="log-sum-exp"):
+            attnmap.load(tmp_path / "bad.safetensors")
+    del tensors["lse.layer.1"]  # one layer only
+    save_file(tensors, str(tmp_path / "bad.safetensors"), meta)
+    with pytest.raises(AttnmapError, match="log-sum-exp"):
+        attnmap.load(tmp_path / "bad.safetensors")

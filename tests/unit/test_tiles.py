@@ -222,3 +222,26 @@ def test_a_backend_can_take_over_and_decline():
         tiles.set_backend(None)
     assert seen == [(1, (0, 1, 2, 3), 4)]
     assert_tile(got, reference(run, 1, "max", block=4))
+
+
+@pytest.mark.parametrize("nq,nk", [(1, 1), (5, 7), (9, 16), (13, 17), (70, 33), (3, 0)])
+def test_row_extents_match_their_definition(nq, nk):
+    """Each row's first and one-past-last visible key, and whether all keys between are
+    visible, read from the packed mask, equal a row-by-row reading, for key counts that are
+    and are not multiples of 8 and for random, causal, windowed, padded and empty masks."""
+    rng = np.random.default_rng(nq * 100 + nk)
+    r, c = np.indices((nq, nk))
+    padded = (c > r) | (c <= r - 3)
+    padded[::4] = True
+    holes = np.triu(np.ones((nq, nk), bool), 1)
+    holes[:, 1::5] = True  # visible keys with gaps
+    for m in (rng.random((nq, nk)) < 0.5, np.triu(np.ones((nq, nk), bool), 1),
+              np.ones((nq, nk), bool), np.zeros((nq, nk), bool), padded, holes):
+        lo, hi, whole = tiles._extents(m, None)
+        for row in range(nq):
+            seen = np.flatnonzero(~m[row])
+            if len(seen) == 0:
+                assert (lo[row], hi[row], whole[row]) == (0, 0, True)
+            else:
+                assert (lo[row], hi[row]) == (seen[0], seen[-1] + 1)
+                assert whole[row] == (len(seen) == seen[-1] + 1 - seen[0])
