@@ -122,6 +122,13 @@ class QKLayers(Sequence[np.ndarray]):
         if len(cols):  # only the columns some row may not see need the mask
             c0, c1 = int(cols[0]), int(cols[-1]) + 1
             s[:, :, c0:c1] += np.where(blocked[:, c0:c1], _HIDDEN, np.float32(0.0))
+        lse = self._lse_rows(layer, picked, r0, r1)
+        if lse is not None:  # the capture's normaliser: log p = s − lse, no max or sum pass
+            s -= lse
+            p = np.exp(s, out=scratch.take("weights", s.shape) if entropy else s)
+            if not entropy:
+                return p
+            return p, np.maximum(-np.einsum("hqk,hqk->hq", p, s, dtype=np.float64), 0.0)
         top = s.max(axis=-1, keepdims=True)  # [head, row, 1]
         sink = None
         if self.sinks is not None:
@@ -142,6 +149,15 @@ class QKLayers(Sequence[np.ndarray]):
         ent = np.log(total[..., 0]).astype(np.float64) * mass - np.einsum(
             "hqk,hqk->hq", p, s, dtype=np.float64)
         return p, np.maximum(ent, 0.0)
+
+    def _lse_rows(self, layer: int, heads: list[int], r0: int, r1: int) -> np.ndarray | None:
+        """The capture's log-sum-exp of rows r0:r1 → ``[head, row, 1]`` float32, or None;
+        rows that see no key get 0 (their cells stay 0)."""
+        if self.logsumexp is None or self.sinks is not None:
+            return None
+        x = np.asarray(self.logsumexp[layer], dtype=np.float32)[heads, r0:r1, None]
+        x[~(x > _HIDDEN / 2)] = 0.0  # −inf, NaN, or a float mask's minimum: nothing seen
+        return x
 
     def compute(self, layer: int, heads: Sequence[int] | None = None) -> np.ndarray:
         """softmax(q kᵀ · scaling) over the keys the layer's mask allows, with the layer's

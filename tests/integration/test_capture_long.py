@@ -151,6 +151,17 @@ def test_capture_keeps_each_rows_log_sum_exp(name, tok, tmp_path):
                         np.testing.assert_allclose(with_lse[~hidden], exact[~hidden],
                                                    rtol=2e-5, atol=1e-7)
                         assert np.isnan(with_lse[hidden]).all()
+    # rows read blockwise (census, long page) take it too: the same weights and entropies
+    a, b = back.stack().layers, plain.stack().layers
+    n = len(run.tokens)
+    for li in range(run.n_layers):
+        for r0, r1 in ((0, 7), (7, n)):
+            pa, ea = a.rows(li, r0, r1, entropy=True)
+            pb, eb = b.rows(li, r0, r1, entropy=True)
+            np.testing.assert_allclose(pa, pb, rtol=2e-5, atol=1e-7)
+            np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a.rows(li, r0, r1, heads=[1]), pb[1:2], rtol=2e-5,
+                                       atol=1e-7)
 
 
 def test_causal_mask_recorded_without_a_transformers_mask(tok):
