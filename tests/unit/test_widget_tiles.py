@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("anywidget")
 
-from attnmap import AttnmapError, tiles  # noqa: E402
+from attnmap import AttnmapError, show, tiles  # noqa: E402
 from attnmap.viewer import longpage  # noqa: E402
 from attnmap.viewer import payload as P  # noqa: E402
 from attnmap.viewer.widget import MAX_CELLS, make_widget  # noqa: E402
@@ -45,8 +45,8 @@ def run():
 def test_long_qk_run_sends_the_header_only_and_asks_for_tiles():
     long = qk_run(2050, heads=2, kv=1, dim=4)  # 2050² cells: over the page's dense limit
     assert longpage.choose(long) == "long"
-    w = make_widget(long)
-    assert w.tiles is True
+    w = show(long, head=1)  # what a notebook calls
+    assert w.tiles is True and w.options["head"] == 1
     got = P.decode(w.payload)
     assert got["layers"] == {} and got["header"]["chunks"] == []
     assert got["header"]["stacks"][0]["shape"] == [2, 2, 2050, 2050]
