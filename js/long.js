@@ -36,8 +36,9 @@
 
 /**
  * @typedef {object} TileSource
- * @property {"page" | "server"} kind
+ * @property {"page" | "server" | "kernel"} kind
  * @property {(req: TileRequest) => Promise<Tile>} tile
+ * @property {() => void} [close]  stop listening (sources that listen to their host)
  */
 
 /** @param {Uint8Array} bytes */
@@ -469,6 +470,100 @@ export class ServerSource {
   async tile(req) {
     const wantRest = req.ignoreFirst && req.k0 === 0;
     const [t, r] = await Promise.all([this.fetchTile(req, req.cols, false), wantRest ? this.fetchTile(req, 1, true) : null]);
+    return { q0: req.q0, k0: req.k0, rows: t.rows, cols: t.cols, block: req.block, reduce: req.reduce, vals: t.vals, bound: null, rest: r ? r.vals : null };
+  }
+}
+
+/**
+ * The Jupyter widget's model, as far as tiles go: anywidget's custom messages.
+ * @typedef {object} MessageModel
+ * @property {(content: any, callbacks?: any, buffers?: ArrayBuffer[]) => void} send
+ * @property {(event: string, fn: (msg: any, buffers?: ArrayLike<unknown>) => void) => void} on
+ * @property {(event: string, fn: (msg: any, buffers?: ArrayLike<unknown>) => void) => void} [off]
+ */
+
+/** How long a tile request waits for the kernel (a cell may be running: it answers after). */
+export const KERNEL_WAIT_MS = 120000;
+
+/**
+ * Tiles from the notebook's kernel (attnmap.viewer.widget): a custom message
+ * { kind: "tile", id, stack, layer, head, block, q0, k0, rows, cols, reduce, ignore_first }
+ * answered by { kind: "tile", id, rows, cols, block } with one buffer, float32 little-endian
+ * [rows, cols] (NaN = masked), or by { kind: "tile", id, error } with a one-line message.
+ * @implements {TileSource}
+ */
+export class KernelSource {
+  /**
+   * @param {MessageModel} model
+   * @param {number} [waitMs]
+   */
+  constructor(model, waitMs = KERNEL_WAIT_MS) {
+    /** @type {"kernel"} */
+    this.kind = "kernel";
+    this.model = model;
+    this.waitMs = waitMs;
+    this.next = 1;
+    /** @type {Map<number, { resolve: (t: { rows: number, cols: number, vals: Float32Array }) => void, reject: (e: Error) => void, timer: ReturnType<typeof setTimeout> }>} */
+    this.waiting = new Map();
+    /** @param {any} msg @param {ArrayLike<unknown>} [buffers] */
+    this.onMsg = (msg, buffers) => this.receive(msg, buffers);
+    model.on("msg:custom", this.onMsg);
+  }
+
+  close() {
+    this.model.off?.("msg:custom", this.onMsg);
+    for (const w of this.waiting.values()) { clearTimeout(w.timer); w.reject(new Error("attnmap: the viewer was closed")); }
+    this.waiting.clear();
+  }
+
+  /**
+   * A reply from the kernel (messages that are not tile replies of ours are left alone).
+   * @param {any} msg
+   * @param {ArrayLike<unknown>} [buffers]
+   */
+  receive(msg, buffers) {
+    if (!msg || msg.kind !== "tile") return;
+    const w = this.waiting.get(msg.id);
+    if (!w) return;
+    this.waiting.delete(msg.id);
+    clearTimeout(w.timer);
+    if (typeof msg.error === "string") { w.reject(new Error(`attnmap: could not compute a tile (${msg.error})`)); return; }
+    const b = buffers && buffers.length ? /** @type {ArrayBuffer | ArrayBufferView} */ (buffers[0]) : null;
+    const rows = Number(msg.rows), cols = Number(msg.cols);
+    if (!b || !(rows >= 1 && cols >= 1) || b.byteLength !== rows * cols * 4) { w.reject(new Error("attnmap: a tile has the wrong size")); return; }
+    // a copy: a view into a message buffer may be unaligned for float32
+    const bytes = ArrayBuffer.isView(b) ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength).slice() : new Uint8Array(b).slice();
+    w.resolve({ rows, cols, vals: new Float32Array(bytes.buffer) });
+  }
+
+  /**
+   * @param {TileRequest} req
+   * @param {number} cols
+   * @param {boolean} ignoreFirst
+   * @returns {Promise<{ rows: number, cols: number, vals: Float32Array }>}
+   */
+  ask(req, cols, ignoreFirst) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new Error(`attnmap: the kernel did not answer a tile request in ${Math.round(this.waitMs / 1000)} s (is it busy or stopped? run the cell again)`));
+      }, this.waitMs);
+      this.waiting.set(id, { resolve, reject, timer });
+      this.model.send({
+        kind: "tile", id, stack: req.stack, layer: req.layer, head: req.head, block: req.block,
+        q0: req.q0, k0: req.k0, rows: req.rows, cols, reduce: req.reduce, ignore_first: ignoreFirst,
+      });
+    });
+  }
+
+  /**
+   * @param {TileRequest} req
+   * @returns {Promise<Tile>}
+   */
+  async tile(req) {
+    const wantRest = req.ignoreFirst && req.k0 === 0;
+    const [t, r] = await Promise.all([this.ask(req, req.cols, false), wantRest ? this.ask(req, 1, true) : null]);
     return { q0: req.q0, k0: req.k0, rows: t.rows, cols: t.cols, block: req.block, reduce: req.reduce, vals: t.vals, bound: null, rest: r ? r.vals : null };
   }
 }

@@ -17,7 +17,7 @@ import { paintHeads, paintLayers } from "./views/grids.js";
 import { paintDiff, paintChange } from "./views/diff.js";
 import { hooks } from "./hooks.js";
 import { rowWindow } from "./steps.js";
-import { PageSource, ServerSource } from "./long.js";
+import { KernelSource, PageSource, ServerSource } from "./long.js";
 import { paintLong } from "./views/longmap.js";
 import { paintVision } from "./vision.js";
 
@@ -198,11 +198,17 @@ export class Viewer {
       this.changeBy = new Map(od.ranking.map((/** @type {Change} */ r) => [`${r.layer}/${r.head}`, r]));
     }
     this.words = textWords(header.text);
-    // Long runs draw from tiles: the page's own long representation, or the app's endpoint.
+    // Long runs draw from tiles: the page's own long representation, the app's endpoint, or
+    // the notebook's kernel (a widget whose `tiles` trait is set).
     const chunk = this.model.get("long_chunk"), tileUrl = this.model.get("tile_url");
     const hl = /** @type {Header & { long?: any }} */ (header);
-    this.lod = hl.long && typeof chunk === "function" ? { source: new PageSource(hl, chunk), tiles: new Map(), tile: null, vmax: 1 }
-      : tileUrl ? { source: new ServerSource(tileUrl), tiles: new Map(), tile: null, vmax: 1 } : null;
+    const m = /** @type {any} */ (this.model), kernel = !hl.long && !!m.get("tiles") && typeof m.send === "function";
+    this.lod?.source.close?.();
+    /** @type {import("./long.js").TileSource | null} */
+    const source = hl.long && typeof chunk === "function" ? new PageSource(hl, chunk)
+      : tileUrl ? new ServerSource(tileUrl) : kernel ? new KernelSource(m) : null;
+    if (source?.close) this.off.push(() => source.close?.());
+    this.lod = source ? { source, tiles: new Map(), tile: null, vmax: 1 } : null;
     syncControls(this, true);
     resetRelation(this);
     this.set(initialState(header, o, !!this.diff)); // every key: a fresh start

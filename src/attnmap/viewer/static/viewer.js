@@ -1607,6 +1607,96 @@ var ServerSource = class {
     return { q0: req.q0, k0: req.k0, rows: t.rows, cols: t.cols, block: req.block, reduce: req.reduce, vals: t.vals, bound: null, rest: r ? r.vals : null };
   }
 };
+var KERNEL_WAIT_MS = 12e4;
+var KernelSource = class {
+  /**
+   * @param {MessageModel} model
+   * @param {number} [waitMs]
+   */
+  constructor(model, waitMs = KERNEL_WAIT_MS) {
+    this.kind = "kernel";
+    this.model = model;
+    this.waitMs = waitMs;
+    this.next = 1;
+    this.waiting = /* @__PURE__ */ new Map();
+    this.onMsg = (msg, buffers) => this.receive(msg, buffers);
+    model.on("msg:custom", this.onMsg);
+  }
+  close() {
+    this.model.off?.("msg:custom", this.onMsg);
+    for (const w of this.waiting.values()) {
+      clearTimeout(w.timer);
+      w.reject(new Error("attnmap: the viewer was closed"));
+    }
+    this.waiting.clear();
+  }
+  /**
+   * A reply from the kernel (messages that are not tile replies of ours are left alone).
+   * @param {any} msg
+   * @param {ArrayLike<unknown>} [buffers]
+   */
+  receive(msg, buffers) {
+    if (!msg || msg.kind !== "tile") return;
+    const w = this.waiting.get(msg.id);
+    if (!w) return;
+    this.waiting.delete(msg.id);
+    clearTimeout(w.timer);
+    if (typeof msg.error === "string") {
+      w.reject(new Error(`attnmap: could not compute a tile (${msg.error})`));
+      return;
+    }
+    const b = buffers && buffers.length ? (
+      /** @type {ArrayBuffer | ArrayBufferView} */
+      buffers[0]
+    ) : null;
+    const rows = Number(msg.rows), cols = Number(msg.cols);
+    if (!b || !(rows >= 1 && cols >= 1) || b.byteLength !== rows * cols * 4) {
+      w.reject(new Error("attnmap: a tile has the wrong size"));
+      return;
+    }
+    const bytes = ArrayBuffer.isView(b) ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength).slice() : new Uint8Array(b).slice();
+    w.resolve({ rows, cols, vals: new Float32Array(bytes.buffer) });
+  }
+  /**
+   * @param {TileRequest} req
+   * @param {number} cols
+   * @param {boolean} ignoreFirst
+   * @returns {Promise<{ rows: number, cols: number, vals: Float32Array }>}
+   */
+  ask(req, cols, ignoreFirst) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new Error(`attnmap: the kernel did not answer a tile request in ${Math.round(this.waitMs / 1e3)} s (is it busy or stopped? run the cell again)`));
+      }, this.waitMs);
+      this.waiting.set(id, { resolve, reject, timer });
+      this.model.send({
+        kind: "tile",
+        id,
+        stack: req.stack,
+        layer: req.layer,
+        head: req.head,
+        block: req.block,
+        q0: req.q0,
+        k0: req.k0,
+        rows: req.rows,
+        cols,
+        reduce: req.reduce,
+        ignore_first: ignoreFirst
+      });
+    });
+  }
+  /**
+   * @param {TileRequest} req
+   * @returns {Promise<Tile>}
+   */
+  async tile(req) {
+    const wantRest = req.ignoreFirst && req.k0 === 0;
+    const [t, r] = await Promise.all([this.ask(req, req.cols, false), wantRest ? this.ask(req, 1, true) : null]);
+    return { q0: req.q0, k0: req.k0, rows: t.rows, cols: t.cols, block: req.block, reduce: req.reduce, vals: t.vals, bound: null, rest: r ? r.vals : null };
+  }
+};
 function blockFor(cs) {
   let b = 1;
   while (b * cs < 1) b *= 2;
@@ -2968,7 +3058,14 @@ var Viewer = class {
       /** @type {Header & { long?: any }} */
       header
     );
-    this.lod = hl.long && typeof chunk === "function" ? { source: new PageSource(hl, chunk), tiles: /* @__PURE__ */ new Map(), tile: null, vmax: 1 } : tileUrl ? { source: new ServerSource(tileUrl), tiles: /* @__PURE__ */ new Map(), tile: null, vmax: 1 } : null;
+    const m = (
+      /** @type {any} */
+      this.model
+    ), kernel = !hl.long && !!m.get("tiles") && typeof m.send === "function";
+    this.lod?.source.close?.();
+    const source = hl.long && typeof chunk === "function" ? new PageSource(hl, chunk) : tileUrl ? new ServerSource(tileUrl) : kernel ? new KernelSource(m) : null;
+    if (source?.close) this.off.push(() => source.close?.());
+    this.lod = source ? { source, tiles: /* @__PURE__ */ new Map(), tile: null, vmax: 1 } : null;
     syncControls(this, true);
     resetRelation(this);
     this.set(initialState(header, o, !!this.diff));
