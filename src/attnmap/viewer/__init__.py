@@ -53,6 +53,7 @@ def show(
     ignore_first: bool | None = None,
     step: int | None = None,
     cmap: str = "Blues",
+    representation: str = "auto",
 ) -> Any:
     """A notebook widget showing `run` (display it, or leave it last in a cell).
 
@@ -60,13 +61,17 @@ def show(
     (a number, ``"mean"`` or ``"max"``), `scale` (``"unit"``, ``"data"``, ``"log"``), `view`
     (``"heatmap"``, ``"heads"``, ``"layers"``, ``"generated"``), `ignore_first`, `step` (the
     step playback's first step, for generated runs); `cmap` names the matplotlib colormap.
+    `representation`: ``"dense"`` sends every weight; ``"tiles"`` sends the tokens and facts
+    and the kernel computes each tile the view needs (from queries and keys for a long run);
+    ``"auto"`` (default) picks tiles where the standalone page would be long.
     Needs anywidget (``pip install attnmap[widget]``).
     """
     from .widget import make_widget
 
     options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
                "ignore_first": ignore_first, "step": step}
-    return make_widget(run, cmap=cmap, **{k: v for k, v in options.items() if v is not None})
+    return make_widget(run, cmap=cmap, representation=representation,
+                       **{k: v for k, v in options.items() if v is not None})
 
 
 def mimebundle(run: Any, **kwargs: Any) -> dict[str, Any]:
