@@ -11,6 +11,10 @@
    captured with ``store="qk"`` at 1,024 / 2,048 / 4,096 tokens, one fresh process each: time,
    peak RSS (VmHWM), bytes per token (target at 4,096: ≤ 15 s, ≤ 2 GiB).
 
+5. ``--size``: payload bytes of the two runs above (MiniLM 512; GPT-2-shaped 12 × 12, 1,024
+   tokens) at full and compact precision, against the floor ``zlib.compress(uint8(round(255·v)),
+   9)`` summed over layers (target for compact: ≤ 1.5× the floor), with the largest error.
+
 In-page times come from the viewer's own record, ``window.__attnmapTiming`` (one entry per
 draw: ``ms`` from the request to the finished canvas, ``at`` since navigation start).
 """
@@ -136,6 +140,55 @@ def bench_gpt2(browser, tmp: Path, switches: int) -> None:
     assert not errors, errors
 
 
+def _floor_bytes(run) -> int:
+    import zlib
+
+    import numpy as np
+
+    total = 0
+    for st in run.stacks.values():
+        for li in range(st.n_layers):
+            w = np.where(st.mask(li)[None], 0, np.asarray(st.layers[li], np.float32))
+            total += len(zlib.compress(np.rint(255 * w).astype(np.uint8).tobytes(), 9))
+    return total
+
+
+def _size_row(label: str, run) -> None:
+    import numpy as np
+
+    from attnmap.viewer import payload as P
+
+    floor = _floor_bytes(run)
+    cols = [f"{label:<22}", f"floor {floor / 1e6:6.2f} MB"]
+    for precision in P.PRECISIONS:
+        t0 = time.perf_counter()
+        blob = P.encode(run, precision=precision)
+        dt = time.perf_counter() - t0
+        err = 0.0
+        for (stack, li), layer in P.decode(blob)["layers"].items():
+            ref = np.where(layer["masked"], 0, run.layer(li, stack))
+            err = max(err, float(np.abs(layer["values"] - ref).max()))
+        cols.append(f"{precision} {len(blob) / 1e6:6.2f} MB ({len(blob) / floor:4.2f}×, "
+                    f"{dt:4.1f} s, max err {err:.2e})")
+    print(" | ".join(cols))
+
+
+def bench_size(tmp: Path) -> None:
+    import _models
+    import attnmap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = attnmap.capture(TEXT * 40, truncate=True)
+    _size_row(f"MiniLM, {len(run.tokens)}", run)
+    del run
+    model_dir = build_gpt2_12x12(_models, tmp / "gpt2-12x12")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = attnmap.capture(TEXT * 80, model=model_dir, truncate=True)
+    _size_row(f"GPT-2 12×12, {len(run.tokens)}", run)
+
+
 LONG = """
 import sys, time, warnings
 sys.path[:0] = {paths!r}
@@ -178,7 +231,13 @@ def main() -> None:
     ap.add_argument("--skip-gpt2", action="store_true")
     ap.add_argument("--long", action="store_true",
                     help="only the long-run writer: 1k / 2k / 4k tokens, time and peak memory")
+    ap.add_argument("--size", action="store_true",
+                    help="only payload sizes: full and compact precision against the floor")
     args = ap.parse_args()
+    if args.size:
+        with tempfile.TemporaryDirectory() as d:
+            bench_size(Path(d))
+        return
     if args.long:
         with tempfile.TemporaryDirectory() as d:
             bench_long(Path(d))

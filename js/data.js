@@ -14,7 +14,8 @@ import { LEVELS, MASKED } from "./payload.js";
 export function headData(layer, h) {
   if (h === "mean" || h === "max") return aggregate(layer, h);
   const n = layer.q * layer.k;
-  return { q: layer.q, k: layer.k, scales: layer.scales.subarray(h * layer.q, (h + 1) * layer.q), codes: layer.codes.subarray(h * n, (h + 1) * n), stats: null };
+  const r0 = h * layer.q, r1 = (h + 1) * layer.q;
+  return { q: layer.q, k: layer.k, scales: layer.scales.subarray(r0, r1), codes: layer.codes.subarray(h * n, (h + 1) * n), peaks: layer.peaks.subarray(r0, r1), levels: layer.levels, stats: null };
 }
 
 /**
@@ -26,7 +27,7 @@ export function headData(layer, h) {
  */
 export function rowSlice(d, r0, r1) {
   if (r0 === 0 && r1 === d.q) return d;
-  return { q: r1 - r0, k: d.k, scales: d.scales.subarray(r0, r1), codes: d.codes.subarray(r0 * d.k, r1 * d.k), stats: null };
+  return { q: r1 - r0, k: d.k, scales: d.scales.subarray(r0, r1), codes: d.codes.subarray(r0 * d.k, r1 * d.k), peaks: d.peaks.subarray(r0, r1), levels: d.levels, stats: null };
 }
 
 /**
@@ -63,7 +64,7 @@ export function aggregate(layer, how) {
       codes[row + j] = first[row + j] === MASKED ? MASKED : mx > 0 ? Math.round((acc[row + j] / mx) * LEVELS) : 0;
     }
   }
-  const d = { q, k, scales, codes, stats: null };
+  const d = { q, k, scales, codes, peaks: scales, levels: LEVELS, stats: null };
   layer.derived.set(how, d);
   return d;
 }
@@ -85,11 +86,11 @@ export function value(d, i, j) {
  * @param {boolean} ignoreFirst
  */
 export function headMax(d, ignoreFirst) {
-  // Row scales are row maxima, so the head max is one pass over q numbers; the max without
+  // Row maxima are known (peaks), so the head max is one pass over q numbers; the max without
   // key 0 needs every cell and is only computed when asked for.
   if (!d.stats) {
     let all = 0;
-    for (let i = 0; i < d.q; i++) if (d.scales[i] > all) all = d.scales[i];
+    for (let i = 0; i < d.q; i++) if (d.peaks[i] > all) all = d.peaks[i];
     d.stats = { all, rest: null };
   }
   if (ignoreFirst && d.k > 1 && d.stats.rest === null) {

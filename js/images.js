@@ -35,10 +35,10 @@ const CLEAR = 0;
 export function paintImage(d, vmax, scale, ramp) {
   const img = new ImageData(Math.max(1, d.k), Math.max(1, d.q));
   const px = new Uint32Array(img.data.buffer);
-  const row = new Uint32Array(LEVELS + 1); // colour of each code in this row
+  const row = new Uint32Array(d.levels + 1); // colour of each code in this row
   for (let i = 0; i < d.q; i++) {
     const s = d.scales[i] / LEVELS;
-    for (let c = 0; c <= LEVELS; c++) row[c] = ramp.words[lutIndex(tOf(c * s, vmax, scale))];
+    for (let c = 0; c <= d.levels; c++) row[c] = ramp.words[lutIndex(tOf(c * s, vmax, scale))];
     const base = i * d.k;
     for (let j = 0; j < d.k; j++) {
       const c = d.codes[base + j];

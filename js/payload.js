@@ -4,9 +4,11 @@
 /** @typedef {import("./types.js").Header} Header */
 /** @typedef {import("./types.js").Layer} Layer */
 
-export const PAYLOAD_VERSION = 1;
-export const LEVELS = 128; // codes 0..128 carry values (step = row max / 128)
+export const PAYLOAD_VERSION = 1; // full precision
+export const COMPACT_VERSION = 2; // compact precision: scales are not row maxima
+export const LEVELS = 128; // value = code / LEVELS * row scale (full: codes 0..128, scale = row max)
 export const MASKED = 255; // code of a cell the query cannot see
+export const COMPACT_ENCODING = "u8-rowlevels-254"; // per-row levels: codes 0..254
 
 /**
  * @param {unknown} x
@@ -33,8 +35,8 @@ function readPrefix(bytes, offset, magic) {
   const got = String.fromCharCode(...bytes.subarray(offset, offset + 4));
   if (got !== magic) throw new Error(`attnmap: not an attnmap ${magic} block (starts ${JSON.stringify(got)})`);
   const version = dv.getUint32(4, true);
-  if (version > PAYLOAD_VERSION) {
-    throw new Error(`attnmap: payload version ${version} is newer than this viewer (${PAYLOAD_VERSION}); upgrade attnmap`);
+  if (version > COMPACT_VERSION) {
+    throw new Error(`attnmap: payload version ${version} is newer than this viewer (${COMPACT_VERSION}); upgrade attnmap`);
   }
   const n = dv.getUint32(8, true);
   if (offset + 12 + n > bytes.length) throw new Error(`attnmap: the ${magic} block is truncated (header needs ${n} bytes)`);
@@ -71,23 +73,47 @@ async function inflate(bytes) {
 }
 
 /**
- * One layer chunk → scales [head, query] and codes [head, query, key].
+ * One layer chunk → scales [head, query], codes [head, query, key] and row maxima.
  * @param {unknown} x
  * @returns {Promise<Layer>}
  */
 export async function decodeLayer(x) {
   const bytes = toBytes(x);
   const { head, end } = readPrefix(bytes, 0, "ATNL");
+  const encoding = head.encoding ?? "u8-rowmax-128";
+  if (encoding !== "u8-rowmax-128" && encoding !== COMPACT_ENCODING) {
+    throw new Error(`attnmap: layer encoding ${JSON.stringify(encoding)} is not one this viewer reads; upgrade attnmap`);
+  }
   const raw = await inflate(bytes.subarray(end, end + head.length));
   const [h, q, k] = head.shape;
   if (raw.byteLength !== h * q * 4 + h * q * k) throw new Error("attnmap: layer chunk has the wrong size");
   // A fresh ArrayBuffer starts 4-byte aligned; browsers are little-endian like the payload.
+  const scales = new Float32Array(raw.buffer, raw.byteOffset, h * q);
+  const codes = new Uint8Array(raw.buffer, raw.byteOffset + h * q * 4, h * q * k);
+  const compact = encoding === COMPACT_ENCODING;
   return {
-    stack: head.stack, layer: head.layer, heads: h, q, k,
-    scales: new Float32Array(raw.buffer, raw.byteOffset, h * q),
-    codes: new Uint8Array(raw.buffer, raw.byteOffset + h * q * 4, h * q * k),
+    stack: head.stack, layer: head.layer, heads: h, q, k, scales, codes,
+    peaks: compact ? rowPeaks(scales, codes, k) : scales,
+    levels: compact ? MASKED - 1 : LEVELS,
     derived: new Map(),
   };
+}
+
+/**
+ * Each row's maximum, max code × scale / LEVELS over its visible cells (compact precision,
+ * where a scale is row max × 128 / the row's levels).
+ * @param {Float32Array} scales  [row]
+ * @param {Uint8Array} codes     [row, key]
+ * @param {number} k
+ */
+export function rowPeaks(scales, codes, k) {
+  const out = new Float32Array(scales.length);
+  for (let i = 0; i < scales.length; i++) {
+    let m = 0;
+    for (let j = i * k, end = j + k; j < end; j++) { const c = codes[j]; if (c !== MASKED && c > m) m = c; }
+    out[i] = (m * scales[i]) / LEVELS;
+  }
+  return out;
 }
 
 // Text form used by the standalone page: base 85 over an alphabet without < > & " ' \ ` / -

@@ -63,8 +63,10 @@
  * @property {number} heads
  * @property {number} q
  * @property {number} k
- * @property {Float32Array} scales  [head, query] each row's maximum
- * @property {Uint8Array} codes     [head, query, key] 0..LEVELS, MASKED
+ * @property {Float32Array} scales  [head, query] value = code / LEVELS * scale (full: the row's maximum)
+ * @property {Uint8Array} codes     [head, query, key] 0..levels, MASKED
+ * @property {Float32Array} peaks   [head, query] each row's maximum (full precision: scales itself)
+ * @property {number} levels        the largest code that carries a value (128; compact 254)
  * @property {Map<string, HeadData>} derived  mean/max of heads, computed once
  */
 
@@ -75,6 +77,8 @@
  * @property {number} k
  * @property {Float32Array} scales  [query]
  * @property {Uint8Array} codes     [query, key]
+ * @property {Float32Array} peaks   [query] each row's maximum
+ * @property {number} levels        the largest code that carries a value
  * @property {{ all: number, rest: number | null } | null} stats
  */
 

@@ -91,10 +91,12 @@ test("the geometry's row window fits the generated rows and keeps row indexes ab
 });
 
 test("rowSlice views rows of a head without copying", () => {
-  const d = { q: 3, k: 2, scales: new Float32Array([1, 2, 3]), codes: new Uint8Array([1, 2, 3, 4, 5, 6]), stats: null };
+  const d = { q: 3, k: 2, scales: new Float32Array([1, 2, 3]), codes: new Uint8Array([1, 2, 3, 4, 5, 6]), peaks: new Float32Array([4, 5, 6]), levels: 254, stats: null };
   const s = rowSlice(d, 1, 3);
   assert.equal(s.q, 2);
   assert.deepEqual(Array.from(s.scales), [2, 3]);
+  assert.deepEqual(Array.from(s.peaks), [5, 6]);
+  assert.equal(s.levels, 254);
   assert.deepEqual(Array.from(s.codes), [3, 4, 5, 6]);
   assert.equal(s.codes.buffer, d.codes.buffer);
   assert.equal(rowSlice(d, 0, 3), d);

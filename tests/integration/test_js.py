@@ -68,26 +68,33 @@ def _fixture_run() -> AttentionRun:
                         model={"id": "fixture"}, text=" ".join(words))
 
 
-def test_node_unit_tests(node, tmp_path):
-    run = _fixture_run()
-    blob = P.encode(run, cmap="viridis")
+def _write_fixture(run: AttentionRun, fx: Path, precision: str) -> None:
+    blob = P.encode(run, cmap="viridis", precision=precision)
     layers = {}
     for (stack, li), layer in P.decode(blob)["layers"].items():
         vals = np.where(layer["masked"], np.nan, layer["values"]).ravel()  # [head, query, key]
         layers[f"{stack}/{li}"] = {
             "shape": layer["shape"],
             "values": [None if np.isnan(v) else float(v) for v in vals],
+            "peaks": [float(v) for v in layer["peaks"].ravel()],  # [head, query]
         }
-    fx = tmp_path / "payload"
     fx.with_suffix(".b85").write_text(b85encode(blob), "utf-8")
     fx.with_suffix(".json").write_text(json.dumps({
         "length": len(blob), "tokens": [[t.text for t in run.tokens]], "cmap": "viridis",
         "layers": layers,
     }), "utf-8")
+
+
+def test_node_unit_tests(node, tmp_path):
+    run = _fixture_run()
+    fx, compact = tmp_path / "payload", tmp_path / "compact"
+    _write_fixture(run, fx, "full")
+    _write_fixture(run, compact, "compact")
     luts = tmp_path / "luts.json"
     luts.write_text(json.dumps({n: lut_entry(n)["lut"] for n in ("Blues", "RdBu_r")}), "utf-8")
     r = _run([node, "--test", str(JS / "test")],
-             env={"ATTNMAP_PAYLOAD_FIXTURE": str(fx), "ATTNMAP_LUT_FIXTURE": str(luts)})
+             env={"ATTNMAP_PAYLOAD_FIXTURE": str(fx), "ATTNMAP_COMPACT_FIXTURE": str(compact),
+                  "ATTNMAP_LUT_FIXTURE": str(luts)})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "# fail 0" in r.stdout and "# skipped 0" in r.stdout, r.stdout[-2000:]
 

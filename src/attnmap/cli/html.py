@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dense: every weight (short runs); long: a pyramid of block max/sum "
                    "plus each row's largest weights, so thousands of tokens fit one file; auto "
                    "(default): long for big runs")
+    p.add_argument("--precision", choices=("full", "compact"), default="full",
+                   help="dense pages: full (default; each value within 1/256 of its row's "
+                   "max) or compact (within 1/510, as 8-bit weights: weights below that show "
+                   "as 0; pages of long runs are many times smaller)")
     add_ignore_first_option(p, "the colour scale")
     p.add_argument("--predictions", action="store_true",
                    help="also record the model's predictions and show them beside the rows "
@@ -96,6 +100,9 @@ def handle(args: argparse.Namespace) -> int:
         from ..viewer.html import check_options, long_page
 
         opts = check_options(run, {k: v for k, v in options.items() if v is not None})
+        if args.precision != "full":
+            say(args, f"--precision {args.precision} applies to dense pages; the long "
+                "representation keeps its own encoding")
         data = longpage.build(run, cmap=args.cmap)
         html = long_page(data, opts)
         with atomic_path(out) as tmp:
@@ -103,9 +110,10 @@ def handle(args: argparse.Namespace) -> int:
         size = len(html.encode("utf-8"))
         say(args, f"{data.describe()}, {size / 1e6:.0f} MB")
     else:
-        size = write_html(run, out, cmap=args.cmap,
+        size = write_html(run, out, cmap=args.cmap, precision=args.precision,
                           **{k: v for k, v in options.items() if v is not None})
-        say(args, f"dense run ({len(run.tokens):,} tokens): every weight, {size / 1e6:.1f} MB")
+        say(args, f"dense run ({len(run.tokens):,} tokens): every weight "
+            f"({args.precision} precision), {size / 1e6:.1f} MB")
     say(args, f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     print(out)
     return 0

@@ -24,7 +24,7 @@ from .._errors import AttnmapError
 from .._io import atomic_path
 from .._options import AGGREGATES, VIEWS, check_head, check_scale
 from .colours import DEFAULT_CMAP
-from .payload import encode, encode_parts
+from .payload import check_precision, encode, encode_parts
 
 # Same alphabet as viewer.js's b85decode: printable ASCII without < > & " ' \ ` / -
 B85 = "!#$%()*+,.0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_abcdefghijklmnopqrstuvwxyz{|}~"
@@ -197,9 +197,10 @@ REPRESENTATIONS = ("auto", "dense", "long")
 
 
 def page(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "auto",
-         **options: Any) -> str:
+         precision: str = "full", **options: Any) -> str:
     """The standalone page for `run` as a string (`options`: see :func:`to_html`)."""
     opts = check_options(run, options)
+    check_precision(precision)
     if representation not in REPRESENTATIONS:
         raise AttnmapError(f"representation must be 'auto', 'dense' or 'long' "
                            f"(not {representation!r})")
@@ -207,7 +208,7 @@ def page(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "auto",
 
     if representation == "long" or (representation == "auto" and longpage.choose(run) == "long"):
         return long_page(longpage.build(run, cmap=cmap), opts)
-    return "".join(_page_text(encode_parts(run, cmap=cmap), opts))
+    return "".join(_page_text(encode_parts(run, cmap=cmap, precision=precision), opts))
 
 
 def long_page(data: Any, opts: dict[str, Any]) -> str:
@@ -249,12 +250,13 @@ def _page_text(parts: list[bytes], opts: dict[str, Any], blob_b: bytes | None = 
 
 
 def write_html(
-    run: Any, path: str | os.PathLike[str], *, cmap: str = DEFAULT_CMAP, **options: Any
+    run: Any, path: str | os.PathLike[str], *, cmap: str = DEFAULT_CMAP, precision: str = "full",
+    **options: Any
 ) -> int:
     """Write the page of :func:`to_html` to `path` without holding it as one string (a long
     run's page can be a gigabyte); returns its size in bytes."""
     opts = check_options(run, options)
-    parts = encode_parts(run, cmap=cmap)
+    parts = encode_parts(run, cmap=cmap, precision=precision)
     size = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         size = _write(fh, _page_text(parts, opts))
@@ -282,6 +284,7 @@ def to_html(
     step: int | None = None,
     cmap: str = DEFAULT_CMAP,
     representation: str = "auto",
+    precision: str = "full",
 ) -> str:
     """A self-contained HTML page that shows `run`; written to `path` when given.
 
@@ -296,10 +299,13 @@ def to_html(
     with the network off. `representation`: ``"dense"`` carries every weight; ``"long"`` a
     pyramid of block maxima and sums plus each row's largest weights (see ``longpage``), which
     stays small at thousands of tokens; ``"auto"`` (default) picks long for big runs.
+    `precision` (dense pages): ``"full"`` (default; every cell within 1/256 of its row's max)
+    or ``"compact"`` (within 1/510 absolute, the error of 8-bit weights: small weights of long
+    rows show as 0, and the page is up to ~30× smaller; see ``payload``).
     """
     options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
                "ignore_first": ignore_first, "step": step}
-    html = page(run, cmap=cmap, representation=representation,
+    html = page(run, cmap=cmap, representation=representation, precision=precision,
                 **{k: v for k, v in options.items() if v is not None})
     if path is not None:
         with atomic_path(path) as tmp:

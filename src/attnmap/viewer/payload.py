@@ -26,6 +26,19 @@ run at 1,024 tokens: 4.46 bits per visible cell of order-0 entropy, deflate 3.58
 lzma 3.65), so no lossless reordering brings them near ``uint8(round(255·v))`` deflated, which
 keeps an absolute 1/510 and rounds most weights of long rows to 0 (bench/RESULTS.md).
 
+Compact precision (``encode(run, precision="compact")``, opt-in): the same layout and the same
+decoding rule (value = code / 128 · scale), but each row gets its own number of levels,
+``L = min(254, ⌈255 · row max⌉)``: codes are ``round(value / row max · L)`` in 0..L and the scale
+written is ``row max · 128 / L``. Every cell is within ``COMPACT_TOL`` = 1/510 of its value (the
+absolute error of ``uint8(round(255·v))``; a row whose max exceeds 254/255: within row max / 508),
+the row's peak decodes to itself (its code is L), zeros stay 0 and masked cells 255. A scale is
+then not the row's maximum: that is ``max code · scale / 128`` over the row's visible cells. Such
+chunks and payloads say ``"encoding": "u8-rowlevels-254"`` and carry version 2
+(``COMPACT_VERSION``), which a reader of version 1 refuses rather than misreading the scales;
+full-precision payloads are unchanged, version 1. Size: long rows' small weights round to 0
+(as in the floor), so a 12 × 12 GPT-2-shaped random run at 1,024 tokens shrinks ~30× and comes
+within 1.5× of the floor (bench/RESULTS.md); tooltips then show 0 for weights below 1/510.
+
 Token text travels only inside the JSON header, as data.
 
 Optional header fields (a viewer that does not know them ignores them, so the version stays 1):
@@ -77,12 +90,20 @@ from .._parallel import map_threads
 from ..patches import image_header
 from .colours import DEFAULT_CMAP, DIVERGING_CMAP, check_cmap, lut_entry
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 1  # full precision: what every reader since the first reads
+COMPACT_VERSION = 2  # compact precision: a version-1 reader would take its scales for row maxima
 MAGIC = b"ATNM"
 LAYER_MAGIC = b"ATNL"
 MASKED = 255  # the code of a masked cell
 LEVELS = 128  # codes 0..128 carry values; step = row max / 128
 ENCODING = "u8-rowmax-128"
+# Compact precision: per row L = min(254, ⌈row max / (2·COMPACT_TOL)⌉) levels, codes 0..L, and
+# the scale written is row max · 128 / L, so that code / 128 · scale decodes as in full.
+COMPACT_ENCODING = "u8-rowlevels-254"
+COMPACT_TOL = 1 / 510  # the absolute error of uint8(round(255·v)), the size floor's own
+COMPACT_MAX_LEVELS = 254  # 255 is MASKED
+PRECISIONS = ("full", "compact")
+_ENCODINGS = {ENCODING: "full", COMPACT_ENCODING: "compact"}
 _PREFIX = struct.Struct("<4sII")  # magic, version, header length
 # Quantised attention is runs of small codes: zlib's run-length strategy deflates it as small
 # as the default strategy at level 6 (6.1 MB for 512 tokens × 72 heads) in a fifth of the time.
@@ -212,7 +233,8 @@ def captured_text(text: str | None, tokens: list[Any] | None) -> str | None:
 
 
 def header(
-    run: Any, included: list[tuple[str, int]] | None = None, *, cmap: str = DEFAULT_CMAP
+    run: Any, included: list[tuple[str, int]] | None = None, *, cmap: str = DEFAULT_CMAP,
+    precision: str = "full",
 ) -> dict[str, Any]:
     """The JSON header of ``encode(run)`` as a dict (without the chunk list when None)."""
     model = {k: v for k, v in dict(run.model).items() if not isinstance(v, np.ndarray)}
@@ -231,12 +253,12 @@ def header(
     extra.update(image_header(run))  # runs of an image: thumbnail, grid, patch boxes
     return {
         "format": "attnmap-payload",
-        "version": PAYLOAD_VERSION,
+        "version": _version(precision),
         "model": model,
         "text": captured_text(run.text, run.tokens),
         "target_text": captured_text(run.target_text, run.target_tokens),
         "stacks": [_stack_info(run, name) for name in run.stacks],
-        "encoding": ENCODING,
+        "encoding": _encoding(precision),
         "chunks": [],
         "included": [[s, i] for s, i in (included or [])],
         "colormap": lut_entry(check_cmap(cmap)),
@@ -284,39 +306,64 @@ def check_drawable(run: Any) -> None:
                                "(--predictions)") from None
 
 
+def check_precision(precision: Any) -> str:
+    """`precision` if it is one of ``PRECISIONS``, else a one-line error naming them."""
+    if precision not in PRECISIONS:
+        raise AttnmapError(f"precision must be 'full' or 'compact' (not {precision!r})")
+    return str(precision)
+
+
+def _encoding(precision: str) -> str:
+    return COMPACT_ENCODING if check_precision(precision) == "compact" else ENCODING
+
+
+def _version(precision: str) -> int:
+    return COMPACT_VERSION if check_precision(precision) == "compact" else PAYLOAD_VERSION
+
+
 def encode(
-    run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL, cmap: str = DEFAULT_CMAP
+    run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL, cmap: str = DEFAULT_CMAP,
+    precision: str = "full",
 ) -> bytes:
     """Pack `run` for the viewer: header plus the chosen layers ('all', 'none' or numbers),
-    coloured with matplotlib colormap `cmap`."""
-    return b"".join(encode_parts(run, layers=layers, level=level, cmap=cmap))
+    coloured with matplotlib colormap `cmap`. `precision`: ``"full"`` (default: every cell
+    within 1/256 of its row's max) or ``"compact"`` (within 1/510 absolute, ~1.5× the size of
+    the weights as deflated uint8; see the module's docstring)."""
+    return b"".join(encode_parts(run, layers=layers, level=level, cmap=cmap,
+                                 precision=precision))
 
 
 def encode_parts(
-    run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL, cmap: str = DEFAULT_CMAP
+    run: Any, *, layers: Any = "all", level: int = COMPRESS_LEVEL, cmap: str = DEFAULT_CMAP,
+    precision: str = "full",
 ) -> list[bytes]:
     """:func:`encode`'s bytes as a list (prefix and header, then one item per layer chunk),
     for writers that stream them rather than join them."""
     check_cmap(cmap)  # before the slow part
+    check_precision(precision)
     check_drawable(run)
     included = _which_layers(run, layers)
-    chunks = [encode_layer(run, s, i, level=level) for s, i in included]
-    head = header(run, included, cmap=cmap)
+    chunks = [encode_layer(run, s, i, level=level, precision=precision) for s, i in included]
+    head = header(run, included, cmap=cmap, precision=precision)
     # Chunk lengths let a reader find layer n without parsing the ones before it.
     head["chunks"] = [
         {"stack": s, "layer": i, "length": len(c)}
         for (s, i), c in zip(included, chunks, strict=True)
     ]
     hb = _json_bytes(head)
-    return [_PREFIX.pack(MAGIC, PAYLOAD_VERSION, len(hb)) + hb, *chunks]
+    return [_PREFIX.pack(MAGIC, _version(precision), len(hb)) + hb, *chunks]
 
 
-def quantise(weights: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantise(weights: np.ndarray, masked: np.ndarray, *, precision: str = "full"
+             ) -> tuple[np.ndarray, np.ndarray]:
     """``weights`` [head, query, key] and ``masked`` [query, key] → (scales, codes).
 
-    scales: float32 [head, query], each row's maximum over the cells it may see;
-    codes: uint8 [head, query, key], 0..128 = value / scale * 128 rounded, 255 = masked.
+    Full precision: scales float32 [head, query], each row's maximum over the cells it may
+    see; codes uint8 [head, query, key], 0..128 = value / scale * 128 rounded, 255 = masked.
+    Compact: codes = value / row max · L rounded (L = :func:`row_levels` of the row max) and
+    scales = row max · 128 / L, so that code / 128 · scale is the value in both.
     """
+    compact = check_precision(precision) == "compact"
     w = np.asarray(weights)
     n_heads, nq, nk = w.shape
     scales = np.zeros((n_heads, nq), np.float32)  # [head, query]
@@ -332,17 +379,40 @@ def quantise(weights: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.nd
         np.nan_to_num(buf, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         np.maximum(buf, np.float32(0), out=buf)
         buf[hidden] = 0
-        scales[h] = buf.max(axis=1)
-        safe = np.where(scales[h] > 0, scales[h], np.float32(1))
-        np.multiply(buf, (np.float32(LEVELS) / safe)[:, None], out=buf)
+        top = buf.max(axis=1)  # [query]
+        safe = np.where(top > 0, top, np.float32(1))
+        if compact:
+            levels = row_levels(top)
+            np.multiply(buf, (levels / safe)[:, None], out=buf)
+            scales[h] = _compact_scales(top, levels)
+        else:
+            np.multiply(buf, (np.float32(LEVELS) / safe)[:, None], out=buf)
+            scales[h] = top
         np.rint(buf, out=buf)
         codes[h] = buf
         codes[h][hidden] = MASKED
     return scales, codes
 
 
-def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVEL) -> bytes:
-    """One layer of one stack as a self-describing, deflate-compressed chunk.
+def row_levels(top: np.ndarray) -> np.ndarray:
+    """Compact precision's levels per row, float32 [query], from the row maxima `top`:
+    ``min(254, ⌈row max / (2·COMPACT_TOL)⌉)`` (0 for a row of zeros), so a step of
+    row max / L rounds every cell within COMPACT_TOL."""
+    want = np.ceil(np.asarray(top, np.float64) * (0.5 / COMPACT_TOL))
+    return np.clip(want, 0, COMPACT_MAX_LEVELS).astype(np.float32)
+
+
+def _compact_scales(top: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """row max · 128 / L (0 where L is 0): the scale that decodes code L to the row's max."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.asarray(top, np.float32) * (np.float32(LEVELS) / levels)
+    return np.where(levels > 0, s, np.float32(0)).astype(np.float32)
+
+
+def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVEL,
+                 precision: str = "full") -> bytes:
+    """One layer of one stack as a self-describing, deflate-compressed chunk (`precision`:
+    ``"full"`` or ``"compact"``, see :func:`encode`).
 
     Heads are quantised and deflated one at a time on a few threads (numpy and zlib release
     the GIL), each into its own raw deflate piece; the pieces, byte-aligned by a sync flush
@@ -350,6 +420,7 @@ def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVE
     combined from theirs. A run stored as queries and keys is quantised straight from them
     (:func:`_qk_head`), without the float32 weights of a whole layer.
     """
+    version = _version(precision)
     st = run.stack(stack)
     li = run.layer_index(layer, stack)
     mask = np.asarray(st.mask(li), dtype=bool)  # this layer's mask [query, key]
@@ -359,12 +430,12 @@ def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVE
         spans = _spans(mask)
 
         def head(h: int) -> tuple[np.ndarray, np.ndarray]:
-            return _qk_head(qk, li, h, mask, spans)
+            return _qk_head(qk, li, h, mask, spans, precision=precision)
     else:
         weights = st.layers[li]  # [head, query, key], any float dtype
 
         def head(h: int) -> tuple[np.ndarray, np.ndarray]:
-            s, c = quantise(np.asarray(weights[h : h + 1]), mask)
+            s, c = quantise(np.asarray(weights[h : h + 1]), mask, precision=precision)
             return s[0], c[0]
 
     def work(h: int) -> tuple[np.ndarray, bytes, int]:
@@ -388,12 +459,12 @@ def encode_layer(run: Any, stack: str, layer: int, *, level: int = COMPRESS_LEVE
         "stack": st.name,
         "layer": li,
         "shape": [n_heads, nq, nk],  # [head, query, key]
-        "encoding": ENCODING,
+        "encoding": _encoding(precision),
         "compression": "deflate",
         "length": length,
     }
     hb = _json_bytes(head_json)
-    return b"".join([_PREFIX.pack(LAYER_MAGIC, PAYLOAD_VERSION, len(hb)), hb, *body])
+    return b"".join([_PREFIX.pack(LAYER_MAGIC, version, len(hb)), hb, *body])
 
 
 # A final, empty fixed-Huffman block: ends a stream of sync-flushed pieces.
@@ -429,13 +500,16 @@ def _spans(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _qk_head(qk: Any, layer: int, h: int, mask: np.ndarray,
-             spans: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+             spans: tuple[np.ndarray, np.ndarray], *, precision: str = "full"
+             ) -> tuple[np.ndarray, np.ndarray]:
     """(scales [query], codes [query, key]) of one head of a q/k layer, as
-    ``quantise(qk.compute(layer, [h]), mask)`` gives them (to float rounding).
+    ``quantise(qk.compute(layer, [h]), mask, precision=precision)`` gives them (to float
+    rounding).
 
     The row's maximum weight is softmax's largest term, ``1 / Σ exp(s − max s)`` (with a sink
     logit, ``1 / (Σ exp(s − max s) + exp(sink − max s))``), so a cell's code is just
-    ``round(128 · exp(s − max s))``: no division per cell. Rows go in blocks that stay in
+    ``round(L · exp(s − max s))`` (L = 128, or the row's levels in compact precision): no
+    division per cell. Rows go in blocks that stay in
     cache, and each block computes only the key columns its rows can see (half of a causal
     matrix is never computed).
     """
@@ -446,6 +520,7 @@ def _qk_head(qk: Any, layer: int, h: int, mask: np.ndarray,
     scaling = np.float32(qk.scaling[layer])
     cap = qk.softcap[layer]
     sink = None if qk.sinks is None else np.float32(qk.sinks[layer][h])
+    compact = precision == "compact"
     nq, nk = mask.shape
     first, last = spans
     codes = np.full((nq, nk), MASKED, np.uint8)
@@ -475,8 +550,14 @@ def _qk_head(qk: Any, layer: int, h: int, mask: np.ndarray,
         if sink is not None:
             total += np.exp(sink - top[:, 0])
         with np.errstate(divide="ignore"):
-            scales[r0:r1] = np.where(seen & (total > 0), np.float32(1) / total, np.float32(0))
-        s *= np.float32(LEVELS)
+            peak = np.where(seen & (total > 0), np.float32(1) / total, np.float32(0))
+        if compact:
+            levels = row_levels(peak)
+            scales[r0:r1] = _compact_scales(peak, levels)
+            s *= levels[:, None]
+        else:
+            scales[r0:r1] = peak
+            s *= np.float32(LEVELS)
         np.rint(s, out=s)
         block = codes[r0:r1, lo:hi]
         np.copyto(block, s, casting="unsafe")
@@ -491,9 +572,9 @@ def _read_prefix(blob: bytes, offset: int, magic: bytes, what: str
     got, version, n = _PREFIX.unpack_from(blob, offset)
     if got != magic:
         raise AttnmapError(f"not an attnmap {what} (starts with {got!r}, expected {magic!r})")
-    if version > PAYLOAD_VERSION:
+    if version > COMPACT_VERSION:
         raise AttnmapError(
-            f"{what} version {version} is newer than this attnmap reads ({PAYLOAD_VERSION}); "
+            f"{what} version {version} is newer than this attnmap reads ({COMPACT_VERSION}); "
             "upgrade attnmap"
         )
     start = offset + _PREFIX.size
@@ -506,9 +587,15 @@ def decode_layer(chunk: bytes) -> dict[str, Any]:
     """Inverse of :func:`encode_layer`.
 
     Returns ``stack``, ``layer``, ``shape``, ``values`` float32 [head, query, key] (masked
-    cells 0), ``masked`` bool [head, query, key], ``scales`` and ``codes`` as sent.
+    cells 0), ``masked`` bool [head, query, key], ``scales`` and ``codes`` as sent,
+    ``precision`` ("full" or "compact") and ``peaks`` float32 [head, query], each row's
+    maximum (the scales themselves in full precision; in compact, max code · scale / 128).
     """
     head, at = _read_prefix(chunk, 0, LAYER_MAGIC, "layer chunk")
+    precision = _ENCODINGS.get(head.get("encoding", ENCODING))
+    if precision is None:
+        raise AttnmapError(f"layer chunk encoding {head.get('encoding')!r} is not one this "
+                           f"attnmap reads ({', '.join(_ENCODINGS)}); upgrade attnmap")
     body = chunk[at : at + int(head["length"])]
     raw = zlib.decompress(body)
     h, q, k = (int(x) for x in head["shape"])
@@ -519,6 +606,11 @@ def decode_layer(chunk: bytes) -> dict[str, Any]:
     masked = codes == MASKED
     values = codes.astype(np.float32) * (scales[:, :, None] / np.float32(LEVELS))
     values[masked] = 0.0
+    if precision == "compact":
+        top = np.where(masked, 0, codes).max(axis=2) if k else np.zeros((h, q), np.uint8)
+        peaks = top.astype(np.float32) * (scales / np.float32(LEVELS))
+    else:
+        peaks = scales
     return {
         "stack": head["stack"],
         "layer": int(head["layer"]),
@@ -527,6 +619,8 @@ def decode_layer(chunk: bytes) -> dict[str, Any]:
         "masked": masked,
         "scales": scales.astype(np.float32),
         "codes": codes,
+        "precision": precision,
+        "peaks": peaks.astype(np.float32),
         "size": at + len(body),
     }
 

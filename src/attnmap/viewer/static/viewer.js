@@ -5,8 +5,10 @@
 
 // js/payload.js
 var PAYLOAD_VERSION = 1;
+var COMPACT_VERSION = 2;
 var LEVELS = 128;
 var MASKED = 255;
+var COMPACT_ENCODING = "u8-rowlevels-254";
 function toBytes(x) {
   if (!x) return new Uint8Array(0);
   if (x instanceof Uint8Array) return x;
@@ -20,8 +22,8 @@ function readPrefix(bytes, offset, magic) {
   const got = String.fromCharCode(...bytes.subarray(offset, offset + 4));
   if (got !== magic) throw new Error(`attnmap: not an attnmap ${magic} block (starts ${JSON.stringify(got)})`);
   const version = dv.getUint32(4, true);
-  if (version > PAYLOAD_VERSION) {
-    throw new Error(`attnmap: payload version ${version} is newer than this viewer (${PAYLOAD_VERSION}); upgrade attnmap`);
+  if (version > COMPACT_VERSION) {
+    throw new Error(`attnmap: payload version ${version} is newer than this viewer (${COMPACT_VERSION}); upgrade attnmap`);
   }
   const n = dv.getUint32(8, true);
   if (offset + 12 + n > bytes.length) throw new Error(`attnmap: the ${magic} block is truncated (header needs ${n} bytes)`);
@@ -50,19 +52,40 @@ async function inflate(bytes) {
 async function decodeLayer(x) {
   const bytes = toBytes(x);
   const { head, end } = readPrefix(bytes, 0, "ATNL");
+  const encoding = head.encoding ?? "u8-rowmax-128";
+  if (encoding !== "u8-rowmax-128" && encoding !== COMPACT_ENCODING) {
+    throw new Error(`attnmap: layer encoding ${JSON.stringify(encoding)} is not one this viewer reads; upgrade attnmap`);
+  }
   const raw = await inflate(bytes.subarray(end, end + head.length));
   const [h2, q, k] = head.shape;
   if (raw.byteLength !== h2 * q * 4 + h2 * q * k) throw new Error("attnmap: layer chunk has the wrong size");
+  const scales = new Float32Array(raw.buffer, raw.byteOffset, h2 * q);
+  const codes = new Uint8Array(raw.buffer, raw.byteOffset + h2 * q * 4, h2 * q * k);
+  const compact = encoding === COMPACT_ENCODING;
   return {
     stack: head.stack,
     layer: head.layer,
     heads: h2,
     q,
     k,
-    scales: new Float32Array(raw.buffer, raw.byteOffset, h2 * q),
-    codes: new Uint8Array(raw.buffer, raw.byteOffset + h2 * q * 4, h2 * q * k),
+    scales,
+    codes,
+    peaks: compact ? rowPeaks(scales, codes, k) : scales,
+    levels: compact ? MASKED - 1 : LEVELS,
     derived: /* @__PURE__ */ new Map()
   };
+}
+function rowPeaks(scales, codes, k) {
+  const out = new Float32Array(scales.length);
+  for (let i = 0; i < scales.length; i++) {
+    let m = 0;
+    for (let j = i * k, end = j + k; j < end; j++) {
+      const c = codes[j];
+      if (c !== MASKED && c > m) m = c;
+    }
+    out[i] = m * scales[i] / LEVELS;
+  }
+  return out;
 }
 var B85 = "!#$%()*+,.0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_abcdefghijklmnopqrstuvwxyz{|}~";
 function b85decode(text, length) {
@@ -153,11 +176,12 @@ function roleColour(role) {
 function headData(layer, h2) {
   if (h2 === "mean" || h2 === "max") return aggregate(layer, h2);
   const n = layer.q * layer.k;
-  return { q: layer.q, k: layer.k, scales: layer.scales.subarray(h2 * layer.q, (h2 + 1) * layer.q), codes: layer.codes.subarray(h2 * n, (h2 + 1) * n), stats: null };
+  const r0 = h2 * layer.q, r1 = (h2 + 1) * layer.q;
+  return { q: layer.q, k: layer.k, scales: layer.scales.subarray(r0, r1), codes: layer.codes.subarray(h2 * n, (h2 + 1) * n), peaks: layer.peaks.subarray(r0, r1), levels: layer.levels, stats: null };
 }
 function rowSlice(d, r0, r1) {
   if (r0 === 0 && r1 === d.q) return d;
-  return { q: r1 - r0, k: d.k, scales: d.scales.subarray(r0, r1), codes: d.codes.subarray(r0 * d.k, r1 * d.k), stats: null };
+  return { q: r1 - r0, k: d.k, scales: d.scales.subarray(r0, r1), codes: d.codes.subarray(r0 * d.k, r1 * d.k), peaks: d.peaks.subarray(r0, r1), levels: d.levels, stats: null };
 }
 function aggregate(layer, how) {
   const cached = layer.derived.get(how);
@@ -189,7 +213,7 @@ function aggregate(layer, how) {
       codes[row + j] = first[row + j] === MASKED ? MASKED : mx > 0 ? Math.round(acc[row + j] / mx * LEVELS) : 0;
     }
   }
-  const d = { q, k, scales, codes, stats: null };
+  const d = { q, k, scales, codes, peaks: scales, levels: LEVELS, stats: null };
   layer.derived.set(how, d);
   return d;
 }
@@ -200,7 +224,7 @@ function value(d, i, j) {
 function headMax(d, ignoreFirst) {
   if (!d.stats) {
     let all = 0;
-    for (let i = 0; i < d.q; i++) if (d.scales[i] > all) all = d.scales[i];
+    for (let i = 0; i < d.q; i++) if (d.peaks[i] > all) all = d.peaks[i];
     d.stats = { all, rest: null };
   }
   if (ignoreFirst && d.k > 1 && d.stats.rest === null) {
@@ -590,10 +614,10 @@ var CLEAR = 0;
 function paintImage(d, vmax, scale, ramp) {
   const img = new ImageData(Math.max(1, d.k), Math.max(1, d.q));
   const px = new Uint32Array(img.data.buffer);
-  const row = new Uint32Array(LEVELS + 1);
+  const row = new Uint32Array(d.levels + 1);
   for (let i = 0; i < d.q; i++) {
     const s = d.scales[i] / LEVELS;
-    for (let c = 0; c <= LEVELS; c++) row[c] = ramp.words[lutIndex(tOf(c * s, vmax, scale))];
+    for (let c = 0; c <= d.levels; c++) row[c] = ramp.words[lutIndex(tOf(c * s, vmax, scale))];
     const base = i * d.k;
     for (let j = 0; j < d.k; j++) {
       const c = d.codes[base + j];
