@@ -64,6 +64,21 @@ def test_short_run_stays_dense_unless_asked(run):
         make_widget(run, representation="long")
 
 
+def test_show_sends_compact_codes_when_asked(run):
+    """``show(run, precision="compact")``: the dense payload's layers carry compact codes,
+    every weight within 1/510; a bad precision is one error before anything is encoded."""
+    full = P.decode(show(run).payload)
+    small = P.decode(show(run, precision="compact").payload)
+    assert {c["precision"] for c in full["layers"].values()} == {"full"}
+    assert {c["precision"] for c in small["layers"].values()} == {"compact"}
+    for li in range(run.n_layers):
+        got = small["layers"][("self", li)]["values"]
+        assert np.abs(got - run.layer(li)).max() <= 1 / 510 + 1e-6
+    with pytest.raises(AttnmapError, match=r"precision must be 'full' or 'compact' "
+                       r"\(not 'tiny'\)"):
+        show(run, precision="tiny")
+
+
 @pytest.mark.parametrize("req", [
     dict(layer=0, head=1, block=1),  # exact cells, sliding window
     dict(layer=1, head=3, block=4, q0=8, k0=4, rows=5, cols=3, reduce="sum"),

@@ -54,6 +54,7 @@ def show(
     step: int | None = None,
     cmap: str = "Blues",
     representation: str = "auto",
+    precision: str = "full",
 ) -> Any:
     """A notebook widget showing `run` (display it, or leave it last in a cell).
 
@@ -63,14 +64,15 @@ def show(
     step playback's first step, for generated runs); `cmap` names the matplotlib colormap.
     `representation`: ``"dense"`` sends every weight; ``"tiles"`` sends the tokens and facts
     and the kernel computes each tile the view needs (from queries and keys for a long run);
-    ``"auto"`` (default) picks tiles where the standalone page would be long.
+    ``"auto"`` (default) picks tiles where the standalone page would be long. `precision`:
+    ``"full"`` (default) or ``"compact"`` (every weight within 1/510, a smaller payload).
     Needs anywidget (``pip install attnmap[widget]``).
     """
     from .widget import make_widget
 
     options = {"stack": stack, "layer": layer, "head": head, "scale": scale, "view": view,
                "ignore_first": ignore_first, "step": step}
-    return make_widget(run, cmap=cmap, representation=representation,
+    return make_widget(run, cmap=cmap, representation=representation, precision=precision,
                        **{k: v for k, v in options.items() if v is not None})
 
 

@@ -25,7 +25,7 @@ from .. import tiles
 from .._errors import AttnmapError
 from .colours import DEFAULT_CMAP
 from .html import check_options
-from .payload import encode
+from .payload import check_precision, encode
 
 try:
     import anywidget
@@ -66,14 +66,16 @@ class AttentionWidget(anywidget.AnyWidget):
 
 
 def make_widget(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "auto",
-                **options: Any) -> AttentionWidget:
+                precision: str = "full", **options: Any) -> AttentionWidget:
     """An ``AttentionWidget`` for `run` with the initial view given by `options`.
 
     `representation`: ``"dense"`` sends every weight with the widget; ``"tiles"`` sends the
     header only and computes the tiles a view needs in the kernel; ``"auto"`` (default) takes
     tiles for runs the standalone page would draw as long (``longpage.choose``).
+    `precision` (dense): ``"full"`` or ``"compact"`` as in :func:`attnmap.to_html`.
     """
     opts = check_options(run, options)
+    check_precision(precision)
     if representation not in REPRESENTATIONS:
         raise AttnmapError(f"representation must be 'auto', 'dense' or 'tiles' "
                            f"(not {representation!r})")
@@ -82,7 +84,8 @@ def make_widget(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "au
 
         representation = "tiles" if longpage.choose(run) == "long" else "dense"
     if representation == "dense":
-        return AttentionWidget(payload=encode(run, cmap=cmap), options=opts)
+        return AttentionWidget(payload=encode(run, cmap=cmap, precision=precision),
+                               options=opts)
     w = AttentionWidget(payload=encode(run, layers="none", cmap=cmap), options=opts, tiles=True)
     w.serve_tiles(run)
     return w
