@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._parallel import map_threads
+
 # A masked logit: finite, so that 0 × it is 0 where log-probabilities are summed; exp of it
 # (after the row's max is taken away) is exactly 0 in float32.
 _HIDDEN = np.float32(-1e30)
@@ -192,3 +194,50 @@ class QKLayers(Sequence[np.ndarray]):
             total[total == 0] = 1.0
             s /= total
         return out
+
+
+_SPAN_CELLS = 1 << 22  # mask cells read at once per thread
+# per byte of packed hidden flags (most significant bit first): how many keys it hides, and
+# one past the last key it lets through (0 when it hides all 8)
+_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
+_LAST_SEEN = np.array([max((p + 1 for p in range(8) if not b >> (7 - p) & 1), default=0)
+                       for b in range(256)], dtype=np.int64)
+
+
+def row_spans(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query row of a ``[query, key]`` mask (True = hidden): the first and one past the
+    last key it may see, and whether every key in between is visible (a causal or
+    sliding-window row is; a padded one may not be). A row that sees nothing: (0, 0, True).
+
+    Read from the mask packed eight keys to a byte: the first visible key by a forward
+    search (which stops early), the last one and the count of hidden keys from the packed
+    bytes, so a 32,768-token mask (1 GiB) is read once, on one thread per core."""
+    nq, nk = mask.shape
+    lo = np.zeros(nq, dtype=np.int64)
+    hi = np.zeros(nq, dtype=np.int64)
+    whole = np.ones(nq, dtype=bool)
+    step = max(1, _SPAN_CELLS // max(nk, 1))
+    pad = -nk % 8  # bits past the last key in a row's last byte: marked hidden
+
+    def part(r0: int) -> None:
+        m = np.asarray(mask[r0:r0 + step], dtype=bool)  # [rows, key] True = hidden
+        rows = np.arange(m.shape[0])
+        first = m.argmin(axis=1)
+        some = ~m[rows, first]
+        packed = np.packbits(m, axis=1)  # [rows, ⌈keys/8⌉]
+        if pad:
+            packed[:, -1] |= np.uint8((1 << pad) - 1)
+        if hasattr(np, "bitwise_count"):
+            hidden = np.bitwise_count(packed).sum(axis=1, dtype=np.int64) - pad
+        else:  # numpy < 2
+            hidden = _POPCOUNT[packed].sum(axis=1) - pad
+        open_ = packed != 0xFF  # bytes with a visible key
+        j = packed.shape[1] - 1 - open_[:, ::-1].argmax(axis=1)
+        last = j * 8 + _LAST_SEEN[packed[rows, j]]
+        lo[r0:r0 + step] = np.where(some, first, 0)
+        hi[r0:r0 + step] = np.where(some, last, 0)
+        whole[r0:r0 + step] = ~some | (nk - hidden == last - first)
+
+    if nk:  # with no keys every row sees nothing: (0, 0, whole)
+        map_threads(part, range(0, nq, step))
+    return lo, hi, whole

@@ -5,7 +5,9 @@ File format (version 1), one ``.safetensors`` file:
 * self-attention models: tensors ``layer.{i}`` of shape ``[heads, queries, keys]``;
 * encoder-decoder models: ``encoder.layer.{i}``, ``decoder.layer.{i}``, ``cross.layer.{i}``;
 * masks: ``mask`` (or ``{stack}.mask``), uint8 ``[queries, keys]``, 1 = the query cannot see
-  the key (causal upper triangle), so a masked cell is never read as "attention 0";
+  the key (causal upper triangle), so a masked cell is never read as "attention 0"; long runs
+  (version 4) keep ``mask.rows`` instead, int32 ``[queries, 2]``: each row's visible keys
+  ``first … end - 1`` (the README lists the rest);
 * the metadata entry ``attnmap`` holds JSON: ``format_version``, ``model``, ``causal``,
   ``architecture``, ``text``, ``tokens`` (display strings), ``token_info`` (raw, id, special,
   offsets) and, for encoder-decoders, ``target_text``, ``target_tokens``,
@@ -27,7 +29,7 @@ import numpy as np
 
 from ._errors import AttnmapError
 from ._io import atomic_path
-from .qkweights import QKLayers
+from .qkweights import QKLayers, row_spans
 from .tokens import Token
 
 # What a notebook displays for a run; set by ``attnmap/__init__.py`` to the viewer's widget.
@@ -41,8 +43,9 @@ def set_display(hook: Callable[[Any], dict[str, Any]] | None) -> None:
 
 # The newest format this version reads. Version 2 added queries/keys storage for long runs
 # and predictions; version 3 per-layer masks (sliding windows, alternating layer types). A run
-# that needs none of these is still written as version 1.
-FORMAT_VERSION = 3
+# that needs none of these is still written as version 1. Version 4 stores the masks of long
+# (queries and keys) runs as each row's visible span when every row sees one run of keys.
+FORMAT_VERSION = 4
 # The most layers and heads per stack a run file may hold. The largest models have ~128 of
 # each; a file claiming thousands was made by hand, and drawing it would run for minutes.
 MAX_LAYERS = 1024
@@ -342,13 +345,14 @@ class AttentionRun:
                 for i, arr in enumerate(st.layers):
                     tensors[f"{prefix}layer.{i}"] = np.ascontiguousarray(arr, dtype=dtype)
             mask_index = None
+            spans = isinstance(st.layers, QKLayers)  # long runs: the mask is most of the file
             if st.uniform:
-                tensors[f"{prefix}mask"] = np.ascontiguousarray(st.masked, dtype=np.uint8)
+                version = max(version, _put_mask(tensors, f"{prefix}mask", st.masked, spans))
             else:
                 version = max(version, 3)
                 masks, mask_index = st.distinct_masks()
                 for j, m in enumerate(masks):
-                    tensors[f"{prefix}mask.{j}"] = np.ascontiguousarray(m, dtype=np.uint8)
+                    version = max(version, _put_mask(tensors, f"{prefix}mask.{j}", m, spans))
             q_side, k_side = STACK_SIDES[name]
             stacks_meta[name] = {
                 "layer_masks": mask_index,
@@ -629,6 +633,58 @@ def _numbered(tensors: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     return out
 
 
+def _put_mask(tensors: dict[str, np.ndarray], name: str, mask: np.ndarray,
+              spans: bool) -> int:
+    """Store a mask under `name`: as each row's visible span ``name.rows`` int32
+    ``[query, 2]`` (first key, one past the last) when `spans` and every row sees one run of
+    keys (causal, sliding window: 8 bytes per query instead of one per cell; format 4), else
+    as uint8 ``[query, key]``. Returns the format version it needs."""
+    if spans and mask.size:
+        first, end, whole = row_spans(mask)
+        if whole.all():
+            tensors[f"{name}.rows"] = np.stack([first, end], axis=1).astype(np.int32)
+            return 4
+    tensors[name] = np.ascontiguousarray(mask, dtype=np.uint8)
+    return 1
+
+
+def _read_masks(tensors: dict[str, np.ndarray], names: list[str], nq: int,
+                nk: int) -> list[np.ndarray]:
+    """The masks stored under `names` (uint8 ``[query, key]`` or row spans ``name.rows``)
+    as bool ``[query, key]``, True = hidden; a mask that does not fit nq × nk is refused."""
+    out = []
+    for name in names:
+        if name in tensors:
+            m = tensors[name]
+            if m.shape != (nq, nk):
+                raise ValueError(f"{name} of shape {m.shape} does not fit {nq}×{nk} tokens")
+            out.append(m.astype(bool))
+            continue
+        rows = tensors[f"{name}.rows"]
+        if rows.shape != (nq, 2) or rows.dtype.kind not in "iu":
+            raise ValueError(f"{name}.rows must be integers [{nq}, 2], a span per query (not "
+                             f"{rows.dtype} {list(rows.shape)})")
+        first, end = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+        if nq and (first.min() < 0 or (end < first).any() or end.max() > nk):
+            raise ValueError(f"{name}.rows must hold spans 0 ≤ first ≤ end ≤ {nk}")
+        m = np.empty((nq, nk), dtype=bool)
+        cols = np.arange(nk)
+        step = max(1, (1 << 22) // max(nk, 1))  # a block of rows at a time: no n² temporaries
+        for r0 in range(0, nq, step):
+            np.logical_or(cols < first[r0:r0 + step, None], cols >= end[r0:r0 + step, None],
+                          out=m[r0:r0 + step])
+        out.append(m)
+    return out
+
+
+def _mask_names(tensors: dict[str, np.ndarray], prefix: str) -> list[str]:
+    """``{prefix}0``, ``{prefix}1``, … as far as the file holds them in either form."""
+    out: list[str] = []
+    while any(f"{prefix}{len(out)}{tail}" in tensors for tail in ("", ".rows")):
+        out.append(f"{prefix}{len(out)}")
+    return out
+
+
 def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> AttentionRun:
     tokens = [Token.from_dict(d) for d in meta["token_info"]]
     target = meta.get("target_token_info")
@@ -651,13 +707,15 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
             _check_size(name, n_layers, 1)
         index = smeta.get("layer_masks")
         if index is None:
-            mask = tensors[f"{prefix}mask"].astype(bool)
+            if f"{prefix}mask" not in tensors and f"{prefix}mask.rows" not in tensors:
+                raise KeyError(f"{prefix}mask")
+            mask = _read_masks(tensors, [f"{prefix}mask"], nq, nk)[0]
             layer_masks = None
         else:
-            distinct = _numbered(tensors, f"{prefix}mask.")
-            if len(index) != n_layers or not distinct:
+            names = _mask_names(tensors, f"{prefix}mask.")
+            if len(index) != n_layers or not names:
                 raise ValueError(f"{name}: {len(index)} layer masks for {n_layers} layers")
-            distinct = [m.astype(bool) for m in distinct]
+            distinct = _read_masks(tensors, names, nq, nk)
             if any(j >= len(distinct) for j in index):
                 raise ValueError(f"{name}: a layer names a mask the file does not hold")
             layer_masks = [distinct[int(j)] for j in index]

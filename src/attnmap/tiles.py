@@ -33,7 +33,7 @@ import numpy as np
 
 from ._errors import AttnmapError
 from ._parallel import map_threads
-from .qkweights import QKLayers
+from .qkweights import QKLayers, row_spans
 
 REDUCES = ("max", "sum")
 HEAD_AGGREGATES = ("mean", "max")
@@ -255,56 +255,16 @@ def _dense_tile(weights: Any, heads: list[int], mask: np.ndarray,
 
 
 # --- runs that keep queries and keys ---------------------------------------------------------
-# per byte of packed hidden flags (most significant bit first): how many keys it hides, and
-# one past the last key it lets through (0 when it hides all 8)
-_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.int64)
-_LAST_SEEN = np.array([max((p + 1 for p in range(8) if not b >> (7 - p) & 1), default=0)
-                       for b in range(256)], dtype=np.int64)
-
-
 def _extents(mask: np.ndarray, cache: TileCache | None) -> tuple[np.ndarray, ...]:
-    """Per query row: the first and one-past-last key it may see, and whether every key in
-    between is visible (a causal or sliding-window row is; a padded one may not be).
-
-    Read from the mask packed eight keys to a byte: the first visible key by a forward
-    search (which stops early), the last one and the count of hidden keys from the packed
-    bytes, so a 32,768-token mask (1 GiB) is read once, on one thread per core."""
+    """:func:`~attnmap.qkweights.row_spans` of the mask, kept in the cache."""
     if cache is not None:
         hit = cache.get(mask, ("extents",))
         if hit is not None:
             ext: tuple[np.ndarray, ...] = hit
             return ext
-    nq, nk = mask.shape
-    lo = np.zeros(nq, dtype=np.int64)
-    hi = np.zeros(nq, dtype=np.int64)
-    whole = np.ones(nq, dtype=bool)
-    step = max(1, CHUNK_CELLS // max(nk, 1))
-    pad = -nk % 8  # bits past the last key in a row's last byte: marked hidden
-
-    def part(r0: int) -> None:
-        m = np.asarray(mask[r0:r0 + step], dtype=bool)  # [rows, key] True = hidden
-        rows = np.arange(m.shape[0])
-        first = m.argmin(axis=1)
-        some = ~m[rows, first]
-        packed = np.packbits(m, axis=1)  # [rows, ⌈keys/8⌉]
-        if pad:
-            packed[:, -1] |= np.uint8((1 << pad) - 1)
-        if hasattr(np, "bitwise_count"):
-            hidden = np.bitwise_count(packed).sum(axis=1, dtype=np.int64) - pad
-        else:  # numpy < 2
-            hidden = _POPCOUNT[packed].sum(axis=1) - pad
-        open_ = packed != 0xFF  # bytes with a visible key
-        j = packed.shape[1] - 1 - open_[:, ::-1].argmax(axis=1)
-        last = j * 8 + _LAST_SEEN[packed[rows, j]]
-        lo[r0:r0 + step] = np.where(some, first, 0)
-        hi[r0:r0 + step] = np.where(some, last, 0)
-        whole[r0:r0 + step] = ~some | (nk - hidden == last - first)
-
-    if nk:  # with no keys every row sees nothing: (0, 0, whole)
-        map_threads(part, range(0, nq, step))
-    ext = (lo, hi, whole)
+    ext = row_spans(mask)
     if cache is not None:
-        cache.put(mask, ("extents",), ext, lo.nbytes + hi.nbytes + whole.nbytes)
+        cache.put(mask, ("extents",), ext, sum(x.nbytes for x in ext))
     return ext
 
 

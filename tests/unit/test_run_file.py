@@ -180,3 +180,62 @@ def test_a_log_sum_exp_that_does_not_fit_is_refused(tmp_path):
     save_file(tensors, str(tmp_path / "bad.safetensors"), meta)
     with pytest.raises(AttnmapError, match="log-sum-exp"):
         attnmap.load(tmp_path / "bad.safetensors")
+
+
+def _qk_run(masks: list[np.ndarray], n: int) -> AttentionRun:
+    from attnmap.qkweights import QKLayers
+
+    rng = np.random.default_rng(1)
+    q = [rng.standard_normal((2, n, 3), dtype=np.float32) for _ in masks]
+    k = [rng.standard_normal((1, n, 3), dtype=np.float32) for _ in masks]
+    run = _run(layers=len(masks), heads=2, n=n)
+    uniform = all(m is masks[0] for m in masks)
+    run.stacks["self"] = AttentionStack("self", QKLayers(q, k, [1.0] * len(masks), masks),
+                                        masks[0], None if uniform else masks)
+    return run
+
+
+def test_long_runs_keep_masks_as_row_spans(tmp_path):
+    """A long run's causal and sliding-window masks go to the file as one span per query
+    (format 4) and come back cell for cell; a mask with gaps stays a matrix."""
+    n = 300
+    r, c = np.indices((n, n))
+    causal = c > r
+    window = causal | (c <= r - 16)
+    gaps = causal.copy()
+    gaps[:, 5] = True  # key 5 hidden from every row: rows past it see two runs
+    for masks, stored in (([causal] * 2, {"mask.rows"}), ([causal, window],
+                                                          {"mask.0.rows", "mask.1.rows"}),
+                          ([causal, gaps], {"mask.0.rows", "mask.1"})):
+        path = _qk_run(masks, n).save(tmp_path / "r.safetensors")
+        with safe_open(str(path), framework="numpy") as f:
+            assert {x for x in f.keys() if x.startswith("mask")} == stored
+            meta = json.loads(f.metadata()["attnmap"])
+            if "mask.rows" in stored:
+                assert f.get_tensor("mask.rows").dtype == np.int32
+                assert f.get_tensor("mask.rows").shape == (n, 2)
+        assert meta["format_version"] == 4
+        back = attnmap.load(path)
+        for li, m in enumerate(masks):
+            assert np.array_equal(back.mask(li), m)
+            np.testing.assert_array_equal(back.layer(li), _qk_run(masks, n).layer(li))
+
+
+@pytest.mark.parametrize("rows,words", [
+    (np.array([[0, 1], [0, 2], [0, 9]], np.int32), "spans 0 ≤ first ≤ end ≤ 3"),
+    (np.array([[0, 1], [2, 1], [0, 3]], np.int32), "spans 0 ≤ first ≤ end ≤ 3"),
+    (np.array([[-1, 1], [0, 2], [0, 3]], np.int32), "spans 0 ≤ first ≤ end ≤ 3"),
+    (np.zeros((2, 2), np.int32), r"integers \[3, 2\]"),
+    (np.zeros((3, 2), np.float32), r"integers \[3, 2\]"),
+])
+def test_bad_row_spans_are_refused(tmp_path, rows, words):
+    from safetensors.numpy import load_file
+
+    path = _qk_run([np.triu(np.ones((3, 3), bool), 1)] * 2, 3).save(tmp_path / "r.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["mask.rows"] = rows
+    save_file(tensors, str(tmp_path / "bad.safetensors"), meta)
+    with pytest.raises(AttnmapError, match=words):
+        attnmap.load(tmp_path / "bad.safetensors")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from attnmap import AttnmapError, tiles
-from attnmap.qkweights import QKLayers
+from attnmap.qkweights import QKLayers, row_spans
 from attnmap.run import AttentionRun, AttentionStack
 from attnmap.tokens import Token
 
@@ -237,7 +237,7 @@ def test_row_extents_match_their_definition(nq, nk):
     holes[:, 1::5] = True  # visible keys with gaps
     for m in (rng.random((nq, nk)) < 0.5, np.triu(np.ones((nq, nk), bool), 1),
               np.ones((nq, nk), bool), np.zeros((nq, nk), bool), padded, holes):
-        lo, hi, whole = tiles._extents(m, None)
+        lo, hi, whole = row_spans(m)
         for row in range(nq):
             seen = np.flatnonzero(~m[row])
             if len(seen) == 0:
