@@ -47,7 +47,17 @@ async function inflate(bytes) {
 }
 
 /**
- * One head of the page's long representation, decoded.
+ * A head's kept cells (top k per row).
+ * @typedef {object} LongCells
+ * @property {Float32Array} bound  [nq] upper bound of every cell the row did not keep
+ * @property {Uint32Array} start  [nq + 1] where each row's kept cells start
+ * @property {Uint32Array} keys   kept cells' keys, ascending per row
+ * @property {Float32Array} vals  kept cells' values
+ */
+
+/**
+ * One head of the page's long representation: the pyramid decoded, the kept cells decoded
+ * where a view first needs them (views at the pyramid's block or coarser never do).
  * @typedef {object} LongHead
  * @property {number} nq
  * @property {number} nk
@@ -57,10 +67,7 @@ async function inflate(bytes) {
  * @property {Float32Array} sum
  * @property {Float32Array} restMax  [pq] first block column without key 0
  * @property {Float32Array} restSum
- * @property {Float32Array} bound  [nq] upper bound of every cell the row did not keep
- * @property {Uint32Array} start  [nq + 1] where each row's kept cells start
- * @property {Uint32Array} keys   kept cells' keys, ascending per row
- * @property {Float32Array} vals  kept cells' values
+ * @property {(q0: number, q1: number) => LongCells} cells  the kept cells, rows [q0, q1) decoded
  */
 
 /**
@@ -84,7 +91,8 @@ function logValues(codes, hi, L) {
 }
 
 /**
- * Decode one head chunk (inflated bytes; layout in longpage.py).
+ * Decode one head chunk (inflated bytes; layout in longpage.py): the pyramid now, the kept
+ * cells of a row when a view first needs them (`cells(q0, q1)`).
  * @param {Uint8Array} raw
  * @param {number} nq
  * @param {number} nk
@@ -96,35 +104,70 @@ export function decodeHead(raw, nq, nk, L, ib) {
   const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const hiMax = dv.getFloat32(0, true), hiSum = dv.getFloat32(4, true);
-  const rowmax = new Float32Array(nq);
-  for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
   let at = 8 + 4 * nq;
   /** @param {number} n */
   const take = (n) => { const a = raw.subarray(at, at + n); at += n; return a; };
+  if (raw.length < at + 2 * pq * pk + 2 * pq + 2 * nq) throw new Error("attnmap: a long head chunk has the wrong size");
   const max = logValues(take(pq * pk), hiMax, L), sum = logValues(take(pq * pk), hiSum, L);
   const restMax = logValues(take(pq), hiMax, L), restSum = logValues(take(pq), hiSum, L);
-  const bc = take(nq), count = take(nq);
+  const bcAt = at, countAt = at + nq;
   const start = new Uint32Array(nq + 1);
-  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + count[i];
-  const total = start[nq];
-  const planes = [];
-  for (let p = 0; p < ib; p++) planes.push(take(total));
-  const codes = take(total);
-  if (at !== raw.length) throw new Error("attnmap: a long head chunk has the wrong size");
-  const keys = new Uint32Array(total), vals = new Float32Array(total), bound = new Float32Array(nq);
-  for (let i = 0; i < nq; i++) {
-    const f = rowmax[i] / L.levels;
-    bound[i] = bc[i] * f;
-    let key = 0;
-    for (let e = start[i]; e < start[i + 1]; e++) {
-      let d = 0;
-      for (let p = 0; p < ib; p++) d += planes[p][e] * 2 ** (8 * p);
-      key = e === start[i] ? d : key + d;
-      keys[e] = key;
-      vals[e] = codes[e] * f;
+  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + raw[countAt + i];
+  const total = start[nq], planesAt = countAt + nq, codesAt = planesAt + ib * total;
+  if (codesAt + total !== raw.length) throw new Error("attnmap: a long head chunk has the wrong size");
+  const rowmax = new Float32Array(nq);
+  for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
+  const cells = lazyCells(raw, { bcAt, planesAt, codesAt, total, ib, levels: L.levels }, start, rowmax);
+  return { nq, nk, pq, pk, max, sum, restMax, restSum, cells };
+}
+
+const SEGMENT = 256; // query rows whose kept cells are decoded together
+
+/**
+ * The kept cells of a head chunk, decoded a segment of rows at a time when a view first needs
+ * them (`cells(q0, q1)`: rows [q0, q1) ready; the arrays are the whole head's); the chunk's
+ * bytes are let go once every segment is. A function of its own, so that its closure holds
+ * nothing else of the chunk.
+ * @param {Uint8Array} raw
+ * @param {{ bcAt: number, planesAt: number, codesAt: number, total: number, ib: number, levels: number }} at
+ * @param {Uint32Array} start
+ * @param {Float32Array} rowmax
+ * @returns {(q0: number, q1: number) => LongCells}
+ */
+function lazyCells(raw, at, start, rowmax) {
+  /** @type {Uint8Array | null} */
+  let bytes = raw;
+  /** @type {LongCells | null} */
+  let cells = null;
+  const nq = rowmax.length, nseg = Math.ceil(nq / SEGMENT), done = new Uint8Array(nseg);
+  let left = nseg;
+  return (q0, q1) => {
+    const b = bytes;
+    if (!b || !cells) {
+      if (!b) return /** @type {LongCells} */ (cells);
+      const bound = new Float32Array(nq);
+      for (let i = 0; i < nq; i++) bound[i] = b[at.bcAt + i] * (rowmax[i] / at.levels);
+      cells = { bound, start, keys: new Uint32Array(at.total), vals: new Float32Array(at.total) };
     }
-  }
-  return { nq, nk, pq, pk, max, sum, restMax, restSum, bound, start, keys, vals };
+    const { keys, vals } = cells, { planesAt, codesAt, total, ib, levels } = at;
+    for (let s = Math.max(0, Math.floor(q0 / SEGMENT)), s1 = Math.min(nseg, Math.ceil(q1 / SEGMENT)); s < s1; s++) {
+      if (done[s]) continue;
+      for (let i = s * SEGMENT, iEnd = Math.min(nq, i + SEGMENT), e = start[i]; i < iEnd; i++) {
+        const f = rowmax[i] / levels;
+        let key = 0; // each row's first delta is its first key
+        for (const e1 = start[i + 1]; e < e1; e++) {
+          let d = 0;
+          for (let p = ib - 1, o = planesAt + (ib - 1) * total + e; p >= 0; p--, o -= total) d = d * 256 + b[o];
+          key += d;
+          keys[e] = key;
+          vals[e] = b[codesAt + e] * f;
+        }
+      }
+      done[s] = 1;
+      if (--left === 0) bytes = null;
+    }
+    return cells;
+  };
 }
 
 /**
@@ -249,12 +292,13 @@ function cellTile(heads, how, mask, req) {
   const stamp = new Int32Array(W).fill(-1), sumv = new Float32Array(W), cnt = new Uint16Array(W), mx = new Float32Array(W), sb = new Float32Array(W);
   /** @type {number[]} */
   const touched = [];
+  const cells = heads.map((hd) => hd.cells(req.q0, req.q0 + rows * bs));
   for (let r = 0; r < rows; r++) {
     const o = r * cols;
     for (let i = req.q0 + r * bs, iEnd = Math.min(h0.nq, i + bs); i < iEnd; i++) {
       touched.length = 0;
       let sumB = 0, maxB = 0;
-      for (const hd of heads) {
+      for (const hd of cells) {
         const b = hd.bound[i];
         sumB += b; if (b > maxB) maxB = b;
         const e1 = hd.start[i + 1];
@@ -297,31 +341,55 @@ function cellTile(heads, how, mask, req) {
 
 /**
  * The aggregate pyramid of a layer's heads: max of block maxima, mean of block sums (both
- * exact up to the codes).
+ * exact up to the codes). Each plane is folded on first use, in place into one new array.
  * @param {LongHead[]} heads
  * @param {"mean" | "max"} how
  */
 export function aggregatePyramid(heads, how) {
-  const n = heads[0].max.length, np = heads[0].restMax.length, H = heads.length;
-  const max = new Float32Array(n).fill(NaN), sum = new Float32Array(n).fill(NaN);
-  const restMax = new Float32Array(np).fill(NaN), restSum = new Float32Array(np).fill(NaN);
-  /**
-   * @param {Float32Array} out
-   * @param {Float32Array} src
-   * @param {boolean} add
-   */
-  const fold = (out, src, add) => {
+  void how;
+  /** @type {Float32Array | null} */
+  let max = null, sum = null, restMax = null, restSum = null;
+  // each plane folded when first read: a view reduced by max never needs the sums
+  return {
+    get max() { return (max ??= foldMax(heads.map((hd) => hd.max))); },
+    get sum() { return (sum ??= foldMean(heads.map((hd) => hd.sum))); },
+    get restMax() { return (restMax ??= foldMax(heads.map((hd) => hd.restMax))); },
+    get restSum() { return (restSum ??= foldMean(heads.map((hd) => hd.restSum))); },
+  };
+}
+
+/**
+ * Cellwise max of same-length planes, NaN (masked) left out; NaN where every plane is.
+ * @param {Float32Array[]} planes
+ */
+function foldMax(planes) {
+  const out = Float32Array.from(planes[0]);
+  for (let h = 1; h < planes.length; h++) {
+    const src = planes[h];
     for (let i = 0; i < out.length; i++) {
       const x = src[i];
-      if (x !== x) continue;
-      const y = out[i];
-      out[i] = y !== y ? x : add ? y + x : Math.max(y, x);
+      if (x > out[i] || out[i] !== out[i]) out[i] = x; // NaN out: take x (NaN stays NaN)
     }
-  };
-  for (const hd of heads) { fold(max, hd.max, false); fold(sum, hd.sum, true); fold(restMax, hd.restMax, false); fold(restSum, hd.restSum, true); }
-  for (const a of [sum, restSum]) for (let i = 0; i < a.length; i++) a[i] /= H;
-  void how;
-  return { max, sum, restMax, restSum };
+  }
+  return out;
+}
+
+/**
+ * Cellwise mean of same-length planes (NaN left out of the sum; NaN where every plane is).
+ * @param {Float32Array[]} planes
+ */
+function foldMean(planes) {
+  const out = Float32Array.from(planes[0]);
+  for (let h = 1; h < planes.length; h++) {
+    const src = planes[h];
+    for (let i = 0; i < out.length; i++) {
+      const x = src[i];
+      if (x === x) out[i] = out[i] === out[i] ? out[i] + x : x;
+    }
+  }
+  const H = planes.length;
+  for (let i = 0; i < out.length; i++) out[i] /= H;
+  return out;
 }
 
 /**
@@ -415,12 +483,13 @@ export class PageSource {
     const heads = await Promise.all(which.map((h) => this.head(req.stack, req.layer, h)));
     const mask = await this.mask(req.stack, req.layer);
     const how = typeof req.head === "number" ? "one" : req.head;
+    /** @type {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} */
     let pyr = heads[0];
     if (how !== "one") {
-      const key = `${req.stack}/${req.layer}/${how}`;
+      const key = `${req.stack}/${req.layer}`; // mean and max share one (see aggregatePyramid)
       let agg = this.pyramids.get(key);
-      if (!agg) { agg = aggregatePyramid(heads, how); this.pyramids.set(key, agg); trim(this.pyramids, 8); }
-      pyr = { ...heads[0], ...agg };
+      if (!agg) { agg = aggregatePyramid(heads, how); this.pyramids.set(key, agg); trim(this.pyramids, 4); }
+      pyr = agg;
     }
     return pageTile(heads, how, pyr, mask, req, this.L.block);
   }
