@@ -120,10 +120,9 @@ def main() -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--headless=new", "--disable-gpu"])
         for built in args.page or []:
-            facts = built.with_suffix(".json")
-            row = json.loads(facts.read_text()) if facts.exists() else {"n": 0, "k": 0, "build_s": 0}
+            facts = json.loads(built.with_suffix(".json").read_text())  # written by --save
             path = with_todays_viewer(built, Path(tmp))
-            row = {**row, "bytes": built.stat().st_size, **in_browser(browser, path, True)}
+            row = {**facts, "bytes": built.stat().st_size, **in_browser(browser, path, True)}
             rows.append(row)
             print(row, flush=True)
         for_build = [] if args.page else args.tokens
@@ -162,8 +161,9 @@ def main() -> None:
                  if "dense_bytes" in r else "— | —")
         print(f"| {r['n']:,} | {r['k']} | {r['bytes'] / 1e6:.1f} MB | {r['bytes'] / r['n']:,.0f} "
               f"| {r['build_s']:.0f} s | {r['first_ms'] / 1e3:.2f} s | {r['head_ms']:.0f} ms | "
-              f"{r['zoom_ms']:.0f} ms | {r['pan_ms']:.0f} ms | {r['mean_ms']:.0f} / {r['max_ms']:.0f} ms "
-              f"| {r['mean_layer_ms']:.0f} / {r['max_layer_ms']:.0f} ms | {dense} |")
+              f"{r['zoom_ms']:.0f} ms | {r['pan_ms']:.0f} ms | "
+              f"{r['mean_ms']:.0f} / {r['max_ms']:.0f} ms | "
+              f"{r['mean_layer_ms']:.0f} / {r['max_layer_ms']:.0f} ms | {dense} |")
     if len(rows) > 1:
         for key in ("bytes", "build_s", "first_ms"):
             a = longpage.growth({r["n"]: r[key] for r in rows})

@@ -71,6 +71,20 @@ async function inflate(bytes) {
  */
 
 /**
+ * A pyramid with its shape: one head's, or a layer's heads together (max of block maxima,
+ * mean of block sums).
+ * @typedef {object} LongPyramid
+ * @property {number} nq
+ * @property {number} nk
+ * @property {number} pq  pyramid blocks down
+ * @property {number} pk
+ * @property {Float32Array} max  [pq, pk] NaN = masked
+ * @property {Float32Array} sum
+ * @property {Float32Array} restMax  [pq] first block column without key 0
+ * @property {Float32Array} restSum
+ */
+
+/**
  * The long-representation facts a decoder needs (header.long).
  * @typedef {{ block: number, k: number, decades: number, steps: number, levels: number, index_bytes: Record<string, number>, stacks: Record<string, { masks: number[] }> }} LongInfo
  */
@@ -108,8 +122,7 @@ export function decodeHead(raw, nq, nk, L, ib) {
   /** @param {number} n */
   const take = (n) => { const a = raw.subarray(at, at + n); at += n; return a; };
   if (raw.length < at + 2 * pq * pk + 2 * pq + 2 * nq) throw new Error("attnmap: a long head chunk has the wrong size");
-  const max = logValues(take(pq * pk), hiMax, L), sum = logValues(take(pq * pk), hiSum, L);
-  const restMax = logValues(take(pq), hiMax, L), restSum = logValues(take(pq), hiSum, L);
+  const { max, sum, restMax, restSum } = planes(take(2 * pq * pk + 2 * pq), hiMax, hiSum, pq, pk, L);
   const bcAt = at, countAt = at + nq;
   const start = new Uint32Array(nq + 1);
   for (let i = 0; i < nq; i++) start[i + 1] = start[i] + raw[countAt + i];
@@ -119,6 +132,39 @@ export function decodeHead(raw, nq, nk, L, ib) {
   for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
   const cells = lazyCells(raw, { bcAt, planesAt, codesAt, total, ib, levels: L.levels }, start, rowmax);
   return { nq, nk, pq, pk, max, sum, restMax, restSum, cells };
+}
+
+/**
+ * The four pyramid planes from their codes (u8 max[pq, pk], sum[pq, pk], rest_max[pq],
+ * rest_sum[pq]).
+ * @param {Uint8Array} codes
+ * @param {number} hiMax
+ * @param {number} hiSum
+ * @param {number} pq
+ * @param {number} pk
+ * @param {LongInfo} L
+ */
+function planes(codes, hiMax, hiSum, pq, pk, L) {
+  const n = pq * pk;
+  return {
+    max: logValues(codes.subarray(0, n), hiMax, L), sum: logValues(codes.subarray(n, 2 * n), hiSum, L),
+    restMax: logValues(codes.subarray(2 * n, 2 * n + pq), hiMax, L), restSum: logValues(codes.subarray(2 * n + pq, 2 * n + 2 * pq), hiSum, L),
+  };
+}
+
+/**
+ * Decode a layer chunk (inflated; layout in longpage.py): the pyramid of its heads together.
+ * @param {Uint8Array} raw
+ * @param {number} nq
+ * @param {number} nk
+ * @param {LongInfo} L
+ * @returns {LongPyramid}
+ */
+export function decodePyramid(raw, nq, nk, L) {
+  const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
+  if (raw.length !== 8 + 2 * pq * pk + 2 * pq) throw new Error("attnmap: a long layer chunk has the wrong size");
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  return { nq, nk, pq, pk, ...planes(raw.subarray(8), dv.getFloat32(0, true), dv.getFloat32(4, true), pq, pk, L) };
 }
 
 const SEGMENT = 256; // query rows whose kept cells are decoded together
@@ -202,36 +248,42 @@ function lowerBound(keys, lo, hi, x) {
 }
 
 /**
+ * Whether a tile comes from the pyramid (blocks at least the pyramid's; sums of any block
+ * above one cell, which the kept cells cannot give) rather than from the cells rows kept.
+ * @param {TileRequest} req
+ * @param {number} pb  the pyramid's block
+ */
+export function fromPyramid(req, pb) {
+  return req.block >= pb || (req.reduce === "sum" && req.block > 1);
+}
+
+/**
  * A tile of heads (one head, or every head of a layer for mean/max), from the pyramid where
- * the block is at least the pyramid's, else from the cells each row kept.
- * @param {LongHead[]} heads
+ * `fromPyramid`, else from the cells each row kept.
+ * @param {LongHead[]} heads  the heads `how` takes (may be empty where `fromPyramid`)
  * @param {"one" | "mean" | "max"} how
- * @param {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} pyr  the pyramid of `how`
+ * @param {LongPyramid} pyr  the pyramid of `how`
  * @param {Intervals} mask
  * @param {TileRequest} req
  * @param {number} pb  the pyramid's block
  * @returns {Tile}
  */
 export function pageTile(heads, how, pyr, mask, req, pb) {
-  const h0 = heads[0];
-  if (req.block >= pb || (req.reduce === "sum" && req.block > 1)) {
-    return pyramidTile(h0, pyr, req, Math.max(req.block, pb) / pb, pb);
-  }
+  if (fromPyramid(req, pb)) return pyramidTile(pyr, req, Math.max(req.block, pb) / pb, pb);
   return cellTile(heads, how, mask, req);
 }
 
 /**
- * @param {LongHead} h0
- * @param {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} pyr
+ * @param {LongPyramid} pyr
  * @param {TileRequest} req
  * @param {number} f  pyramid blocks per tile block
  * @param {number} pb
  * @returns {Tile}
  */
-function pyramidTile(h0, pyr, req, f, pb) {
+function pyramidTile(pyr, req, f, pb) {
   const block = f * pb, q0 = Math.floor(req.q0 / block) * block, k0 = Math.floor(req.k0 / block) * block;
-  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((h0.nq - q0) / block));
-  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((h0.nk - k0) / block));
+  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((pyr.nq - q0) / block));
+  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((pyr.nk - k0) / block));
   const src = req.reduce === "sum" ? pyr.sum : pyr.max, isSum = req.reduce === "sum";
   const vals = new Float32Array(rows * cols);
   const r0 = q0 / pb, c0 = k0 / pb;
@@ -240,11 +292,11 @@ function pyramidTile(h0, pyr, req, f, pb) {
       let acc = NaN;
       for (let a = 0; a < f; a++) {
         const pr = r0 + r * f + a;
-        if (pr >= h0.pq) break;
-        const base = pr * h0.pk;
+        if (pr >= pyr.pq) break;
+        const base = pr * pyr.pk;
         for (let b = 0; b < f; b++) {
           const pc = c0 + c * f + b;
-          if (pc >= h0.pk) break;
+          if (pc >= pyr.pk) break;
           const x = src[base + pc];
           if (x === x) acc = acc === acc ? (isSum ? acc + x : Math.max(acc, x)) : x; // NaN-skipping
         }
@@ -261,9 +313,9 @@ function pyramidTile(h0, pyr, req, f, pb) {
       let acc = NaN;
       for (let a = 0; a < f; a++) {
         const pr = r0 + r * f + a;
-        if (pr >= h0.pq) break;
+        if (pr >= pyr.pq) break;
         const pieces = [rsrc[pr]];
-        for (let b = 1; b < f && b < h0.pk; b++) pieces.push(src[pr * h0.pk + b]);
+        for (let b = 1; b < f && b < pyr.pk; b++) pieces.push(src[pr * pyr.pk + b]);
         for (const x of pieces) if (x === x) acc = acc === acc ? (isSum ? acc + x : Math.max(acc, x)) : x;
       }
       rest[r] = acc;
@@ -344,13 +396,16 @@ function cellTile(heads, how, mask, req) {
  * exact up to the codes). Each plane is folded on first use, in place into one new array.
  * @param {LongHead[]} heads
  * @param {"mean" | "max"} how
+ * @returns {LongPyramid}
  */
 export function aggregatePyramid(heads, how) {
   void how;
   /** @type {Float32Array | null} */
   let max = null, sum = null, restMax = null, restSum = null;
+  const { nq, nk, pq, pk } = heads[0];
   // each plane folded when first read: a view reduced by max never needs the sums
   return {
+    nq, nk, pq, pk,
     get max() { return (max ??= foldMax(heads.map((hd) => hd.max))); },
     get sum() { return (sum ??= foldMean(heads.map((hd) => hd.sum))); },
     get restMax() { return (restMax ??= foldMax(heads.map((hd) => hd.restMax))); },
@@ -420,7 +475,7 @@ export class PageSource {
     this.heads = new Map();
     /** @type {Map<string, Promise<Intervals>>} */
     this.masks = new Map();
-    /** @type {Map<string, { max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }>} */
+    /** @type {Map<string, Promise<LongPyramid>>} */
     this.pyramids = new Map();
   }
 
@@ -474,24 +529,39 @@ export class PageSource {
   }
 
   /**
+   * The pyramid of a layer's heads together (mean and max share it: see aggregatePyramid):
+   * the page's layer chunk — one chunk, not every head — or, in a page without one, the heads
+   * folded.
+   * @param {string} stack
+   * @param {number} layer
+   * @param {"mean" | "max"} how
+   * @returns {Promise<LongPyramid>}
+   */
+  aggregate(stack, layer, how) {
+    const key = `${stack}/${layer}`;
+    let p = this.pyramids.get(key);
+    if (p) return p;
+    const [, H, nq, nk] = this.shape(stack), bytes = this.chunk(`agg/${key}`);
+    p = bytes ? inflate(bytes).then((raw) => decodePyramid(raw, nq, nk, this.L))
+      : Promise.all(Array.from({ length: H }, (_, h) => this.head(stack, layer, h))).then((heads) => aggregatePyramid(heads, how));
+    p.catch(() => this.pyramids.delete(key));
+    this.pyramids.set(key, p);
+    trim(this.pyramids, 4);
+    return p;
+  }
+
+  /**
    * @param {TileRequest} req
    * @returns {Promise<Tile>}
    */
   async tile(req) {
-    const [, H] = this.shape(req.stack);
-    const which = typeof req.head === "number" ? [req.head] : Array.from({ length: H }, (_, i) => i);
-    const heads = await Promise.all(which.map((h) => this.head(req.stack, req.layer, h)));
-    const mask = await this.mask(req.stack, req.layer);
+    const [, H] = this.shape(req.stack), pb = this.L.block, coarse = fromPyramid(req, pb);
     const how = typeof req.head === "number" ? "one" : req.head;
-    /** @type {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} */
-    let pyr = heads[0];
-    if (how !== "one") {
-      const key = `${req.stack}/${req.layer}`; // mean and max share one (see aggregatePyramid)
-      let agg = this.pyramids.get(key);
-      if (!agg) { agg = aggregatePyramid(heads, how); this.pyramids.set(key, agg); trim(this.pyramids, 4); }
-      pyr = agg;
-    }
-    return pageTile(heads, how, pyr, mask, req, this.L.block);
+    // mean/max over the pyramid: the layer's pyramid alone; exact cells: every head's
+    const which = how === "one" ? [/** @type {number} */ (req.head)] : coarse ? [] : Array.from({ length: H }, (_, i) => i);
+    const [heads, mask] = await Promise.all([Promise.all(which.map((h) => this.head(req.stack, req.layer, h))), this.mask(req.stack, req.layer)]);
+    const pyr = how !== "one" && coarse ? await this.aggregate(req.stack, req.layer, how) : heads[0];
+    return pageTile(heads, how, pyr, mask, req, pb);
   }
 }
 

@@ -1282,8 +1282,7 @@ function decodeHead(raw, nq, nk, L, ib) {
     return a;
   };
   if (raw.length < at + 2 * pq * pk + 2 * pq + 2 * nq) throw new Error("attnmap: a long head chunk has the wrong size");
-  const max = logValues(take(pq * pk), hiMax, L), sum = logValues(take(pq * pk), hiSum, L);
-  const restMax = logValues(take(pq), hiMax, L), restSum = logValues(take(pq), hiSum, L);
+  const { max, sum, restMax, restSum } = planes(take(2 * pq * pk + 2 * pq), hiMax, hiSum, pq, pk, L);
   const bcAt = at, countAt = at + nq;
   const start = new Uint32Array(nq + 1);
   for (let i = 0; i < nq; i++) start[i + 1] = start[i] + raw[countAt + i];
@@ -1293,6 +1292,21 @@ function decodeHead(raw, nq, nk, L, ib) {
   for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
   const cells = lazyCells(raw, { bcAt, planesAt, codesAt, total, ib, levels: L.levels }, start, rowmax);
   return { nq, nk, pq, pk, max, sum, restMax, restSum, cells };
+}
+function planes(codes, hiMax, hiSum, pq, pk, L) {
+  const n = pq * pk;
+  return {
+    max: logValues(codes.subarray(0, n), hiMax, L),
+    sum: logValues(codes.subarray(n, 2 * n), hiSum, L),
+    restMax: logValues(codes.subarray(2 * n, 2 * n + pq), hiMax, L),
+    restSum: logValues(codes.subarray(2 * n + pq, 2 * n + 2 * pq), hiSum, L)
+  };
+}
+function decodePyramid(raw, nq, nk, L) {
+  const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
+  if (raw.length !== 8 + 2 * pq * pk + 2 * pq) throw new Error("attnmap: a long layer chunk has the wrong size");
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  return { nq, nk, pq, pk, ...planes(raw.subarray(8), dv.getFloat32(0, true), dv.getFloat32(4, true), pq, pk, L) };
 }
 var SEGMENT = 256;
 function lazyCells(raw, at, start, rowmax) {
@@ -1347,17 +1361,17 @@ function lowerBound(keys, lo, hi, x) {
   }
   return lo;
 }
+function fromPyramid(req, pb) {
+  return req.block >= pb || req.reduce === "sum" && req.block > 1;
+}
 function pageTile(heads, how, pyr, mask, req, pb) {
-  const h0 = heads[0];
-  if (req.block >= pb || req.reduce === "sum" && req.block > 1) {
-    return pyramidTile(h0, pyr, req, Math.max(req.block, pb) / pb, pb);
-  }
+  if (fromPyramid(req, pb)) return pyramidTile(pyr, req, Math.max(req.block, pb) / pb, pb);
   return cellTile(heads, how, mask, req);
 }
-function pyramidTile(h0, pyr, req, f, pb) {
+function pyramidTile(pyr, req, f, pb) {
   const block = f * pb, q0 = Math.floor(req.q0 / block) * block, k0 = Math.floor(req.k0 / block) * block;
-  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((h0.nq - q0) / block));
-  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((h0.nk - k0) / block));
+  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((pyr.nq - q0) / block));
+  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((pyr.nk - k0) / block));
   const src = req.reduce === "sum" ? pyr.sum : pyr.max, isSum = req.reduce === "sum";
   const vals = new Float32Array(rows * cols);
   const r0 = q0 / pb, c0 = k0 / pb;
@@ -1366,11 +1380,11 @@ function pyramidTile(h0, pyr, req, f, pb) {
       let acc = NaN;
       for (let a = 0; a < f; a++) {
         const pr = r0 + r * f + a;
-        if (pr >= h0.pq) break;
-        const base = pr * h0.pk;
+        if (pr >= pyr.pq) break;
+        const base = pr * pyr.pk;
         for (let b = 0; b < f; b++) {
           const pc = c0 + c * f + b;
-          if (pc >= h0.pk) break;
+          if (pc >= pyr.pk) break;
           const x = src[base + pc];
           if (x === x) acc = acc === acc ? isSum ? acc + x : Math.max(acc, x) : x;
         }
@@ -1386,9 +1400,9 @@ function pyramidTile(h0, pyr, req, f, pb) {
       let acc = NaN;
       for (let a = 0; a < f; a++) {
         const pr = r0 + r * f + a;
-        if (pr >= h0.pq) break;
+        if (pr >= pyr.pq) break;
         const pieces = [rsrc[pr]];
-        for (let b = 1; b < f && b < h0.pk; b++) pieces.push(src[pr * h0.pk + b]);
+        for (let b = 1; b < f && b < pyr.pk; b++) pieces.push(src[pr * pyr.pk + b]);
         for (const x of pieces) if (x === x) acc = acc === acc ? isSum ? acc + x : Math.max(acc, x) : x;
       }
       rest[r] = acc;
@@ -1469,7 +1483,12 @@ function cellTile(heads, how, mask, req) {
 function aggregatePyramid(heads, how) {
   void how;
   let max = null, sum = null, restMax = null, restSum = null;
+  const { nq, nk, pq, pk } = heads[0];
   return {
+    nq,
+    nk,
+    pq,
+    pk,
     get max() {
       return max ??= foldMax(heads.map((hd) => hd.max));
     },
@@ -1484,10 +1503,10 @@ function aggregatePyramid(heads, how) {
     }
   };
 }
-function foldMax(planes) {
-  const out = Float32Array.from(planes[0]);
-  for (let h2 = 1; h2 < planes.length; h2++) {
-    const src = planes[h2];
+function foldMax(planes2) {
+  const out = Float32Array.from(planes2[0]);
+  for (let h2 = 1; h2 < planes2.length; h2++) {
+    const src = planes2[h2];
     for (let i = 0; i < out.length; i++) {
       const x = src[i];
       if (x > out[i] || out[i] !== out[i]) out[i] = x;
@@ -1495,16 +1514,16 @@ function foldMax(planes) {
   }
   return out;
 }
-function foldMean(planes) {
-  const out = Float32Array.from(planes[0]);
-  for (let h2 = 1; h2 < planes.length; h2++) {
-    const src = planes[h2];
+function foldMean(planes2) {
+  const out = Float32Array.from(planes2[0]);
+  for (let h2 = 1; h2 < planes2.length; h2++) {
+    const src = planes2[h2];
     for (let i = 0; i < out.length; i++) {
       const x = src[i];
       if (x === x) out[i] = out[i] === out[i] ? out[i] + x : x;
     }
   }
-  const H = planes.length;
+  const H = planes2.length;
   for (let i = 0; i < out.length; i++) out[i] /= H;
   return out;
 }
@@ -1579,27 +1598,39 @@ var PageSource = class {
     return p;
   }
   /**
+   * The pyramid of a layer's heads together (mean and max share it: see aggregatePyramid):
+   * the page's layer chunk — one chunk, not every head — or, in a page without one, the heads
+   * folded.
+   * @param {string} stack
+   * @param {number} layer
+   * @param {"mean" | "max"} how
+   * @returns {Promise<LongPyramid>}
+   */
+  aggregate(stack, layer, how) {
+    const key2 = `${stack}/${layer}`;
+    let p = this.pyramids.get(key2);
+    if (p) return p;
+    const [, H, nq, nk] = this.shape(stack), bytes = this.chunk(`agg/${key2}`);
+    p = bytes ? inflate2(bytes).then((raw) => decodePyramid(raw, nq, nk, this.L)) : Promise.all(Array.from({ length: H }, (_, h2) => this.head(stack, layer, h2))).then((heads) => aggregatePyramid(heads, how));
+    p.catch(() => this.pyramids.delete(key2));
+    this.pyramids.set(key2, p);
+    trim(this.pyramids, 4);
+    return p;
+  }
+  /**
    * @param {TileRequest} req
    * @returns {Promise<Tile>}
    */
   async tile(req) {
-    const [, H] = this.shape(req.stack);
-    const which = typeof req.head === "number" ? [req.head] : Array.from({ length: H }, (_, i) => i);
-    const heads = await Promise.all(which.map((h2) => this.head(req.stack, req.layer, h2)));
-    const mask = await this.mask(req.stack, req.layer);
+    const [, H] = this.shape(req.stack), pb = this.L.block, coarse = fromPyramid(req, pb);
     const how = typeof req.head === "number" ? "one" : req.head;
-    let pyr = heads[0];
-    if (how !== "one") {
-      const key2 = `${req.stack}/${req.layer}`;
-      let agg = this.pyramids.get(key2);
-      if (!agg) {
-        agg = aggregatePyramid(heads, how);
-        this.pyramids.set(key2, agg);
-        trim(this.pyramids, 4);
-      }
-      pyr = agg;
-    }
-    return pageTile(heads, how, pyr, mask, req, this.L.block);
+    const which = how === "one" ? [
+      /** @type {number} */
+      req.head
+    ] : coarse ? [] : Array.from({ length: H }, (_, i) => i);
+    const [heads, mask] = await Promise.all([Promise.all(which.map((h2) => this.head(req.stack, req.layer, h2))), this.mask(req.stack, req.layer)]);
+    const pyr = how !== "one" && coarse ? await this.aggregate(req.stack, req.layer, how) : heads[0];
+    return pageTile(heads, how, pyr, mask, req, pb);
   }
 };
 var ServerSource = class {
