@@ -8,10 +8,10 @@ captured with ``store="qk"`` at each length. For each: the long page (``attnmap.
 longpage``) — build time, size, bytes per token, the k its budget chose — and, in headless
 Chromium, the first heatmap after opening it (from navigation start), head switches, pans and
 zooms (the viewer's own ``window.__attnmapTiming``: request → finished canvas), and the mean
-and max of heads: zoomed in (after the zooms and pans, exact cells: every head's kept cells)
-and on the whole matrix of a layer not visited yet (its pyramids). Where the dense
-page can still be built (``--dense-up-to``), its size and first heatmap too. Last, the growth
-exponent of each figure over the lengths measured (size ≈ c·nᵃ).
+and max of heads: zoomed in (after the zooms and pans, exact cells: every head's kept cells;
+then on a layer not visited yet) and on the whole matrix of a layer not visited yet. Where
+the dense page can still be built (``--dense-up-to``), its size and first heatmap too. Last,
+the growth exponent of each figure over the lengths measured (size ≈ c·nᵃ).
 """
 
 from __future__ import annotations
@@ -72,12 +72,15 @@ def in_browser(browser, path: Path, long: bool) -> dict:
             timed(page, lambda: page.keyboard.press("Shift+ArrowRight")) for _ in range(4))
         out["mean_ms"] = timed(page, lambda: page.select_option(".am-head", "mean"))
         out["max_ms"] = timed(page, lambda: page.select_option(".am-head", "max"))
-        page.keyboard.press("0")  # back to the whole matrix, the mean of heads
-        page.select_option(".am-head", "mean")
+        timed(page, lambda: page.select_option(".am-head", "mean"))
+        layers = page.eval_on_selector(".am-layer", "e => e.options.length")
+        # zoomed in, the mean of a layer not visited yet: every head decoded
+        out["mean_zoomed_layer_ms"] = timed(
+            page, lambda: page.select_option(".am-layer", str(layers - 1)))
+        page.keyboard.press("0")  # back to the whole matrix
         poll(page, "document.querySelector('.attnmap').__attnmap.lod.tile.block > 1", 60)
         page.wait_for_timeout(1000)
-        layers = page.eval_on_selector(".am-layer", "e => e.options.length")
-        out["mean_layer_ms"] = timed(page, lambda: page.select_option(".am-layer", str(layers - 1)))
+        out["mean_layer_ms"] = timed(page, lambda: page.select_option(".am-layer", str(layers - 2)))
         out["max_layer_ms"] = timed(page, lambda: page.select_option(".am-head", "max"))
     page.close()
     return out
@@ -153,16 +156,16 @@ def main() -> None:
             print(row, flush=True)
         browser.close()
     print("\n| tokens | k | long page | bytes/token | build | first heatmap | head switch | "
-          "zoom | pan | mean / max of heads (zoomed) | mean / max (new layer, whole matrix) "
-          "| dense page | dense first heatmap |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "zoom | pan | mean / max of heads (zoomed) | mean (zoomed, new layer) | "
+          "mean / max (new layer, whole matrix) | dense page | dense first heatmap |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         dense = (f"{r['dense_bytes'] / 1e6:.0f} MB | {r['dense_first_ms'] / 1e3:.1f} s"
                  if "dense_bytes" in r else "— | —")
         print(f"| {r['n']:,} | {r['k']} | {r['bytes'] / 1e6:.1f} MB | {r['bytes'] / r['n']:,.0f} "
               f"| {r['build_s']:.0f} s | {r['first_ms'] / 1e3:.2f} s | {r['head_ms']:.0f} ms | "
               f"{r['zoom_ms']:.0f} ms | {r['pan_ms']:.0f} ms | "
-              f"{r['mean_ms']:.0f} / {r['max_ms']:.0f} ms | "
+              f"{r['mean_ms']:.0f} / {r['max_ms']:.0f} ms | {r['mean_zoomed_layer_ms']:.0f} ms | "
               f"{r['mean_layer_ms']:.0f} / {r['max_layer_ms']:.0f} ms | {dense} |")
     if len(rows) > 1:
         for key in ("bytes", "build_s", "first_ms"):

@@ -56,8 +56,8 @@ async function inflate(bytes) {
  */
 
 /**
- * One head of the page's long representation: the pyramid decoded, the kept cells decoded
- * where a view first needs them (views at the pyramid's block or coarser never do).
+ * One head of the page's long representation, decoded as views need it: the pyramid a plane
+ * at a time, the kept cells a segment of rows at a time.
  * @typedef {object} LongHead
  * @property {number} nq
  * @property {number} nk
@@ -105,8 +105,8 @@ function logValues(codes, hi, L) {
 }
 
 /**
- * Decode one head chunk (inflated bytes; layout in longpage.py): the pyramid now, the kept
- * cells of a row when a view first needs them (`cells(q0, q1)`).
+ * Decode one head chunk (inflated bytes; layout in longpage.py): each pyramid plane when
+ * first read, the kept cells of a row when a view first needs them (`cells(q0, q1)`).
  * @param {Uint8Array} raw
  * @param {number} nq
  * @param {number} nk
@@ -122,7 +122,7 @@ export function decodeHead(raw, nq, nk, L, ib) {
   /** @param {number} n */
   const take = (n) => { const a = raw.subarray(at, at + n); at += n; return a; };
   if (raw.length < at + 2 * pq * pk + 2 * pq + 2 * nq) throw new Error("attnmap: a long head chunk has the wrong size");
-  const { max, sum, restMax, restSum } = planes(take(2 * pq * pk + 2 * pq), hiMax, hiSum, pq, pk, L);
+  const pyramid = lazyPyramid(take(2 * pq * pk + 2 * pq), hiMax, hiSum, { nq, nk, pq, pk }, L);
   const bcAt = at, countAt = at + nq;
   const start = new Uint32Array(nq + 1);
   for (let i = 0; i < nq; i++) start[i + 1] = start[i] + raw[countAt + i];
@@ -131,24 +131,39 @@ export function decodeHead(raw, nq, nk, L, ib) {
   const rowmax = new Float32Array(nq);
   for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
   const cells = lazyCells(raw, { bcAt, planesAt, codesAt, total, ib, levels: L.levels }, start, rowmax);
-  return { nq, nk, pq, pk, max, sum, restMax, restSum, cells };
+  return Object.assign(pyramid, { cells });
 }
 
 /**
- * The four pyramid planes from their codes (u8 max[pq, pk], sum[pq, pk], rest_max[pq],
- * rest_sum[pq]).
+ * A pyramid from its codes (u8 max[pq, pk], sum[pq, pk], rest_max[pq], rest_sum[pq]), each
+ * plane decoded when first read (mean of heads over cells never reads a head's; a view by max
+ * never reads the sums).
  * @param {Uint8Array} codes
  * @param {number} hiMax
  * @param {number} hiSum
- * @param {number} pq
- * @param {number} pk
+ * @param {{ nq: number, nk: number, pq: number, pk: number }} dims
  * @param {LongInfo} L
+ * @returns {LongPyramid}
  */
-function planes(codes, hiMax, hiSum, pq, pk, L) {
-  const n = pq * pk;
+function lazyPyramid(codes, hiMax, hiSum, dims, L) {
+  const { nq, nk, pq, pk } = dims, n = pq * pk;
+  /** @type {(Float32Array | null)[]} */
+  const got = [null, null, null, null];
+  /** @type {[number, number, number][]} */
+  const spans = [[0, n, hiMax], [n, 2 * n, hiSum], [2 * n, 2 * n + pq, hiMax], [2 * n + pq, 2 * n + 2 * pq, hiSum]];
+  /** @param {number} i */
+  const plane = (i) => {
+    let x = got[i];
+    if (!x) {
+      const [a, z, hi] = spans[i];
+      x = got[i] = logValues(codes.subarray(a, z), hi, L);
+    }
+    return x;
+  };
   return {
-    max: logValues(codes.subarray(0, n), hiMax, L), sum: logValues(codes.subarray(n, 2 * n), hiSum, L),
-    restMax: logValues(codes.subarray(2 * n, 2 * n + pq), hiMax, L), restSum: logValues(codes.subarray(2 * n + pq, 2 * n + 2 * pq), hiSum, L),
+    nq, nk, pq, pk,
+    get max() { return plane(0); }, get sum() { return plane(1); },
+    get restMax() { return plane(2); }, get restSum() { return plane(3); },
   };
 }
 
@@ -164,7 +179,7 @@ export function decodePyramid(raw, nq, nk, L) {
   const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
   if (raw.length !== 8 + 2 * pq * pk + 2 * pq) throw new Error("attnmap: a long layer chunk has the wrong size");
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  return { nq, nk, pq, pk, ...planes(raw.subarray(8), dv.getFloat32(0, true), dv.getFloat32(4, true), pq, pk, L) };
+  return lazyPyramid(raw.subarray(8), dv.getFloat32(0, true), dv.getFloat32(4, true), { nq, nk, pq, pk }, L);
 }
 
 const SEGMENT = 256; // query rows whose kept cells are decoded together

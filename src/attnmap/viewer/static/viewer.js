@@ -1282,7 +1282,7 @@ function decodeHead(raw, nq, nk, L, ib) {
     return a;
   };
   if (raw.length < at + 2 * pq * pk + 2 * pq + 2 * nq) throw new Error("attnmap: a long head chunk has the wrong size");
-  const { max, sum, restMax, restSum } = planes(take(2 * pq * pk + 2 * pq), hiMax, hiSum, pq, pk, L);
+  const pyramid = lazyPyramid(take(2 * pq * pk + 2 * pq), hiMax, hiSum, { nq, nk, pq, pk }, L);
   const bcAt = at, countAt = at + nq;
   const start = new Uint32Array(nq + 1);
   for (let i = 0; i < nq; i++) start[i + 1] = start[i] + raw[countAt + i];
@@ -1291,22 +1291,44 @@ function decodeHead(raw, nq, nk, L, ib) {
   const rowmax = new Float32Array(nq);
   for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
   const cells = lazyCells(raw, { bcAt, planesAt, codesAt, total, ib, levels: L.levels }, start, rowmax);
-  return { nq, nk, pq, pk, max, sum, restMax, restSum, cells };
+  return Object.assign(pyramid, { cells });
 }
-function planes(codes, hiMax, hiSum, pq, pk, L) {
-  const n = pq * pk;
+function lazyPyramid(codes, hiMax, hiSum, dims, L) {
+  const { nq, nk, pq, pk } = dims, n = pq * pk;
+  const got = [null, null, null, null];
+  const spans = [[0, n, hiMax], [n, 2 * n, hiSum], [2 * n, 2 * n + pq, hiMax], [2 * n + pq, 2 * n + 2 * pq, hiSum]];
+  const plane = (i) => {
+    let x = got[i];
+    if (!x) {
+      const [a, z, hi] = spans[i];
+      x = got[i] = logValues(codes.subarray(a, z), hi, L);
+    }
+    return x;
+  };
   return {
-    max: logValues(codes.subarray(0, n), hiMax, L),
-    sum: logValues(codes.subarray(n, 2 * n), hiSum, L),
-    restMax: logValues(codes.subarray(2 * n, 2 * n + pq), hiMax, L),
-    restSum: logValues(codes.subarray(2 * n + pq, 2 * n + 2 * pq), hiSum, L)
+    nq,
+    nk,
+    pq,
+    pk,
+    get max() {
+      return plane(0);
+    },
+    get sum() {
+      return plane(1);
+    },
+    get restMax() {
+      return plane(2);
+    },
+    get restSum() {
+      return plane(3);
+    }
   };
 }
 function decodePyramid(raw, nq, nk, L) {
   const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
   if (raw.length !== 8 + 2 * pq * pk + 2 * pq) throw new Error("attnmap: a long layer chunk has the wrong size");
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  return { nq, nk, pq, pk, ...planes(raw.subarray(8), dv.getFloat32(0, true), dv.getFloat32(4, true), pq, pk, L) };
+  return lazyPyramid(raw.subarray(8), dv.getFloat32(0, true), dv.getFloat32(4, true), { nq, nk, pq, pk }, L);
 }
 var SEGMENT = 256;
 function lazyCells(raw, at, start, rowmax) {
@@ -1503,10 +1525,10 @@ function aggregatePyramid(heads, how) {
     }
   };
 }
-function foldMax(planes2) {
-  const out = Float32Array.from(planes2[0]);
-  for (let h2 = 1; h2 < planes2.length; h2++) {
-    const src = planes2[h2];
+function foldMax(planes) {
+  const out = Float32Array.from(planes[0]);
+  for (let h2 = 1; h2 < planes.length; h2++) {
+    const src = planes[h2];
     for (let i = 0; i < out.length; i++) {
       const x = src[i];
       if (x > out[i] || out[i] !== out[i]) out[i] = x;
@@ -1514,16 +1536,16 @@ function foldMax(planes2) {
   }
   return out;
 }
-function foldMean(planes2) {
-  const out = Float32Array.from(planes2[0]);
-  for (let h2 = 1; h2 < planes2.length; h2++) {
-    const src = planes2[h2];
+function foldMean(planes) {
+  const out = Float32Array.from(planes[0]);
+  for (let h2 = 1; h2 < planes.length; h2++) {
+    const src = planes[h2];
     for (let i = 0; i < out.length; i++) {
       const x = src[i];
       if (x === x) out[i] = out[i] === out[i] ? out[i] + x : x;
     }
   }
-  const H = planes2.length;
+  const H = planes.length;
   for (let i = 0; i < out.length; i++) out[i] /= H;
   return out;
 }
