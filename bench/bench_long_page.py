@@ -1,18 +1,23 @@
 """The standalone page at long lengths, by hand: ``python bench/bench_long_page.py
-[--tokens 1024 2048 4096 8192] [--dense-up-to 2048]``.
+[--tokens 1024 2048 4096 8192] [--dense-up-to 2048] [--save DIR]``, or on pages built before
+(``--save`` keeps them, with their build facts beside them): ``python bench/bench_long_page.py
+--page DIR/long8192.html``.
 
 A GPT-2-shaped 12-layer × 12-head model with random weights (n_embd 768, built from a config),
 captured with ``store="qk"`` at each length. For each: the long page (``attnmap.viewer.
 longpage``) — build time, size, bytes per token, the k its budget chose — and, in headless
 Chromium, the first heatmap after opening it (from navigation start), head switches, pans and
-zooms (the viewer's own ``window.__attnmapTiming``: request → finished canvas). Where the dense
-page can still be built (``--dense-up-to``), its size and first heatmap too. Last, the growth
-exponent of each figure over the lengths measured (size ≈ c·nᵃ).
+zooms (the viewer's own ``window.__attnmapTiming``: request → finished canvas), and the mean
+and max of heads: zoomed in (after the zooms and pans, exact cells: every head's kept cells;
+then on a layer not visited yet) and on the whole matrix of a layer not visited yet. Where
+the dense page can still be built (``--dense-up-to``), its size and first heatmap too. Last,
+the growth exponent of each figure over the lengths measured (size ≈ c·nᵃ).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -66,7 +71,34 @@ def in_browser(browser, path: Path, long: bool) -> dict:
         out["pan_ms"] = statistics.median(
             timed(page, lambda: page.keyboard.press("Shift+ArrowRight")) for _ in range(4))
         out["mean_ms"] = timed(page, lambda: page.select_option(".am-head", "mean"))
+        out["max_ms"] = timed(page, lambda: page.select_option(".am-head", "max"))
+        timed(page, lambda: page.select_option(".am-head", "mean"))
+        layers = page.eval_on_selector(".am-layer", "e => e.options.length")
+        # zoomed in, the mean of a layer not visited yet: every head decoded
+        out["mean_zoomed_layer_ms"] = timed(
+            page, lambda: page.select_option(".am-layer", str(layers - 1)))
+        page.keyboard.press("0")  # back to the whole matrix
+        poll(page, "document.querySelector('.attnmap').__attnmap.lod.tile.block > 1", 60)
+        page.wait_for_timeout(1000)
+        out["mean_layer_ms"] = timed(page, lambda: page.select_option(".am-layer", str(layers - 2)))
+        out["max_layer_ms"] = timed(page, lambda: page.select_option(".am-head", "max"))
     page.close()
+    return out
+
+
+MODULE = '<script type="text/plain" id="attnmap-module">\n'
+
+
+def with_todays_viewer(page: Path, tmp: Path) -> Path:
+    """A copy of `page` with the viewer module it inlines replaced by the one built now (so a
+    page built once measures later changes to the viewer)."""
+    from attnmap.viewer.html import static_text
+
+    text = page.read_text(encoding="utf-8")
+    a = text.index(MODULE) + len(MODULE)
+    b = text.index("\n</script>", a)
+    out = tmp / page.name
+    out.write_text(text[:a] + static_text("viewer.js") + text[b:], encoding="utf-8")
     return out
 
 
@@ -74,6 +106,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     ap.add_argument("--dense-up-to", type=int, default=2048)
+    ap.add_argument("--save", type=Path, help="keep the built long pages (and their build "
+                    "facts, long<n>.json) in this folder")
+    ap.add_argument("--page", type=Path, nargs="+", help="measure these long pages (built with "
+                    "--save) instead of building")
     args = ap.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -86,20 +122,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--headless=new", "--disable-gpu"])
-        model = build_model(Path(tmp) / "m", max(args.tokens))
+        for built in args.page or []:
+            facts = json.loads(built.with_suffix(".json").read_text())  # written by --save
+            path = with_todays_viewer(built, Path(tmp))
+            row = {**facts, "bytes": built.stat().st_size, **in_browser(browser, path, True)}
+            rows.append(row)
+            print(row, flush=True)
+        for_build = [] if args.page else args.tokens
+        model = None if not for_build else build_model(Path(tmp) / "m", max(args.tokens))
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(model)
-        for n in args.tokens:
+        tok = AutoTokenizer.from_pretrained(model) if model else None
+        for n in for_build:
             run = attnmap.capture(text_of_tokens(tok, n), model=model, store="qk")
             t0 = time.perf_counter()
             data = longpage.build(run)
             page = html.long_page(data, {})
             build_s = time.perf_counter() - t0
-            path = Path(tmp) / f"long{n}.html"
+            path = (args.save or Path(tmp)) / f"long{n}.html"
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(page, encoding="utf-8")
-            row = {"n": len(run.tokens), "k": data.k, "block": data.block, "build_s": build_s,
-                   "bytes": path.stat().st_size, **in_browser(browser, path, True)}
+            facts = {"n": len(run.tokens), "k": data.k, "block": data.block, "build_s": build_s}
+            path.with_suffix(".json").write_text(json.dumps(facts))
+            row = {**facts, "bytes": path.stat().st_size, **in_browser(browser, path, True)}
             if n <= args.dense_up_to:
                 t0 = time.perf_counter()
                 dpath = Path(tmp) / f"dense{n}.html"
@@ -111,14 +156,17 @@ def main() -> None:
             print(row, flush=True)
         browser.close()
     print("\n| tokens | k | long page | bytes/token | build | first heatmap | head switch | "
-          "zoom | pan | mean of heads | dense page | dense first heatmap |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "zoom | pan | mean / max of heads (zoomed) | mean (zoomed, new layer) | "
+          "mean / max (new layer, whole matrix) | dense page | dense first heatmap |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         dense = (f"{r['dense_bytes'] / 1e6:.0f} MB | {r['dense_first_ms'] / 1e3:.1f} s"
                  if "dense_bytes" in r else "— | —")
         print(f"| {r['n']:,} | {r['k']} | {r['bytes'] / 1e6:.1f} MB | {r['bytes'] / r['n']:,.0f} "
               f"| {r['build_s']:.0f} s | {r['first_ms'] / 1e3:.2f} s | {r['head_ms']:.0f} ms | "
-              f"{r['zoom_ms']:.0f} ms | {r['pan_ms']:.0f} ms | {r['mean_ms']:.0f} ms | {dense} |")
+              f"{r['zoom_ms']:.0f} ms | {r['pan_ms']:.0f} ms | "
+              f"{r['mean_ms']:.0f} / {r['max_ms']:.0f} ms | {r['mean_zoomed_layer_ms']:.0f} ms | "
+              f"{r['mean_layer_ms']:.0f} / {r['max_layer_ms']:.0f} ms | {dense} |")
     if len(rows) > 1:
         for key in ("bytes", "build_s", "first_ms"):
             a = longpage.growth({r["n"]: r[key] for r in rows})

@@ -48,7 +48,17 @@ async function inflate(bytes) {
 }
 
 /**
- * One head of the page's long representation, decoded.
+ * A head's kept cells (top k per row).
+ * @typedef {object} LongCells
+ * @property {Float32Array} bound  [nq] upper bound of every cell the row did not keep
+ * @property {Uint32Array} start  [nq + 1] where each row's kept cells start
+ * @property {Uint32Array} keys   kept cells' keys, ascending per row
+ * @property {Float32Array} vals  kept cells' values
+ */
+
+/**
+ * One head of the page's long representation, decoded as views need it: the pyramid a plane
+ * at a time, the kept cells a segment of rows at a time.
  * @typedef {object} LongHead
  * @property {number} nq
  * @property {number} nk
@@ -58,10 +68,21 @@ async function inflate(bytes) {
  * @property {Float32Array} sum
  * @property {Float32Array} restMax  [pq] first block column without key 0
  * @property {Float32Array} restSum
- * @property {Float32Array} bound  [nq] upper bound of every cell the row did not keep
- * @property {Uint32Array} start  [nq + 1] where each row's kept cells start
- * @property {Uint32Array} keys   kept cells' keys, ascending per row
- * @property {Float32Array} vals  kept cells' values
+ * @property {(q0: number, q1: number) => LongCells} cells  the kept cells, rows [q0, q1) decoded
+ */
+
+/**
+ * A pyramid with its shape: one head's, or a layer's heads together (max of block maxima,
+ * mean of block sums).
+ * @typedef {object} LongPyramid
+ * @property {number} nq
+ * @property {number} nk
+ * @property {number} pq  pyramid blocks down
+ * @property {number} pk
+ * @property {Float32Array} max  [pq, pk] NaN = masked
+ * @property {Float32Array} sum
+ * @property {Float32Array} restMax  [pq] first block column without key 0
+ * @property {Float32Array} restSum
  */
 
 /**
@@ -85,7 +106,8 @@ function logValues(codes, hi, L) {
 }
 
 /**
- * Decode one head chunk (inflated bytes; layout in longpage.py).
+ * Decode one head chunk (inflated bytes; layout in longpage.py): each pyramid plane when
+ * first read, the kept cells of a row when a view first needs them (`cells(q0, q1)`).
  * @param {Uint8Array} raw
  * @param {number} nq
  * @param {number} nk
@@ -97,35 +119,117 @@ export function decodeHead(raw, nq, nk, L, ib) {
   const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const hiMax = dv.getFloat32(0, true), hiSum = dv.getFloat32(4, true);
-  const rowmax = new Float32Array(nq);
-  for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
   let at = 8 + 4 * nq;
   /** @param {number} n */
   const take = (n) => { const a = raw.subarray(at, at + n); at += n; return a; };
-  const max = logValues(take(pq * pk), hiMax, L), sum = logValues(take(pq * pk), hiSum, L);
-  const restMax = logValues(take(pq), hiMax, L), restSum = logValues(take(pq), hiSum, L);
-  const bc = take(nq), count = take(nq);
+  if (raw.length < at + 2 * pq * pk + 2 * pq + 2 * nq) throw new Error("attnmap: a long head chunk has the wrong size");
+  const pyramid = lazyPyramid(take(2 * pq * pk + 2 * pq), hiMax, hiSum, { nq, nk, pq, pk }, L);
+  const bcAt = at, countAt = at + nq;
   const start = new Uint32Array(nq + 1);
-  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + count[i];
-  const total = start[nq];
-  const planes = [];
-  for (let p = 0; p < ib; p++) planes.push(take(total));
-  const codes = take(total);
-  if (at !== raw.length) throw new Error("attnmap: a long head chunk has the wrong size");
-  const keys = new Uint32Array(total), vals = new Float32Array(total), bound = new Float32Array(nq);
-  for (let i = 0; i < nq; i++) {
-    const f = rowmax[i] / L.levels;
-    bound[i] = bc[i] * f;
-    let key = 0;
-    for (let e = start[i]; e < start[i + 1]; e++) {
-      let d = 0;
-      for (let p = 0; p < ib; p++) d += planes[p][e] * 2 ** (8 * p);
-      key = e === start[i] ? d : key + d;
-      keys[e] = key;
-      vals[e] = codes[e] * f;
+  for (let i = 0; i < nq; i++) start[i + 1] = start[i] + raw[countAt + i];
+  const total = start[nq], planesAt = countAt + nq, codesAt = planesAt + ib * total;
+  if (codesAt + total !== raw.length) throw new Error("attnmap: a long head chunk has the wrong size");
+  const rowmax = new Float32Array(nq);
+  for (let i = 0; i < nq; i++) rowmax[i] = dv.getFloat32(8 + 4 * i, true);
+  const cells = lazyCells(raw, { bcAt, planesAt, codesAt, total, ib, levels: L.levels }, start, rowmax);
+  return Object.assign(pyramid, { cells });
+}
+
+/**
+ * A pyramid from its codes (u8 max[pq, pk], sum[pq, pk], rest_max[pq], rest_sum[pq]), each
+ * plane decoded when first read (mean of heads over cells never reads a head's; a view by max
+ * never reads the sums).
+ * @param {Uint8Array} codes
+ * @param {number} hiMax
+ * @param {number} hiSum
+ * @param {{ nq: number, nk: number, pq: number, pk: number }} dims
+ * @param {LongInfo} L
+ * @returns {LongPyramid}
+ */
+function lazyPyramid(codes, hiMax, hiSum, dims, L) {
+  const { nq, nk, pq, pk } = dims, n = pq * pk;
+  /** @type {(Float32Array | null)[]} */
+  const got = [null, null, null, null];
+  /** @type {[number, number, number][]} */
+  const spans = [[0, n, hiMax], [n, 2 * n, hiSum], [2 * n, 2 * n + pq, hiMax], [2 * n + pq, 2 * n + 2 * pq, hiSum]];
+  /** @param {number} i */
+  const plane = (i) => {
+    let x = got[i];
+    if (!x) {
+      const [a, z, hi] = spans[i];
+      x = got[i] = logValues(codes.subarray(a, z), hi, L);
     }
-  }
-  return { nq, nk, pq, pk, max, sum, restMax, restSum, bound, start, keys, vals };
+    return x;
+  };
+  return {
+    nq, nk, pq, pk,
+    get max() { return plane(0); }, get sum() { return plane(1); },
+    get restMax() { return plane(2); }, get restSum() { return plane(3); },
+  };
+}
+
+/**
+ * Decode a layer chunk (inflated; layout in longpage.py): the pyramid of its heads together.
+ * @param {Uint8Array} raw
+ * @param {number} nq
+ * @param {number} nk
+ * @param {LongInfo} L
+ * @returns {LongPyramid}
+ */
+export function decodePyramid(raw, nq, nk, L) {
+  const b = L.block, pq = Math.ceil(nq / b), pk = Math.ceil(nk / b);
+  if (raw.length !== 8 + 2 * pq * pk + 2 * pq) throw new Error("attnmap: a long layer chunk has the wrong size");
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  return lazyPyramid(raw.subarray(8), dv.getFloat32(0, true), dv.getFloat32(4, true), { nq, nk, pq, pk }, L);
+}
+
+const SEGMENT = 256; // query rows whose kept cells are decoded together
+
+/**
+ * The kept cells of a head chunk, decoded a segment of rows at a time when a view first needs
+ * them (`cells(q0, q1)`: rows [q0, q1) ready; the arrays are the whole head's); the chunk's
+ * bytes are let go once every segment is. A function of its own, so that its closure holds
+ * nothing else of the chunk.
+ * @param {Uint8Array} raw
+ * @param {{ bcAt: number, planesAt: number, codesAt: number, total: number, ib: number, levels: number }} at
+ * @param {Uint32Array} start
+ * @param {Float32Array} rowmax
+ * @returns {(q0: number, q1: number) => LongCells}
+ */
+function lazyCells(raw, at, start, rowmax) {
+  /** @type {Uint8Array | null} */
+  let bytes = raw;
+  /** @type {LongCells | null} */
+  let cells = null;
+  const nq = rowmax.length, nseg = Math.ceil(nq / SEGMENT), done = new Uint8Array(nseg);
+  let left = nseg;
+  return (q0, q1) => {
+    const b = bytes;
+    if (!b || !cells) {
+      if (!b) return /** @type {LongCells} */ (cells);
+      const bound = new Float32Array(nq);
+      for (let i = 0; i < nq; i++) bound[i] = b[at.bcAt + i] * (rowmax[i] / at.levels);
+      cells = { bound, start, keys: new Uint32Array(at.total), vals: new Float32Array(at.total) };
+    }
+    const { keys, vals } = cells, { planesAt, codesAt, total, ib, levels } = at;
+    for (let s = Math.max(0, Math.floor(q0 / SEGMENT)), s1 = Math.min(nseg, Math.ceil(q1 / SEGMENT)); s < s1; s++) {
+      if (done[s]) continue;
+      for (let i = s * SEGMENT, iEnd = Math.min(nq, i + SEGMENT), e = start[i]; i < iEnd; i++) {
+        const f = rowmax[i] / levels;
+        let key = 0; // each row's first delta is its first key
+        for (const e1 = start[i + 1]; e < e1; e++) {
+          let d = 0;
+          for (let p = ib - 1, o = planesAt + (ib - 1) * total + e; p >= 0; p--, o -= total) d = d * 256 + b[o];
+          key += d;
+          keys[e] = key;
+          vals[e] = b[codesAt + e] * f;
+        }
+      }
+      done[s] = 1;
+      if (--left === 0) bytes = null;
+    }
+    return cells;
+  };
 }
 
 /**
@@ -160,36 +264,42 @@ function lowerBound(keys, lo, hi, x) {
 }
 
 /**
+ * Whether a tile comes from the pyramid (blocks at least the pyramid's; sums of any block
+ * above one cell, which the kept cells cannot give) rather than from the cells rows kept.
+ * @param {TileRequest} req
+ * @param {number} pb  the pyramid's block
+ */
+export function fromPyramid(req, pb) {
+  return req.block >= pb || (req.reduce === "sum" && req.block > 1);
+}
+
+/**
  * A tile of heads (one head, or every head of a layer for mean/max), from the pyramid where
- * the block is at least the pyramid's, else from the cells each row kept.
- * @param {LongHead[]} heads
+ * `fromPyramid`, else from the cells each row kept.
+ * @param {LongHead[]} heads  the heads `how` takes (may be empty where `fromPyramid`)
  * @param {"one" | "mean" | "max"} how
- * @param {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} pyr  the pyramid of `how`
+ * @param {LongPyramid} pyr  the pyramid of `how`
  * @param {Intervals} mask
  * @param {TileRequest} req
  * @param {number} pb  the pyramid's block
  * @returns {Tile}
  */
 export function pageTile(heads, how, pyr, mask, req, pb) {
-  const h0 = heads[0];
-  if (req.block >= pb || (req.reduce === "sum" && req.block > 1)) {
-    return pyramidTile(h0, pyr, req, Math.max(req.block, pb) / pb, pb);
-  }
+  if (fromPyramid(req, pb)) return pyramidTile(pyr, req, Math.max(req.block, pb) / pb, pb);
   return cellTile(heads, how, mask, req);
 }
 
 /**
- * @param {LongHead} h0
- * @param {{ max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }} pyr
+ * @param {LongPyramid} pyr
  * @param {TileRequest} req
  * @param {number} f  pyramid blocks per tile block
  * @param {number} pb
  * @returns {Tile}
  */
-function pyramidTile(h0, pyr, req, f, pb) {
+function pyramidTile(pyr, req, f, pb) {
   const block = f * pb, q0 = Math.floor(req.q0 / block) * block, k0 = Math.floor(req.k0 / block) * block;
-  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((h0.nq - q0) / block));
-  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((h0.nk - k0) / block));
+  const rows = Math.min(Math.ceil((req.q0 + req.rows * req.block - q0) / block), Math.ceil((pyr.nq - q0) / block));
+  const cols = Math.min(Math.ceil((req.k0 + req.cols * req.block - k0) / block), Math.ceil((pyr.nk - k0) / block));
   const src = req.reduce === "sum" ? pyr.sum : pyr.max, isSum = req.reduce === "sum";
   const vals = new Float32Array(rows * cols);
   const r0 = q0 / pb, c0 = k0 / pb;
@@ -198,11 +308,11 @@ function pyramidTile(h0, pyr, req, f, pb) {
       let acc = NaN;
       for (let a = 0; a < f; a++) {
         const pr = r0 + r * f + a;
-        if (pr >= h0.pq) break;
-        const base = pr * h0.pk;
+        if (pr >= pyr.pq) break;
+        const base = pr * pyr.pk;
         for (let b = 0; b < f; b++) {
           const pc = c0 + c * f + b;
-          if (pc >= h0.pk) break;
+          if (pc >= pyr.pk) break;
           const x = src[base + pc];
           if (x === x) acc = acc === acc ? (isSum ? acc + x : Math.max(acc, x)) : x; // NaN-skipping
         }
@@ -219,9 +329,9 @@ function pyramidTile(h0, pyr, req, f, pb) {
       let acc = NaN;
       for (let a = 0; a < f; a++) {
         const pr = r0 + r * f + a;
-        if (pr >= h0.pq) break;
+        if (pr >= pyr.pq) break;
         const pieces = [rsrc[pr]];
-        for (let b = 1; b < f && b < h0.pk; b++) pieces.push(src[pr * h0.pk + b]);
+        for (let b = 1; b < f && b < pyr.pk; b++) pieces.push(src[pr * pyr.pk + b]);
         for (const x of pieces) if (x === x) acc = acc === acc ? (isSum ? acc + x : Math.max(acc, x)) : x;
       }
       rest[r] = acc;
@@ -250,12 +360,13 @@ function cellTile(heads, how, mask, req) {
   const stamp = new Int32Array(W).fill(-1), sumv = new Float32Array(W), cnt = new Uint16Array(W), mx = new Float32Array(W), sb = new Float32Array(W);
   /** @type {number[]} */
   const touched = [];
+  const cells = heads.map((hd) => hd.cells(req.q0, req.q0 + rows * bs));
   for (let r = 0; r < rows; r++) {
     const o = r * cols;
     for (let i = req.q0 + r * bs, iEnd = Math.min(h0.nq, i + bs); i < iEnd; i++) {
       touched.length = 0;
       let sumB = 0, maxB = 0;
-      for (const hd of heads) {
+      for (const hd of cells) {
         const b = hd.bound[i];
         sumB += b; if (b > maxB) maxB = b;
         const e1 = hd.start[i + 1];
@@ -298,31 +409,58 @@ function cellTile(heads, how, mask, req) {
 
 /**
  * The aggregate pyramid of a layer's heads: max of block maxima, mean of block sums (both
- * exact up to the codes).
+ * exact up to the codes). Each plane is folded on first use, in place into one new array.
  * @param {LongHead[]} heads
  * @param {"mean" | "max"} how
+ * @returns {LongPyramid}
  */
 export function aggregatePyramid(heads, how) {
-  const n = heads[0].max.length, np = heads[0].restMax.length, H = heads.length;
-  const max = new Float32Array(n).fill(NaN), sum = new Float32Array(n).fill(NaN);
-  const restMax = new Float32Array(np).fill(NaN), restSum = new Float32Array(np).fill(NaN);
-  /**
-   * @param {Float32Array} out
-   * @param {Float32Array} src
-   * @param {boolean} add
-   */
-  const fold = (out, src, add) => {
+  void how;
+  /** @type {Float32Array | null} */
+  let max = null, sum = null, restMax = null, restSum = null;
+  const { nq, nk, pq, pk } = heads[0];
+  // each plane folded when first read: a view reduced by max never needs the sums
+  return {
+    nq, nk, pq, pk,
+    get max() { return (max ??= foldMax(heads.map((hd) => hd.max))); },
+    get sum() { return (sum ??= foldMean(heads.map((hd) => hd.sum))); },
+    get restMax() { return (restMax ??= foldMax(heads.map((hd) => hd.restMax))); },
+    get restSum() { return (restSum ??= foldMean(heads.map((hd) => hd.restSum))); },
+  };
+}
+
+/**
+ * Cellwise max of same-length planes, NaN (masked) left out; NaN where every plane is.
+ * @param {Float32Array[]} planes
+ */
+function foldMax(planes) {
+  const out = Float32Array.from(planes[0]);
+  for (let h = 1; h < planes.length; h++) {
+    const src = planes[h];
     for (let i = 0; i < out.length; i++) {
       const x = src[i];
-      if (x !== x) continue;
-      const y = out[i];
-      out[i] = y !== y ? x : add ? y + x : Math.max(y, x);
+      if (x > out[i] || out[i] !== out[i]) out[i] = x; // NaN out: take x (NaN stays NaN)
     }
-  };
-  for (const hd of heads) { fold(max, hd.max, false); fold(sum, hd.sum, true); fold(restMax, hd.restMax, false); fold(restSum, hd.restSum, true); }
-  for (const a of [sum, restSum]) for (let i = 0; i < a.length; i++) a[i] /= H;
-  void how;
-  return { max, sum, restMax, restSum };
+  }
+  return out;
+}
+
+/**
+ * Cellwise mean of same-length planes (NaN left out of the sum; NaN where every plane is).
+ * @param {Float32Array[]} planes
+ */
+function foldMean(planes) {
+  const out = Float32Array.from(planes[0]);
+  for (let h = 1; h < planes.length; h++) {
+    const src = planes[h];
+    for (let i = 0; i < out.length; i++) {
+      const x = src[i];
+      if (x === x) out[i] = out[i] === out[i] ? out[i] + x : x;
+    }
+  }
+  const H = planes.length;
+  for (let i = 0; i < out.length; i++) out[i] /= H;
+  return out;
 }
 
 /**
@@ -353,7 +491,7 @@ export class PageSource {
     this.heads = new Map();
     /** @type {Map<string, Promise<Intervals>>} */
     this.masks = new Map();
-    /** @type {Map<string, { max: Float32Array, sum: Float32Array, restMax: Float32Array, restSum: Float32Array }>} */
+    /** @type {Map<string, Promise<LongPyramid>>} */
     this.pyramids = new Map();
   }
 
@@ -407,23 +545,39 @@ export class PageSource {
   }
 
   /**
+   * The pyramid of a layer's heads together (mean and max share it: see aggregatePyramid):
+   * the page's layer chunk — one chunk, not every head — or, in a page without one, the heads
+   * folded.
+   * @param {string} stack
+   * @param {number} layer
+   * @param {"mean" | "max"} how
+   * @returns {Promise<LongPyramid>}
+   */
+  aggregate(stack, layer, how) {
+    const key = `${stack}/${layer}`;
+    let p = this.pyramids.get(key);
+    if (p) return p;
+    const [, H, nq, nk] = this.shape(stack), bytes = this.chunk(`agg/${key}`);
+    p = bytes ? inflate(bytes).then((raw) => decodePyramid(raw, nq, nk, this.L))
+      : Promise.all(Array.from({ length: H }, (_, h) => this.head(stack, layer, h))).then((heads) => aggregatePyramid(heads, how));
+    p.catch(() => this.pyramids.delete(key));
+    this.pyramids.set(key, p);
+    trim(this.pyramids, 4);
+    return p;
+  }
+
+  /**
    * @param {TileRequest} req
    * @returns {Promise<Tile>}
    */
   async tile(req) {
-    const [, H] = this.shape(req.stack);
-    const which = typeof req.head === "number" ? [req.head] : Array.from({ length: H }, (_, i) => i);
-    const heads = await Promise.all(which.map((h) => this.head(req.stack, req.layer, h)));
-    const mask = await this.mask(req.stack, req.layer);
+    const [, H] = this.shape(req.stack), pb = this.L.block, coarse = fromPyramid(req, pb);
     const how = typeof req.head === "number" ? "one" : req.head;
-    let pyr = heads[0];
-    if (how !== "one") {
-      const key = `${req.stack}/${req.layer}/${how}`;
-      let agg = this.pyramids.get(key);
-      if (!agg) { agg = aggregatePyramid(heads, how); this.pyramids.set(key, agg); trim(this.pyramids, 8); }
-      pyr = { ...heads[0], ...agg };
-    }
-    return pageTile(heads, how, pyr, mask, req, this.L.block);
+    // mean/max over the pyramid: the layer's pyramid alone; exact cells: every head's
+    const which = how === "one" ? [/** @type {number} */ (req.head)] : coarse ? [] : Array.from({ length: H }, (_, i) => i);
+    const [heads, mask] = await Promise.all([Promise.all(which.map((h) => this.head(req.stack, req.layer, h))), this.mask(req.stack, req.layer)]);
+    const pyr = how !== "one" && coarse ? await this.aggregate(req.stack, req.layer, how) : heads[0];
+    return pageTile(heads, how, pyr, mask, req, pb);
   }
 }
 

@@ -1,10 +1,14 @@
 """A long run's standalone page (8,192 tokens, the long representation) in Chromium: it opens
 and draws the whole matrix as blocks, zooms down to exact cells whose tooltips are the
-captured weights within the page's codes, pans, and switches between block max and sum."""
+captured weights within the page's codes, pans, and switches between block max and sum. The
+mean and max of heads are the reductions of the exact cellwise mean and max of the run's
+weights: over the whole matrix (from the page's layer chunks, and from the heads where a page
+has none) and cell by cell."""
 
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -18,25 +22,52 @@ N = 8192
 K = 16
 
 
-@pytest.fixture(scope="module")
-def long_run(tmp_path_factory):
-    import attnmap
-    from tests._models import CORPUS, build_gpt2
+def _text(n_words: int) -> str:
+    from tests._models import CORPUS
 
-    path = build_gpt2(tmp_path_factory.mktemp("g8k") / "m", layers=2, heads=2, n_positions=N)
     rng = random.Random(0)
     words = " ".join(CORPUS[:5]).split()
-    text = " ".join(rng.choice(words) for _ in range(N + 2000))  # more tokens than N
-    with pytest.warns(UserWarning, match="keeping the first"):
-        run = attnmap.capture(text, model=path, store="qk", truncate=True)
+    return " ".join(rng.choice(words) for _ in range(n_words))
+
+
+@pytest.fixture(scope="module")
+def model_8k(tmp_path_factory):
+    from tests._models import build_gpt2
+
+    return build_gpt2(tmp_path_factory.mktemp("g8k") / "m", layers=2, heads=2, n_positions=N)
+
+
+@pytest.fixture(scope="module")
+def long_run(model_8k):
+    import attnmap
+
+    with pytest.warns(UserWarning, match="keeping the first"):  # more tokens than N
+        run = attnmap.capture(_text(N + 2000), model=model_8k, store="qk", truncate=True)
     assert len(run.tokens) == N and run.stack().lazy
     return run
 
 
 @pytest.fixture(scope="module")
-def long_file(long_run, tmp_path_factory):
-    data = longpage.build(long_run, k=K)
+def long_data(long_run):
+    return longpage.build(long_run, k=K)
+
+
+@pytest.fixture(scope="module")
+def long_file(long_data, tmp_path_factory):
     path = tmp_path_factory.mktemp("page") / "long.html"
+    path.write_text(html.long_page(long_data, {}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_file_folded(long_data, tmp_path_factory):
+    """The page without its layer chunks (as pages were before them): the viewer folds the
+    heads' pyramids itself."""
+    from dataclasses import replace
+
+    data = replace(long_data, chunks=[c for c in long_data.chunks if not c[0].startswith("agg/")])
+    assert len(data.chunks) < len(long_data.chunks)
+    path = tmp_path_factory.mktemp("page") / "long_folded.html"
     path.write_text(html.long_page(data, {}), encoding="utf-8")
     return path
 
@@ -179,6 +210,103 @@ def test_max_sum_toggle_changes_values(page, long_run, long_file):
     other = np.stack([row(long_run, 0, 1, i) for i in range(4096, 4096 + 16)])[:, 992:1008]
     mean = hooks(page, f"a.lodCell({q}, {k})")
     assert mean["value"] == pytest.approx((block.sum() + other.sum()) / 2, rel=0.029)
+    clean(page)
+
+
+def exact_blocks(run, layer: int, block: int) -> dict[str, np.ndarray]:
+    """Block reductions [Q/block, K/block] of the exact cellwise mean and max over heads of one
+    layer (NaN where a block is all masked): max of the max, sum of the mean."""
+    st = run.stack("self")
+    mask = np.asarray(st.mask(layer), bool)  # [query, key]
+    n = mask.shape[0]
+    nb = -(-n // block)
+    out = {"max": np.full((nb, nb), np.nan), "sum": np.full((nb, nb), np.nan)}
+    for r0 in range(0, n, 256):
+        w = st.rows(layer, r0, r0 + 256)  # [head, row, key]
+        m = mask[r0:r0 + 256]
+        rows = w.shape[1]
+        for name, x in (("max", w.max(axis=0)), ("sum", w.mean(axis=0))):
+            x = np.where(m, np.nan, x.astype(np.float64))
+            x = np.pad(x, ((0, -rows % block), (0, nb * block - n)), constant_values=np.nan)
+            b = x.reshape(-1, block, nb, block)
+            with warnings.catch_warnings():  # all-NaN blocks: set to NaN below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                red = np.nanmax(b, axis=(1, 3)) if name == "max" else np.nansum(b, axis=(1, 3))
+            red[np.isnan(b).all(axis=(1, 3))] = np.nan
+            out[name][r0 // block:r0 // block + red.shape[0]] = red
+    return out
+
+
+def drawn_blocks(page, n: int, block: int) -> np.ndarray:
+    """The drawn tile's value at every block of the matrix (NaN masked), read in the page."""
+    vals = page.evaluate(f"""(() => {{
+      const a = document.querySelector('.attnmap').__attnmap, out = [];
+      for (let q = 0; q < {n}; q += {block}) for (let k = 0; k < {n}; k += {block}) {{
+        const c = a.lodCell(q, k);
+        out.push(c && c.value !== null && !c.upper ? c.value : c && c.upper ? -1 : -2);
+      }}
+      return out;
+    }})()""")
+    got = np.array(vals, np.float64).reshape(-(-n // block), -1)
+    assert (got != -1).all(), "a value drawn as an upper bound"
+    return np.where(got == -2, np.nan, got)
+
+
+def show(page, head: str, reduce: str) -> None:
+    page.select_option(".am-head", head)
+    page.select_option(".am-reduce", reduce)
+    wait_js(page, f"(s => s.head === '{head}' && s.reduce === '{reduce}')"
+                  "(document.querySelector('.attnmap').__attnmap.state)", 30)
+    settle(page)
+    t = hooks(page, "a.lod.tile")
+    assert t["reduce"] == reduce
+
+
+@pytest.mark.parametrize("which", ["long_file", "long_file_folded"])
+def test_mean_and_max_of_heads_over_the_whole_matrix(page, long_run, which, request):
+    """Every block of the whole matrix: the max of heads by block max and the mean of heads by
+    block sum equal those reductions of the exact cellwise max and mean, within the codes."""
+    opened(page, request.getfixturevalue(which))
+    want = exact_blocks(long_run, 0, 16)
+    for head, reduce in (("max", "max"), ("mean", "sum")):
+        show(page, head, reduce)
+        assert hooks(page, "a.lod.tile")["block"] == 16
+        got, w = drawn_blocks(page, N, 16), want[reduce]
+        assert np.array_equal(np.isnan(got), np.isnan(w))
+        ok = ~np.isnan(w) & (w >= np.nanmax(w) * 1e-6)  # below: the codes' floor
+        np.testing.assert_allclose(got[ok], w[ok], rtol=0.029)
+        assert ok.sum() > 0.45 * w.size
+    clean(page)
+
+
+def test_mean_and_max_of_heads_cell_by_cell(page, model_8k, tmp_path, monkeypatch):
+    """A small page whose rows keep every cell, under a pyramid of 4 × 4 blocks: zoomed to
+    cells, the mean and max of heads are the exact cellwise mean and max of the run's weights
+    (each head's cell within its row's code step), and none is a bound."""
+    import attnmap
+
+    run = attnmap.capture(_text(190), model=model_8k, store="qk")
+    n = len(run.tokens)
+    assert 200 < n <= 255  # k = 255 keeps every cell of every row
+    monkeypatch.setattr(longpage, "OVERVIEW", 64)
+    data = longpage.build(run, k=255)
+    assert data.block == 4
+    path = tmp_path / "small.html"
+    path.write_text(html.long_page(data, {}), encoding="utf-8")
+    opened(page, path)
+    w = run.stack("self").rows(1, 0, n).astype(np.float64)  # [head, query, key]
+    masked = np.asarray(run.mask(1), bool)
+    step = w.max(axis=2) / (2 * LEVELS)  # [head, query]: half a code of the row's max
+    page.select_option(".am-layer", "1")
+    for head, want, tol in (("mean", w.mean(axis=0), step.mean(axis=0)),
+                            ("max", w.max(axis=0), step.max(axis=0))):
+        show(page, head, "max")
+        assert hooks(page, "a.lod.tile")["block"] == 1
+        got = drawn_blocks(page, n, 1)
+        assert np.array_equal(np.isnan(got), masked)
+        err = np.where(masked, 0, np.abs(got - want)) - tol[:, None] - 1e-6
+        assert (err <= 0).all(), f"{head}: off by {err.max():.2e} more than the codes allow"
+    assert not np.allclose(w[0], w.mean(axis=0))  # the heads differ: a real mean
     clean(page)
 
 

@@ -117,7 +117,8 @@ def test_build_chunks_and_header():
     data = LP.build(run, k=8)
     keys = [k for k, _ in data.chunks]
     assert keys == ["mask/self/0", "mask/self/1"] + [f"self/{li}/{h}" for li in range(2)
-                                                     for h in range(2)]
+                                                     for h in range(2)] + ["agg/self/0",
+                                                                           "agg/self/1"]
     assert data.block == 1 and data.k == 8 and data.tokens == 300
     import json
     import struct
@@ -127,6 +128,27 @@ def test_build_chunks_and_header():
     assert head["chunks"] == [] and head["long"]["k"] == 8
     with pytest.raises(AttnmapError, match="k must be"):
         LP.build(run, k=0)
+
+
+@pytest.mark.parametrize("block", [1, 8])
+def test_layer_pyramid_is_the_reduction_of_the_heads_together(block):
+    """A layer's chunk: the block max of the cellwise max over heads, the block sum of the
+    cellwise mean over heads (and the first block column without key 0), within the codes."""
+    n, heads = 203, 3
+    run = _softmax_run(n, heads=heads, window=40)
+    for li in range(2):
+        w, m = run.layer(li), run.mask(li)  # [head, query, key], [query, key]
+        acc = None
+        for h in range(heads):
+            acc = LP.fold_pyramid(acc, LP.pyramid(w[h], m, block))
+        got = LP.decode_pyramid(LP.pack_pyramid(acc, heads), n, n, block)
+        of_max, of_mean = LP.pyramid(w.max(axis=0), m, block), LP.pyramid(w.mean(axis=0), m, block)
+        hi_max, hi_sum = float(np.nanmax(of_max["max"])), float(np.nanmax(of_mean["sum"]))
+        _rel_ok(got["max"], of_max["max"], hi_max)
+        _rel_ok(got["sum"], of_mean["sum"], hi_sum)
+        _rel_ok(got["rest_max"], of_max["rest_max"], hi_max)
+        _rel_ok(got["rest_sum"], of_mean["rest_sum"], hi_sum)
+        assert np.isnan(got["max"]).any() and (block == 1 or not np.isnan(got["rest_sum"]).all())
 
 
 def test_k_follows_the_budget():

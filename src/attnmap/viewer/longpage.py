@@ -15,8 +15,10 @@ as, per head (``encode_head``):
   rounded up). A zoomed-in cell that is not kept shows "< bound", never a made-up value.
 
 and per stack, each distinct layer mask as the visible key intervals of each row
-(``encode_mask``). Over heads, the max of block maxima and the mean of block sums are exact (up
-to the codes); a mean or max cell that some head did not keep is shown as an upper bound.
+(``encode_mask``), and per layer the pyramid of its heads together (``pack_pyramid``: the max of
+the block maxima, the mean of the block sums — exact up to the codes, quantised once from the
+heads' exact pyramids), so the mean or max of heads over the whole matrix decodes one chunk, not
+every head. A mean or max cell that some head did not keep is shown as an upper bound.
 
 Each piece is deflated alone, so the viewer decodes only the head it shows. ``k`` comes from a
 byte budget (``BUDGET``), measured on the first head. Chunk layout (before deflate), all
@@ -27,13 +29,15 @@ little-endian::
     u8 key delta planes[index_bytes][entries] (low byte first) | u8 codes[entries]
 
 Mask chunk (before deflate): ``u32 count[nq]`` (intervals per row), then ``u32 [start, end)``
-pairs, row by row.
+pairs, row by row. Layer chunk (``agg/<stack>/<layer>``, before deflate): ``f32 hi_max, f32
+hi_sum | u8 max[Pq, Pk], u8 sum[Pq, Pk], u8 rest_max[Pq], u8 rest_sum[Pq]`` (sum: the mean).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,6 +271,56 @@ def pack(r: dict[str, np.ndarray], nk: int) -> bytes:
     return _deflate(body)
 
 
+PLANES = ("max", "sum", "rest_max", "rest_sum")
+
+
+def fold_pyramid(acc: dict[str, np.ndarray] | None, r: dict[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
+    """A layer's heads together: `acc` (None for the first head) with the pyramid of one more
+    head (:func:`reduce_head`) — the max of block maxima, the sum of block sums (float64); NaN
+    (all masked) is left out."""
+    if acc is None:
+        return {n: np.array(r[n], np.float64 if n.endswith("sum") else np.float32)
+                for n in PLANES}
+    for n in PLANES:
+        if n.endswith("sum"):
+            a, x = acc[n], r[n]
+            np.add(a, x, out=a, where=~np.isnan(a) & ~np.isnan(x))
+            np.copyto(a, x, where=np.isnan(a))
+        else:
+            np.fmax(acc[n], r[n], out=acc[n])
+    return acc
+
+
+def pack_pyramid(acc: dict[str, np.ndarray], heads: int) -> bytes:
+    """A layer's folded pyramid (:func:`fold_pyramid` over its `heads`) as a deflated chunk:
+    the max of block maxima and the mean of block sums (layout: module docstring)."""
+    planes = {n: (acc[n] / heads if n.endswith("sum") else acc[n]).astype(np.float32)
+              for n in PLANES}
+    hi = {n: float(np.nanmax(planes[n])) if np.isfinite(planes[n]).any() else 0.0
+          for n in ("max", "sum")}
+    body = b"".join([np.array([hi["max"], hi["sum"]], "<f4").tobytes()] + [
+        log_codes(planes[n], hi[n.removeprefix("rest_")], np.isnan(planes[n])).tobytes()
+        for n in PLANES])
+    return _deflate(body)
+
+
+def decode_pyramid(chunk: bytes, nq: int, nk: int, block: int) -> dict[str, np.ndarray]:
+    """Inverse of :func:`pack_pyramid` (values as the viewer reads them; for tests)."""
+    raw = zlib.decompress(chunk)
+    pq, pk = -(-nq // block), -(-nk // block)
+    if len(raw) != 8 + 2 * pq * pk + 2 * pq:
+        raise AttnmapError(f"long layer chunk holds {len(raw)} bytes, not "
+                           f"{8 + 2 * pq * pk + 2 * pq}")
+    hi_max, hi_sum = struct.unpack_from("<ff", raw)
+    c = np.frombuffer(raw, np.uint8, offset=8)
+    n = pq * pk
+    return {"max": log_values(c[:n].reshape(pq, pk), hi_max),
+            "sum": log_values(c[n:2 * n].reshape(pq, pk), hi_sum),
+            "rest_max": log_values(c[2 * n:2 * n + pq], hi_max),
+            "rest_sum": log_values(c[2 * n + pq:], hi_sum)}
+
+
 def encode_head(w: np.ndarray, masked: np.ndarray, block: int, k: int) -> bytes:
     """One dense head [query, key] as a deflated chunk (layout: module docstring)."""
     masked = np.asarray(masked, dtype=bool)
@@ -421,10 +475,19 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             chunks.append((f"mask/{name}/{i}", encode_mask(m)))
         stacks[name] = {"masks": index}
         nk = st.shape[3]
+        layers: dict[int, Any] = {}  # layer → its heads' pyramids folded (fold_pyramid)
+        lock = threading.Lock()
+
+        def fold(li: int, r: dict[str, np.ndarray], layers: dict[int, Any] = layers,
+                 lock: threading.Lock = lock) -> None:
+            with lock:
+                layers[li] = fold_pyramid(layers.get(li), r)
+
         todo = [(li, h) for li in range(st.n_layers) for h in range(st.n_heads)]
         if k is None and todo:  # the first head measures what each k costs
             li, h = todo[0]
             r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, K_CHOICES[-1])
+            fold(li, r)
             sizes = {kc: len(pack(subset(r, kc), nk)) for kc in K_CHOICES}
             k = _choose_k(sizes, heads, budget)
             first = [(f"{name}/{li}/{h}", pack(subset(r, k), nk))]
@@ -435,14 +498,17 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             first = []
 
         def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
-                k: int = int(k or 1)) -> tuple[str, bytes]:
+                k: int = int(k or 1), fold: Any = fold) -> tuple[str, bytes]:
             li, h = job
             r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, k)
+            fold(li, r)
             if progress is not None:
                 progress(1)
             return f"{name}/{li}/{h}", pack(r, nk)
 
         chunks += first + map_threads(one, todo)  # heads on one thread per core
+        chunks += [(f"agg/{name}/{li}", pack_pyramid(layers[li], st.n_heads))
+                   for li in sorted(layers)]
     head = header(run, [], cmap=cmap)
     head["long"] = {
         "encoding": ENCODING, "version": LONG_VERSION, "block": block, "k": k,
