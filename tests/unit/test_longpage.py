@@ -172,3 +172,38 @@ def test_a_qk_run_reduces_as_its_weights_do(block):
                                            err_msg=name)
             for name in ("count", "keys"):
                 np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def _check_top_k(c: np.ndarray, k: int) -> None:
+    rowmax, count, bound, keys, values = LP._top_k(c.copy(), k)
+    at = 0
+    for r in range(c.shape[0]):
+        vis = np.sort(c[r][c[r] >= 0])[::-1]
+        got = keys[at : at + count[r]]
+        at += count[r]
+        assert count[r] == min(k, vis.size)
+        assert np.all(np.diff(got) > 0) and np.all(c[r, got] >= 0)
+        np.testing.assert_array_equal(np.sort(c[r, got])[::-1], vis[: count[r]])
+        assert bound[r] == (vis[k] if vis.size > k else 0)
+        assert rowmax[r] == (vis[0] if vis.size else 0)
+    assert at == keys.size
+    np.testing.assert_array_equal(values, c[np.repeat(np.arange(c.shape[0]), count), keys])
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 63, 64, 100])
+def test_top_k_with_ties_zeros_and_masked_rows(k):
+    """Each row keeps k cells of the largest values (ties broken either way), the bound is the
+    largest visible cell left out: rows of distinct values (a few cells masked), then also
+    ties at the cut, exact zeros, mostly masked rows and rows with fewer than k visible."""
+    rng = np.random.default_rng(k)
+    n, w = 40, 64
+    c = rng.random((n, w)).astype(np.float32)
+    c[np.arange(n), rng.integers(0, w, n)] = -1
+    _check_top_k(c, k)
+    c[5:10] = np.round(c[5:10] * 4) / 4  # few distinct values: ties everywhere
+    c[10:15] = 0  # a row of exact zeros (underflow)
+    c[10:15, 3] = 1
+    c[15:25][rng.random((10, w)) < 0.7] = -1  # masked cells
+    c[25:30, 4:] = -1  # 4 visible cells
+    c[30] = -1  # nothing visible
+    _check_top_k(c, k)

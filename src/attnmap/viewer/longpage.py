@@ -114,26 +114,20 @@ def log_values(codes: np.ndarray, hi: float) -> np.ndarray:
     return v.astype(np.float32)
 
 
-# --- one head ------------------------------------------------------------------------------------
+# --- one head ---------------------------------------------------------------------------------
 ROWS = 256  # query rows computed and reduced at a time (a multiple of every block size used)
-CAND = 16  # top-k candidates are found through the maxima of CAND-wide key blocks
 
 
 def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, np.ndarray]:
     """Reduce one head, given as row chunks ``rows(r0, r1) -> (k0, float32 [r1 - r0, key])``
-    (the keys from `k0` on; those outside are masked for the chunk's rows): the
-    pyramid (block max and sum, masked cells left out, NaN where all are masked; the first
-    block column without key 0 as ``rest_*``) and each row's `k` largest visible weights
-    (``count``, ``keys`` ascending per row, ``values``, ``rowmax``, ``bound``: the largest
-    visible weight not kept, 0 when none).
-
-    A row's k largest cells lie in its k blocks (CAND keys wide) with the largest maxima, and
-    the next one in the top k + 1 blocks: only those are searched.
+    (the keys from `k0` on; those outside are masked for the chunk's rows, and masked cells
+    inside hold 0; the chunk may be overwritten): the pyramid (block max and sum, masked cells
+    left out, NaN where all are masked; the first block column without key 0 as ``rest_*``)
+    and each row's `k` largest visible weights (``count``, ``keys`` ascending per row,
+    ``values``, ``rowmax``, ``bound``: the largest visible weight not kept, 0 when none).
     """
     nq, nk = masked.shape
     pq, pk = -(-nq // block), -(-nk // block)
-    cw = -(-nk // CAND) * CAND
-    width = max(pk * block, cw)
     step = max(ROWS // block, 1) * block
     out = {name: np.full(n, np.nan, np.float32) for name, n in
            (("max", (pq, pk)), ("sum", (pq, pk)), ("rest_max", pq), ("rest_sum", pq))}
@@ -142,60 +136,96 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
     count = np.zeros(nq, np.int64)
     keys: list[np.ndarray] = []
     values: list[np.ndarray] = []
-    buf = np.empty((step, width), np.float32)
+    buf = np.empty(step * pk * block, np.float32)
     for r0 in range(0, nq, step):
         r1 = min(nq, r0 + step)
         n = r1 - r0
         k0, w = rows(r0, r1)  # [row, key from k0]: keys outside are masked for these rows
         kend = k0 + w.shape[1]  # no row of the block sees a key from here on
-        lk = -(-kend // block)  # block columns that hold a visible cell
-        lw = max(lk * block, -(-kend // CAND) * CAND)  # the live width, padded
+        if kend == k0:  # no row of the block sees any key: nothing kept, rowmax and bound 0
+            continue
+        c0, c1 = k0 // block, -(-kend // block)  # the block columns holding a visible cell
+        a0, a1 = c0 * block, c1 * block  # [a0, a1): the keys of those columns
         nb = -(-n // block)
-        c = buf[: nb * block, :lw]
-        c.fill(0)
-        np.copyto(c[:n, k0:kend], w)
-        b4 = c[:, : lk * block].reshape(nb, block, lk, block)  # [bq, q, bk, k]
-        # sums first, while masked cells and padding hold 0 (a masked cell's weight); rows
-        # first (whole rows at a time), then the few keys left: ~5× faster than keys first
+        if (a0, a1, nb * block) == (k0, kend, n) and w.flags.c_contiguous:
+            c = w  # already whole blocks: reduced where it lies
+        else:  # padded with 0 (a masked cell's weight) to whole blocks
+            c = buf[: nb * block * (a1 - a0)].reshape(nb * block, a1 - a0)
+            c[:n, : k0 - a0] = 0
+            np.copyto(c[:n, k0 - a0 : kend - a0], w)
+            c[:n, kend - a0 :] = 0
+            c[n:] = 0
+        b4 = c.reshape(nb, block, c1 - c0, block)  # [bq, q, bk, k]
+        # sums first, while masked cells and padding hold 0; rows first (whole rows at a
+        # time), then the few keys left: ~5× faster than keys first
         bsum = b4.sum(axis=1).sum(axis=2)
-        fsum = b4[:, :, 0, 1:].sum(axis=(1, 2)) if block > 1 and lk else None
-        live = min(lw, nk)
-        np.copyto(c[:n, :live], np.float32(-1), where=masked[r0:r1, :live])
-        c[n:] = -1  # padding: below any weight
-        c[:, live:] = -1
-        np.fmax(c, np.float32(-1), out=c)  # a NaN weight (none from softmax) as masked
+        fsum = b4[:, :, 0, 1:].sum(axis=(1, 2)) if block > 1 and c0 == 0 else None
+        # then every masked cell and the padding to -1, below any weight: only the columns
+        # some row of the block may not see (a causal block: its own diagonal square)
+        c[:n, : k0 - a0] = -1
+        c[:n, kend - a0 :] = -1
+        c[n:] = -1
+        hidden = masked[r0:r1, k0:kend]  # [row, key from k0]
+        cols = np.flatnonzero(hidden.any(axis=0))
+        if cols.size:
+            h0, h1 = int(cols[0]), int(cols[-1]) + 1
+            np.copyto(c[:n, k0 - a0 + h0 : k0 - a0 + h1], np.float32(-1),
+                      where=hidden[:, h0:h1])
+        if np.isnan(bsum).any():  # a NaN weight (none from softmax) as masked
+            np.fmax(c, np.float32(-1), out=c)
         bmax = b4.max(axis=1).max(axis=2)
         b0, b1 = r0 // block, r0 // block + nb
-        out["max"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bmax)  # later blocks stay NaN
-        out["sum"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bsum)
+        out["max"][b0:b1, c0:c1] = np.where(bmax < 0, np.nan, bmax)  # others stay NaN
+        out["sum"][b0:b1, c0:c1] = np.where(bmax < 0, np.nan, bsum)
         if fsum is not None:
             fmax = b4[:, :, 0, 1:].max(axis=(1, 2))
             out["rest_max"][b0:b1] = np.where(fmax < 0, np.nan, fmax)
             out["rest_sum"][b0:b1] = np.where(fmax < 0, np.nan, fsum)
-        # top k per row: one partial sort of the row's live keys
-        lc = min(-(-kend // CAND) * CAND, c.shape[1])  # keys that may hold a visible cell
-        if lc == 0:  # no row of the block sees any key: nothing kept, rowmax and bound 0
-            continue
-        rows_c = c[:n, :lc]
-        kk = min(k, lc)
-        if kk < lc:
-            part = np.argpartition(rows_c, lc - kk - 1, axis=1)  # largest kk last
-            nxt = np.take_along_axis(rows_c, part[:, lc - kk - 1 : lc - kk], axis=1)[:, 0]
-            top = part[:, lc - kk :]
-        else:
-            top = np.broadcast_to(np.arange(lc), (n, lc))
-            nxt = np.full(n, -1, np.float32)
-        top = np.sort(top, axis=1)  # keys ascending
-        vals = np.take_along_axis(rows_c, top, axis=1)
-        rowmax[r0:r1] = np.maximum(vals.max(axis=1), 0)
-        keep = vals >= 0
-        count[r0:r1] = keep.sum(axis=1)
-        bound[r0:r1] = np.maximum(nxt, 0)
-        keys.append(top[keep])
-        values.append(vals[keep])
-    return {**out, "count": count, "keys": np.concatenate(keys).astype(np.int64),
-            "values": np.concatenate(values).astype(np.float32), "rowmax": rowmax,
-            "bound": bound}
+        top = _top_k(c[:n], k)
+        rowmax[r0:r1], count[r0:r1], bound[r0:r1] = top[0], top[1], top[2]
+        keys.append(top[3] + a0)
+        values.append(top[4])
+    return {**out, "count": count, "keys": np.concatenate(keys or [np.zeros(0, np.int64)]
+                                                        ).astype(np.int64),
+            "values": np.concatenate(values or [np.zeros(0, np.float32)]).astype(np.float32),
+            "rowmax": rowmax, "bound": bound}
+
+
+def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Each row's `k` largest cells of `c` [row, key] (masked cells -1, weights ≥ 0): rowmax,
+    count, bound (the largest visible cell not kept, 0 when none), then the kept keys
+    (ascending in each row) and their values, rows one after the other.
+
+    The cells at least as large as each row's (k + 1)-th largest (one partial sort of the
+    values, no indices) are exactly k + 1 a row when there are no ties there: the row's
+    smallest of them is dropped. Rows with ties are ranked by value, then key.
+    """
+    n, w = c.shape
+    if k >= w:  # every cell of the row is kept
+        keep = c >= 0
+        ci = np.broadcast_to(np.arange(w), (n, w))
+        return (np.maximum(c.max(axis=1), 0), keep.sum(axis=1), np.zeros(n, np.float32),
+                ci[keep], c[keep])
+    t = np.partition(c, w - k - 1, axis=1)[:, w - k - 1]  # [row] the (k + 1)-th largest
+    flat = np.flatnonzero(c >= t[:, None])  # row-major: keys ascending in each row
+    ri, ci = np.divmod(flat, w)
+    vals = c[ri, ci]
+    if flat.size == n * (k + 1):  # every row has ≥ k + 1, so exactly k + 1 each
+        v2 = vals.reshape(n, k + 1)
+        keep = np.ones((n, k + 1), bool)
+        keep[np.arange(n), v2.argmin(axis=1)] = False  # the (k + 1)-th: its value is t
+        keep &= v2 >= 0
+        return (np.maximum(v2.max(axis=1), 0), keep.sum(axis=1), np.maximum(t, 0),
+                ci.reshape(n, k + 1)[keep], v2[keep])
+    # ties at t: rank each row's candidates by value (descending), ties by key
+    order = np.lexsort((ci, -vals, ri))  # rows stay grouped: ri[order] == ri
+    starts = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(ri, minlength=n), out=starts[1:])
+    rank = np.empty(ri.size, np.int64)
+    rank[order] = np.arange(ri.size) - starts[ri]
+    keep = (rank < k) & (vals >= 0)
+    return (np.maximum(vals[order[starts[:-1]]], 0), np.bincount(ri[keep], minlength=n),
+            np.maximum(t, 0), ci[keep], vals[keep])
 
 
 def _dense_rows(w: np.ndarray, masked: np.ndarray) -> Any:
