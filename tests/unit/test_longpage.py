@@ -182,8 +182,9 @@ def _check_top_k(c: np.ndarray, k: int) -> None:
         got = keys[at : at + count[r]]
         at += count[r]
         assert count[r] == min(k, vis.size)
-        assert np.all(np.diff(got) > 0) and np.all(c[r, got] >= 0)
-        np.testing.assert_array_equal(np.sort(c[r, got])[::-1], vis[: count[r]])
+        seen = np.flatnonzero(c[r] >= 0)
+        want = seen[np.lexsort((seen, -c[r, seen]))][: count[r]]  # ties: smaller keys kept
+        np.testing.assert_array_equal(got, np.sort(want))
         assert bound[r] == (vis[k] if vis.size > k else 0)
         assert rowmax[r] == (vis[0] if vis.size else 0)
     assert at == keys.size
@@ -192,7 +193,7 @@ def _check_top_k(c: np.ndarray, k: int) -> None:
 
 @pytest.mark.parametrize("k", [1, 5, 40, 63, 64, 100])
 def test_top_k_with_ties_zeros_and_masked_rows(k):
-    """Each row keeps k cells of the largest values (ties broken either way), the bound is the
+    """Each row keeps its k largest cells (of equal values, the smaller keys), the bound is the
     largest visible cell left out: rows of distinct values (a few cells masked), then also
     ties at the cut, exact zeros, mostly masked rows and rows with fewer than k visible."""
     rng = np.random.default_rng(k)
@@ -200,6 +201,10 @@ def test_top_k_with_ties_zeros_and_masked_rows(k):
     c = rng.random((n, w)).astype(np.float32)
     c[np.arange(n), rng.integers(0, w, n)] = -1
     _check_top_k(c, k)
+    if k < w - 1:  # the k-th and (k + 1)-th largest equal: k + 1 cells reach the cut
+        kth = np.argsort(-c, axis=1, kind="stable")
+        c[np.arange(n), kth[:, k]] = c[np.arange(n), kth[:, k - 1]]
+        _check_top_k(c, k)
     c[5:10] = np.round(c[5:10] * 4) / 4  # few distinct values: ties everywhere
     c[10:15] = 0  # a row of exact zeros (underflow)
     c[10:15, 3] = 1

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,7 +199,8 @@ def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
 
     The cells at least as large as each row's (k + 1)-th largest (one partial sort of the
     values, no indices) are exactly k + 1 a row when there are no ties there: the row's
-    smallest of them is dropped. Rows with ties are ranked by value, then key.
+    smallest of them is dropped. Rows with ties are ranked by value, then key: of equal
+    values, the smaller keys are kept.
     """
     n, w = c.shape
     if k >= w:  # every cell of the row is kept
@@ -213,7 +215,8 @@ def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     if flat.size == n * (k + 1):  # every row has ≥ k + 1, so exactly k + 1 each
         v2 = vals.reshape(n, k + 1)
         keep = np.ones((n, k + 1), bool)
-        keep[np.arange(n), v2.argmin(axis=1)] = False  # the (k + 1)-th: its value is t
+        # the (k + 1)-th, its value t: of equal values the last (ties keep the smaller key)
+        keep[np.arange(n), k - v2[:, ::-1].argmin(axis=1)] = False
         keep &= v2 >= 0
         return (np.maximum(v2.max(axis=1), 0), keep.sum(axis=1), np.maximum(t, 0),
                 ci.reshape(n, k + 1)[keep], v2[keep])
@@ -249,22 +252,25 @@ def top_k(w: np.ndarray, masked: np.ndarray, k: int) -> dict[str, np.ndarray]:
 def subset(r: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     """`r` (from :func:`reduce_head` with some k' ≥ k) cut down to each row's k largest."""
     count = r["count"]
-    if k >= int(count.max(initial=0)):
+    width = int(count.max(initial=0))
+    if k >= width:
         return r
     nq = count.size
     rows = np.repeat(np.arange(nq), count)
     starts = np.concatenate([[0], np.cumsum(count)[:-1]])
-    # rank of each entry within its row by value (0 = largest); ties by key
-    order = np.lexsort((r["keys"], -r["values"], rows))
+    at = np.arange(rows.size) - starts[rows]  # each entry's place in its row (keys ascending)
+    v = np.full((nq, width), -np.inf, np.float32)  # [row, entry]
+    v[rows, at] = r["values"]
+    # rank in its row by value (0 = largest), ties by key: a stable sort of keys ascending
+    order = np.argsort(-v, axis=1, kind="stable")
     rank = np.empty_like(order)
-    rank[order] = np.arange(order.size) - np.repeat(starts, count)
-    keep = rank < k
+    np.put_along_axis(rank, order, np.arange(width)[None, :], axis=1)
+    keep = rank[rows, at] < k
     # the new bound: the largest value dropped, or the old bound
-    dropped = np.where(~keep, r["values"], -1.0)
-    nb = np.full(nq, -1.0)
-    np.maximum.at(nb, rows, dropped)
+    dropped = np.where(rank >= k, v, -1).max(axis=1)
     return {**r, "count": np.minimum(count, k), "keys": r["keys"][keep],
-            "values": r["values"][keep], "bound": np.maximum(r["bound"], nb).astype(np.float32)}
+            "values": r["values"][keep],
+            "bound": np.maximum(r["bound"], dropped).astype(np.float32)}
 
 
 def pack(r: dict[str, np.ndarray], nk: int) -> bytes:
@@ -385,6 +391,7 @@ class LongData:
     block: int = 1
     k: int = 0
     tokens: int = 0
+    encoded: list[Any] | None = None  # build's `encode` of each chunk, in order, when given
 
     @property
     def nbytes(self) -> int:
@@ -435,8 +442,10 @@ def _choose_k(sizes: dict[int, int], heads: int, budget: int) -> int:
 
 
 def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | None = None,
-          progress: Any = None) -> LongData:
-    """The long representation of `run`: payload header plus one chunk per head and mask."""
+          progress: Any = None, encode: Callable[[bytes], Any] | None = None) -> LongData:
+    """The long representation of `run`: payload header plus one chunk per head and mask.
+    `encode` (e.g. the page's text form of a chunk) runs on the worker threads as each chunk
+    is made; its results come back in ``encoded``."""
     check_drawable(run)
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 255):
         raise AttnmapError(f"k must be a whole number in 1..255 (not {k!r})")
@@ -444,7 +453,9 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
     block = block_size(n)
     heads = sum(s.n_layers * s.n_heads for s in run.stacks.values())
     chunks: list[tuple[str, bytes]] = []
+    texts: list[Any] = []  # encode(chunk) where the threads made it, else None
     stacks: dict[str, Any] = {}
+    enc = encode or (lambda blob: None)
     for name, st in run.stacks.items():
         masks, index = st.distinct_masks()
         for i, m in enumerate(masks):
@@ -455,9 +466,10 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
         if k is None and todo:  # the first head measures what each k costs
             li, h = todo[0]
             r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, K_CHOICES[-1])
-            sizes = {kc: len(pack(subset(r, kc), nk)) for kc in K_CHOICES}
-            k = _choose_k(sizes, heads, budget)
-            first = [(f"{name}/{li}/{h}", pack(subset(r, k), nk))]
+            packed = dict(zip(K_CHOICES, map_threads(
+                lambda kc, r=r, nk=nk: pack(subset(r, kc), nk), K_CHOICES), strict=True))
+            k = _choose_k({kc: len(b) for kc, b in packed.items()}, heads, budget)
+            first = [(f"{name}/{li}/{h}", packed[k])]
             todo = todo[1:]
             if progress is not None:
                 progress(1)
@@ -465,14 +477,17 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             first = []
 
         def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
-                k: int = int(k or 1)) -> tuple[str, bytes]:
+                k: int = int(k or 1)) -> tuple[str, bytes, Any]:
             li, h = job
             r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, k)
+            blob = pack(r, nk)
             if progress is not None:
                 progress(1)
-            return f"{name}/{li}/{h}", pack(r, nk)
+            return f"{name}/{li}/{h}", blob, enc(blob)
 
-        chunks += first + map_threads(one, todo)  # heads on one thread per core
+        done = map_threads(one, todo)  # heads on one thread per core
+        chunks += first + [(key, blob) for key, blob, _ in done]
+        texts += [None] * (len(chunks) - len(texts) - len(done)) + [t for _, _, t in done]
     head = header(run, [], cmap=cmap)
     head["long"] = {
         "encoding": ENCODING, "version": LONG_VERSION, "block": block, "k": k,
@@ -482,7 +497,11 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
     }
     hb = _json_bytes(head)
     payload = struct.pack("<4sII", MAGIC, PAYLOAD_VERSION, len(hb)) + hb
-    return LongData(payload, chunks, block, int(k or 0), n)
+    encoded = None
+    if encode is not None:  # the masks and first heads were not encoded on the threads
+        encoded = [encode(blob) if t is None else t for (_, blob), t in zip(chunks, texts,
+                                                                              strict=True)]
+    return LongData(payload, chunks, block, int(k or 0), n, encoded)
 
 
 def growth(sizes: dict[int, float]) -> float:
