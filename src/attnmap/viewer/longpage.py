@@ -95,14 +95,23 @@ def choose(run: Any) -> str:
 # --- quantisation --------------------------------------------------------------------------------
 def log_codes(x: np.ndarray, hi: float, masked: np.ndarray) -> np.ndarray:
     """Block values → codes: 0 (below hi·10^-DECADES), 1..254 log-spaced up to hi, 255 masked."""
-    out = np.zeros(x.shape, np.uint8)
-    if hi > 0:
+    out = np.full(x.shape, MASKED, np.uint8)
+    seen = ~np.asarray(masked, dtype=bool)
+    codes = np.zeros(int(np.count_nonzero(seen)), np.uint8)
+    if hi > 0:  # in place, and only where not masked (a causal pyramid: half the blocks)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = (np.log10(np.maximum(x, 0) / hi) + DECADES) / DECADES  # 0..1 in range
-        ok = np.isfinite(t) & (t >= -0.5 / STEPS)
-        c = np.clip(np.rint(np.where(ok, t, 0) * STEPS) + 1, 1, STEPS + 1)
-        out[ok] = c[ok].astype(np.uint8)
-    out[masked] = MASKED
+            t = np.maximum(x[seen], 0) / hi
+            np.log10(t, out=t)
+            t += DECADES
+            t /= DECADES  # 0..1 in range
+            ok = (t >= -0.5 / STEPS) & (t < np.inf)  # not NaN, -inf (0) or inf
+        c = t[ok]
+        c *= STEPS
+        np.rint(c, out=c)
+        c += 1
+        np.clip(c, 1, STEPS + 1, out=c)
+        codes[ok] = c.astype(np.uint8)
+    out[seen] = codes
     return out
 
 
@@ -197,10 +206,9 @@ def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     count, bound (the largest visible cell not kept, 0 when none), then the kept keys
     (ascending in each row) and their values, rows one after the other.
 
-    The cells at least as large as each row's (k + 1)-th largest (one partial sort of the
-    values, no indices) are exactly k + 1 a row when there are no ties there: the row's
-    smallest of them is dropped. Rows with ties are ranked by value, then key: of equal
-    values, the smaller keys are kept.
+    One partial sort of the values (no indices) gives each row's (k + 1)-th largest, t. A row
+    keeps its cells above t and, of those equal to t, the first by key until it has k (t is
+    the bound); a row with t masked has at most k visible cells and keeps them all. No sort.
     """
     n, w = c.shape
     if k >= w:  # every cell of the row is kept
@@ -208,27 +216,24 @@ def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
         ci = np.broadcast_to(np.arange(w), (n, w))
         return (np.maximum(c.max(axis=1), 0), keep.sum(axis=1), np.zeros(n, np.float32),
                 ci[keep], c[keep])
-    t = np.partition(c, w - k - 1, axis=1)[:, w - k - 1]  # [row] the (k + 1)-th largest
-    flat = np.flatnonzero(c >= t[:, None])  # row-major: keys ascending in each row
+    p = np.partition(c, w - k - 1, axis=1)  # [row, key]: the k + 1 largest last
+    t = p[:, w - k - 1]  # [row] the (k + 1)-th largest
+    rowmax = np.maximum(p[:, w - k - 1 :].max(axis=1), 0)
+    cut = np.maximum(t, 0)  # t masked: the row's visible cells
+    flat = np.flatnonzero(c >= cut[:, None])  # row-major: keys ascending in each row
     ri, ci = np.divmod(flat, w)
-    vals = c[ri, ci]
-    if flat.size == n * (k + 1):  # every row has ≥ k + 1, so exactly k + 1 each
-        v2 = vals.reshape(n, k + 1)
-        keep = np.ones((n, k + 1), bool)
-        # the (k + 1)-th, its value t: of equal values the last (ties keep the smaller key)
-        keep[np.arange(n), k - v2[:, ::-1].argmin(axis=1)] = False
-        keep &= v2 >= 0
-        return (np.maximum(v2.max(axis=1), 0), keep.sum(axis=1), np.maximum(t, 0),
-                ci.reshape(n, k + 1)[keep], v2[keep])
-    # ties at t: rank each row's candidates by value (descending), ties by key
-    order = np.lexsort((ci, -vals, ri))  # rows stay grouped: ri[order] == ri
-    starts = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(ri, minlength=n), out=starts[1:])
-    rank = np.empty(ri.size, np.int64)
-    rank[order] = np.arange(ri.size) - starts[ri]
-    keep = (rank < k) & (vals >= 0)
-    return (np.maximum(vals[order[starts[:-1]]], 0), np.bincount(ri[keep], minlength=n),
-            np.maximum(t, 0), ci[keep], vals[keep])
+    vals = c.reshape(-1)[flat] if c.flags.c_contiguous else c[ri, ci]
+    tr = t[ri]
+    at_t = vals == tr  # ties at the cut (one a row without ties)
+    above = np.bincount(ri[~at_t], minlength=n)  # [row] cells above t: all kept
+    before = np.cumsum(at_t) - at_t  # cells at t before each cell, counted from the start
+    first = np.zeros(n, np.int64)
+    counts = np.bincount(ri, minlength=n)
+    starts = np.cumsum(counts) - counts
+    has = counts > 0
+    first[has] = before[starts[has]]
+    keep = ~at_t | (before - first[ri] < k - above[ri]) | (tr < 0)
+    return rowmax, np.bincount(ri[keep], minlength=n), cut, ci[keep], vals[keep]
 
 
 def _dense_rows(w: np.ndarray, masked: np.ndarray) -> Any:
