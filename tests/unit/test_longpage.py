@@ -197,6 +197,9 @@ def test_top_k_with_ties_zeros_and_masked_rows(k):
     largest visible cell left out: rows of distinct values (a few cells masked), then also
     ties at the cut, exact zeros, mostly masked rows and rows with fewer than k visible."""
     rng = np.random.default_rng(k)
+    wide = rng.random((20, 1024)).astype(np.float32)
+    wide[:, 500:] = -1  # masked: a causal row
+    _check_top_k(wide, k)
     n, w = 40, 64
     c = rng.random((n, w)).astype(np.float32)
     c[np.arange(n), rng.integers(0, w, n)] = -1

@@ -407,18 +407,29 @@ class LongData:
                 f"blocks + top-{self.k} per row")
 
 
-def _rows(run: Any, stack: str, layer: int, head: int) -> Any:
+def _spans(masked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query row of a mask [query, key]: whether it sees any key, the first key it sees
+    and one past the last (0 and 0 for a row that sees none)."""
+    seen = np.logical_not(masked)
+    any_row: np.ndarray = np.asarray(seen.any(axis=1))
+    first = np.where(any_row, seen.argmax(axis=1), 0)
+    end = np.where(any_row, masked.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
+    return any_row, first, end
+
+
+def _rows(run: Any, stack: str, layer: int, head: int,
+          spans: dict[int, tuple[np.ndarray, ...]] | None = None) -> Any:
     """``rows(r0, r1) -> (k0, [row, key] float32)``: query rows [r0, r1) of one head over the
     keys from `k0` on that they may see, computed from queries and keys where the run keeps
-    them (never the whole head at once); keys outside the span are masked for those rows."""
+    them (never the whole head at once); keys outside the span are masked for those rows.
+    `spans`: :func:`_spans` of each layer's mask by ``id``, shared by the heads of a run
+    (one mask's spans cost as much as reducing a tenth of a head)."""
     st = run.stack(stack)
     layers = st.layers
     if isinstance(layers, QKLayers):
         masked = layers.masks[layer]
-        seen = np.logical_not(masked)
-        any_row: np.ndarray = np.asarray(seen.any(axis=1))
-        first = np.where(any_row, seen.argmax(axis=1), 0)
-        end = np.where(any_row, masked.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
+        got = spans.get(id(masked)) if spans is not None else None
+        any_row, first, end = got if got is not None else _spans(masked)
         scratch = Scratch()
 
         def rows(r0: int, r1: int) -> tuple[int, np.ndarray]:
@@ -460,6 +471,7 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
     chunks: list[tuple[str, bytes]] = []
     texts: list[Any] = []  # encode(chunk) where the threads made it, else None
     stacks: dict[str, Any] = {}
+    spans: dict[int, tuple[np.ndarray, ...]] = {}
     enc = encode or (lambda blob: None)
     for name, st in run.stacks.items():
         masks, index = st.distinct_masks()
@@ -467,10 +479,14 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             chunks.append((f"mask/{name}/{i}", encode_mask(m)))
         stacks[name] = {"masks": index}
         nk = st.shape[3]
+        if isinstance(st.layers, QKLayers):
+            for m in st.layers.masks:  # alive as long as the run: their ids stay theirs
+                if id(m) not in spans:
+                    spans[id(m)] = _spans(m)
         todo = [(li, h) for li in range(st.n_layers) for h in range(st.n_heads)]
         if k is None and todo:  # the first head measures what each k costs
             li, h = todo[0]
-            r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, K_CHOICES[-1])
+            r = reduce_head(_rows(run, name, li, h, spans), _mask(st, li), block, K_CHOICES[-1])
             packed = dict(zip(K_CHOICES, map_threads(
                 lambda kc, r=r, nk=nk: pack(subset(r, kc), nk), K_CHOICES), strict=True))
             k = _choose_k({kc: len(b) for kc, b in packed.items()}, heads, budget)
@@ -484,7 +500,7 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
         def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
                 k: int = int(k or 1)) -> tuple[str, bytes, Any]:
             li, h = job
-            r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, k)
+            r = reduce_head(_rows(run, name, li, h, spans), _mask(st, li), block, k)
             blob = pack(r, nk)
             if progress is not None:
                 progress(1)
