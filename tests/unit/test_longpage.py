@@ -215,3 +215,15 @@ def test_top_k_with_ties_zeros_and_masked_rows(k):
     c[25:30, 4:] = -1  # 4 visible cells
     c[30] = -1  # nothing visible
     _check_top_k(c, k)
+
+
+def test_negative_zero_weights_count_as_zero():
+    """A dense head may hold -0.0 (softmax never does): the row still keeps exactly k cells."""
+    w = np.zeros((2, 50), np.float32)
+    m = np.zeros((2, 50), bool)
+    w[:, :3] = [0.5, 0.3, 0.2]
+    w[:, 3:13] = -0.0
+    m[:, 13:] = True
+    r = LP.reduce_head(LP._dense_rows(w, m), m, 1, 8)
+    assert r["count"].tolist() == [8, 8] and r["bound"].tolist() == [0, 0]
+    assert r["keys"][:8].tolist() == list(range(8))

@@ -157,7 +157,8 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
         c0, c1 = k0 // block, -(-kend // block)  # the block columns holding a visible cell
         a0, a1 = c0 * block, c1 * block  # [a0, a1): the keys of those columns
         nb = -(-n // block)
-        if (a0, a1, nb * block) == (k0, kend, n) and w.flags.c_contiguous:
+        if ((a0, a1, nb * block) == (k0, kend, n) and w.dtype == np.float32
+                and w.flags.c_contiguous):
             c = w  # already whole blocks: reduced where it lies
         else:  # padded with 0 (a masked cell's weight) to whole blocks
             c = buf[: nb * block * (a1 - a0)].reshape(nb * block, a1 - a0)
@@ -202,9 +203,9 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
 
 
 def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """Each row's `k` largest cells of `c` [row, key] (masked cells -1, weights ≥ 0): rowmax,
-    count, bound (the largest visible cell not kept, 0 when none), then the kept keys
-    (ascending in each row) and their values, rows one after the other.
+    """Each row's `k` largest cells of `c` [row, key] float32 (masked cells -1, weights ≥ +0,
+    never -0): rowmax, count, bound (the largest visible cell not kept, 0 when none), then the
+    kept keys (ascending in each row) and their values, rows one after the other.
 
     One partial sort of the values (no indices) gives each row's (k + 1)-th largest, t. A row
     keeps its cells above t and, of those equal to t, the first by key until it has k (t is
@@ -216,9 +217,10 @@ def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
         ci = np.broadcast_to(np.arange(w), (n, w))
         return (np.maximum(c.max(axis=1), 0), keep.sum(axis=1), np.zeros(n, np.float32),
                 ci[keep], c[keep])
-    p = np.partition(c, w - k - 1, axis=1)  # [row, key]: the k + 1 largest last
-    t = p[:, w - k - 1]  # [row] the (k + 1)-th largest
-    rowmax = np.maximum(p[:, w - k - 1 :].max(axis=1), 0)
+    # a float ≥ +0 and -1 order as their bits read as int32 do; sorting those is ~1.6× faster
+    p = np.partition(c.view(np.int32), w - k - 1, axis=1)  # [row, key]: the k + 1 largest last
+    t = p[:, w - k - 1].view(np.float32)  # [row] the (k + 1)-th largest
+    rowmax = np.maximum(p[:, w - k - 1 :].max(axis=1).view(np.float32), 0)
     cut = np.maximum(t, 0)  # t masked: the row's visible cells
     flat = np.flatnonzero(c >= cut[:, None])  # row-major: keys ascending in each row
     ri, ci = np.divmod(flat, w)
@@ -237,7 +239,12 @@ def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
 
 
 def _dense_rows(w: np.ndarray, masked: np.ndarray) -> Any:
-    return lambda r0, r1: (0, np.where(masked[r0:r1], np.float32(0), w[r0:r1]))
+    return lambda r0, r1: (0, _plus_zero(np.where(masked[r0:r1], np.float32(0), w[r0:r1])))
+
+
+def _plus_zero(x: np.ndarray) -> np.ndarray:
+    x += np.float32(0)  # -0 → +0 (softmax never gives -0; weights from elsewhere might)
+    return x
 
 
 def pyramid(w: np.ndarray, masked: np.ndarray, block: int) -> dict[str, np.ndarray]:
@@ -443,8 +450,8 @@ def _rows(run: Any, stack: str, layer: int, head: int,
     w = layers[layer]
     masked = np.asarray(st.mask(layer), dtype=bool)
     # masked cells as exactly 0, as softmax gives them (weights from elsewhere may hold noise)
-    return lambda r0, r1: (0, np.where(masked[r0:r1], np.float32(0),
-                                       np.asarray(w[head, r0:r1], dtype=np.float32)))
+    return lambda r0, r1: (0, _plus_zero(np.where(masked[r0:r1], np.float32(0),
+                                                  np.asarray(w[head, r0:r1], dtype=np.float32))))
 
 
 def _mask(st: Any, layer: int) -> np.ndarray:
