@@ -206,7 +206,7 @@ def page(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "auto",
     from . import longpage
 
     if representation == "long" or (representation == "auto" and longpage.choose(run) == "long"):
-        return long_page(longpage.build(run, cmap=cmap), opts)
+        return long_page(longpage.build(run, cmap=cmap, encode=b85encode), opts)
     return "".join(_page_text(encode_parts(run, cmap=cmap), opts))
 
 
