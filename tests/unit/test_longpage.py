@@ -227,3 +227,19 @@ def test_negative_zero_weights_count_as_zero():
     r = LP.reduce_head(LP._dense_rows(w, m), m, 1, 8)
     assert r["count"].tolist() == [8, 8] and r["bound"].tolist() == [0, 0]
     assert r["keys"][:8].tolist() == list(range(8))
+
+
+def test_page_written_in_pieces_equals_the_page(tmp_path):
+    """`write_long_html` streams the same page `long_page` returns, whether the elements'
+    text was made on the worker threads (``encode``) or is made while writing."""
+    from attnmap.viewer import html
+
+    run = _softmax_run(120, heads=2, window=30)
+    threaded = LP.build(run, k=8, encode=html.b85encode)
+    plain = LP.build(run, k=8)
+    assert threaded.encoded == [html.b85encode(c) for _, c in threaded.chunks]
+    assert plain.encoded is None and plain.chunks == threaded.chunks
+    size = html.write_long_html(threaded, tmp_path / "p.html", {"layer": 1})
+    text = (tmp_path / "p.html").read_text("utf-8")
+    assert text == html.long_page(plain, {"layer": 1}) and size == len(text.encode("utf-8"))
+    assert text.count('class="attnmap-long"') == len(plain.chunks) == 2 + 2 * 2
