@@ -229,18 +229,22 @@ def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     rowmax = np.maximum(p[:, w - k - 1 :].max(axis=1).view(np.float32), 0)
     cut = np.maximum(t, 0)  # t masked: the row's visible cells
     flat = np.flatnonzero(c >= cut[:, None])  # row-major: keys ascending in each row
-    ri, ci = np.divmod(flat, w)
+    ri = flat // w
+    ci = flat - ri * w
     vals = c.reshape(-1)[flat] if c.flags.c_contiguous else c[ri, ci]
     tr = t[ri]
-    at_t = vals == tr  # ties at the cut (one a row without ties)
-    above = np.bincount(ri[~at_t], minlength=n)  # [row] cells above t: all kept
-    before = np.cumsum(at_t) - at_t  # cells at t before each cell, counted from the start
-    first = np.zeros(n, np.int64)
-    counts = np.bincount(ri, minlength=n)
-    starts = np.cumsum(counts) - counts
-    has = counts > 0
-    first[has] = before[starts[has]]
-    keep = ~at_t | (before - first[ri] < k - above[ri])
+    at_t = vals == tr  # one a row with t visible, more where weights tie at t
+    if np.count_nonzero(at_t) == np.count_nonzero(t >= 0):  # no ties: k above t in each row
+        keep = ~at_t
+    else:  # a row keeps its cells above t, then those at t by key until it has k
+        above = np.bincount(ri[~at_t], minlength=n)  # [row]
+        before = np.cumsum(at_t) - at_t  # cells at t before each cell, from the start
+        counts = np.bincount(ri, minlength=n)
+        starts = np.cumsum(counts) - counts
+        has = counts > 0
+        first = np.zeros(n, np.int64)
+        first[has] = before[starts[has]]
+        keep = ~at_t | (before - first[ri] < k - above[ri])
     return rowmax, np.bincount(ri[keep], minlength=n), cut, ci[keep], vals[keep]
 
 
