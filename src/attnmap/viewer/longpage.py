@@ -505,10 +505,15 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             li, h = todo[0]
             # through map_threads for its one BLAS thread: with OpenBLAS's own threads this
             # head took 0.4–1.1 s here instead of 0.16 s (4,095 tokens, a busy machine)
-            r = map_threads(lambda job: reduce_head(*job), [
-                (_rows(run, name, li, h, spans), _mask(st, li), block, K_CHOICES[-1])])[0]
-            packed = dict(zip(K_CHOICES, map_threads(
-                lambda kc, r=r, nk=nk: pack(subset(r, kc), nk), K_CHOICES), strict=True))
+            def widest(rows: Any, m: np.ndarray = _mask(st, li)) -> dict[str, np.ndarray]:
+                return reduce_head(rows, m, block, K_CHOICES[-1])
+
+            r = map_threads(widest, [_rows(run, name, li, h, spans)])[0]
+
+            def sized(kc: int, r: dict[str, np.ndarray] = r, nk: int = nk) -> bytes:
+                return pack(subset(r, kc), nk)
+
+            packed = dict(zip(K_CHOICES, map_threads(sized, K_CHOICES), strict=True))
             k = _choose_k({kc: len(b) for kc, b in packed.items()}, heads, budget)
             first = [(f"{name}/{li}/{h}", packed[k])]
             todo = todo[1:]
