@@ -505,7 +505,9 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             li, h = todo[0]
             # through map_threads for its one BLAS thread: with OpenBLAS's own threads this
             # head took 0.4–1.1 s here instead of 0.16 s (4,095 tokens, a busy machine)
-            def widest(rows: Any, m: np.ndarray = _mask(st, li)) -> dict[str, np.ndarray]:
+            mask = _mask(st, li)
+
+            def widest(rows: Any, m: np.ndarray = mask) -> dict[str, np.ndarray]:
                 return reduce_head(rows, m, block, K_CHOICES[-1])
 
             r = map_threads(widest, [_rows(run, name, li, h, spans)])[0]
