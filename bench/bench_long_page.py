@@ -1,7 +1,8 @@
 """The standalone page at long lengths, by hand: ``python bench/bench_long_page.py
 [--tokens 1024 2048 4096 8192] [--dense-up-to 2048] [--save DIR]``, or on pages built before
 (``--save`` keeps them, with their build facts beside them): ``python bench/bench_long_page.py
---page DIR/long8192.html``.
+--page DIR/long8192.html``, or only `attnmap html` from a saved run:
+``python bench/bench_long_page.py --cli run.safetensors [--repeat 3]``.
 
 A GPT-2-shaped 12-layer × 12-head model with random weights (n_embd 768, built from a config),
 captured with ``store="qk"`` at each length. For each: the long page (``attnmap.viewer.
@@ -102,6 +103,32 @@ def with_todays_viewer(page: Path, tmp: Path) -> Path:
     return out
 
 
+def cli(run_file: str, repeat: int) -> None:
+    """`attnmap html --run RUN_FILE` in a fresh process, `repeat` times: wall and CPU time
+    (user + system), peak memory, and the load average around it (2 shared cores: others'
+    jobs inflate the wall time; CPU time less so)."""
+    import os
+    import resource
+    import subprocess
+
+    print(machine())
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat):
+            load0 = os.getloadavg()[0]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "attnmap", "html", "--run", run_file, "-o",
+                            str(Path(tmp) / "page.html"), "-q"], check=True,
+                           stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            size = (Path(tmp) / "page.html").stat().st_size
+            print(f"wall {wall:.1f} s, CPU {cpu:.1f} s (user + sys), peak "
+                  f"{after.ru_maxrss / 1024:.0f} MB, page {size / 1e6:.1f} MB, load average "
+                  f"{load0:.1f} → {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
@@ -110,7 +137,12 @@ def main() -> None:
                     "facts, long<n>.json) in this folder")
     ap.add_argument("--page", type=Path, nargs="+", help="measure these long pages (built with "
                     "--save) instead of building")
+    ap.add_argument("--cli", metavar="RUN_FILE",
+                    help="only time `attnmap html --run RUN_FILE` (a run saved by capture)")
+    ap.add_argument("--repeat", type=int, default=3, help="--cli: how many times")
     args = ap.parse_args()
+    if args.cli:
+        return cli(args.cli, args.repeat)
 
     from playwright.sync_api import sync_playwright
 
@@ -136,12 +168,12 @@ def main() -> None:
         for n in for_build:
             run = attnmap.capture(text_of_tokens(tok, n), model=model, store="qk")
             t0 = time.perf_counter()
-            data = longpage.build(run)
-            page = html.long_page(data, {})
-            build_s = time.perf_counter() - t0
+            data = longpage.build(run, encode=html.b85encode)  # as `attnmap html` does
             path = (args.save or Path(tmp)) / f"long{n}.html"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(page, encoding="utf-8")
+            html.write_long_html(data, path, {})
+            build_s = time.perf_counter() - t0
+            path = path
             facts = {"n": len(run.tokens), "k": data.k, "block": data.block, "build_s": build_s}
             path.with_suffix(".json").write_text(json.dumps(facts))
             row = {**facts, "bytes": path.stat().st_size, **in_browser(browser, path, True)}

@@ -194,3 +194,75 @@ def test_a_qk_run_reduces_as_its_weights_do(block):
                                            err_msg=name)
             for name in ("count", "keys"):
                 np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def _check_top_k(c: np.ndarray, k: int) -> None:
+    rowmax, count, bound, keys, values = LP._top_k(c.copy(), k)
+    at = 0
+    for r in range(c.shape[0]):
+        vis = np.sort(c[r][c[r] >= 0])[::-1]
+        got = keys[at : at + count[r]]
+        at += count[r]
+        assert count[r] == min(k, vis.size)
+        seen = np.flatnonzero(c[r] >= 0)
+        want = seen[np.lexsort((seen, -c[r, seen]))][: count[r]]  # ties: smaller keys kept
+        np.testing.assert_array_equal(got, np.sort(want))
+        assert bound[r] == (vis[k] if vis.size > k else 0)
+        assert rowmax[r] == (vis[0] if vis.size else 0)
+    assert at == keys.size
+    np.testing.assert_array_equal(values, c[np.repeat(np.arange(c.shape[0]), count), keys])
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 63, 64, 100])
+def test_top_k_with_ties_zeros_and_masked_rows(k):
+    """Each row keeps its k largest cells (of equal values, the smaller keys), the bound is the
+    largest visible cell left out: rows of distinct values (a few cells masked), then also
+    ties at the cut, exact zeros, mostly masked rows and rows with fewer than k visible."""
+    rng = np.random.default_rng(k)
+    wide = rng.random((20, 1024)).astype(np.float32)
+    wide[:, 500:] = -1  # masked: a causal row
+    _check_top_k(wide, k)
+    n, w = 40, 64
+    c = rng.random((n, w)).astype(np.float32)
+    c[np.arange(n), rng.integers(0, w, n)] = -1
+    _check_top_k(c, k)
+    if k < w - 1:  # the k-th and (k + 1)-th largest equal: k + 1 cells reach the cut
+        kth = np.argsort(-c, axis=1, kind="stable")
+        c[np.arange(n), kth[:, k]] = c[np.arange(n), kth[:, k - 1]]
+        _check_top_k(c, k)
+    c[5:10] = np.round(c[5:10] * 4) / 4  # few distinct values: ties everywhere
+    c[10:15] = 0  # a row of exact zeros (underflow)
+    c[10:15, 3] = 1
+    c[15:25][rng.random((10, w)) < 0.7] = -1  # masked cells
+    c[25:30, 4:] = -1  # 4 visible cells
+    c[30] = -1  # nothing visible
+    _check_top_k(c, k)
+
+
+def test_negative_zero_weights_count_as_zero():
+    """A dense head may hold -0.0 (softmax never does): the row still keeps exactly k cells."""
+    w = np.zeros((2, 50), np.float32)
+    m = np.zeros((2, 50), bool)
+    w[:, :3] = [0.5, 0.3, 0.2]
+    w[:, 3:13] = -0.0
+    m[:, 13:] = True
+    r = LP.reduce_head(LP._dense_rows(w, m), m, 1, 8)
+    assert r["count"].tolist() == [8, 8] and r["bound"].tolist() == [0, 0]
+    assert r["keys"][:8].tolist() == list(range(8))
+
+
+def test_page_written_in_pieces_equals_the_page(tmp_path):
+    """`write_long_html` streams the same page `long_page` returns, whether the elements'
+    text was made on the worker threads (``encode``) or is made while writing."""
+    from attnmap.viewer import html
+
+    run = _softmax_run(120, heads=2, window=30)
+    threaded = LP.build(run, k=8, encode=html.b85encode)
+    plain = LP.build(run, k=8)
+    assert threaded.encoded == [html.b85encode(c) for _, c in threaded.chunks]
+    assert plain.encoded is None and plain.chunks == threaded.chunks
+    size = html.write_long_html(threaded, tmp_path / "p.html", {"layer": 1})
+    text = (tmp_path / "p.html").read_text("utf-8")
+    assert text == html.long_page(plain, {"layer": 1}) and size == len(text.encode("utf-8"))
+    # two masks, 2 layers × 2 heads, and per layer one chunk of its heads combined
+    assert text.count('class="attnmap-long"') == len(plain.chunks) == 2 + 2 * 2 + 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from .._options import VIEWS
 from ._common import (
@@ -96,18 +95,14 @@ def handle(args: argparse.Namespace) -> int:
     if rep == "auto":
         rep = longpage.choose(run)
     if rep == "long":
-        from .._io import atomic_path
-        from ..viewer.html import check_options, long_page
+        from ..viewer.html import b85encode, check_options, write_long_html
 
         opts = check_options(run, {k: v for k, v in options.items() if v is not None})
         if args.precision != "full":
             say(args, f"--precision {args.precision} applies to dense pages; the long "
                 "representation keeps its own encoding")
-        data = longpage.build(run, cmap=args.cmap)
-        html = long_page(data, opts)
-        with atomic_path(out) as tmp:
-            Path(tmp).write_text(html, encoding="utf-8")
-        size = len(html.encode("utf-8"))
+        data = longpage.build(run, cmap=args.cmap, encode=b85encode)  # text made on threads
+        size = write_long_html(data, out, opts)
         say(args, f"{data.describe()}, {size / 1e6:.0f} MB")
     else:
         size = write_html(run, out, cmap=args.cmap, precision=args.precision,

@@ -207,17 +207,32 @@ def page(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "auto",
     from . import longpage
 
     if representation == "long" or (representation == "auto" and longpage.choose(run) == "long"):
-        return long_page(longpage.build(run, cmap=cmap), opts)
+        return long_page(longpage.build(run, cmap=cmap, encode=b85encode), opts)
     return "".join(_page_text(encode_parts(run, cmap=cmap, precision=precision), opts))
 
 
 def long_page(data: Any, opts: dict[str, Any]) -> str:
     """The page of a long representation (``longpage.build``): header plus one element each
     head and mask, so the viewer reads and decodes only the head it shows."""
-    parts = [f'<script type="application/x-attnmap-b85" class="attnmap-long" data-key="{key}" '
-             f'data-length="{len(blob)}">{b85encode(blob)}</script>\n'
-             for key, blob in data.chunks]  # keys: stack names and numbers, never token text
-    return "".join(_page_text([data.payload], opts, long="".join(parts)))
+    return "".join(_page_text([data.payload], opts, long=_long_elements(data)))
+
+
+def write_long_html(data: Any, path: str | os.PathLike[str], opts: dict[str, Any]) -> int:
+    """Write :func:`long_page` to `path` piece by piece (never the whole page as one string;
+    `opts` from :func:`check_options`); returns its size in bytes. Build `data` with
+    ``encode=b85encode`` and the worker threads have already made each element's text."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        return _write(fh, _page_text([data.payload], opts, long=_long_elements(data)))
+
+
+def _long_elements(data: Any) -> Iterator[str]:
+    texts = data.encoded or [None] * len(data.chunks)
+    for (key, blob), text in zip(data.chunks, texts, strict=True):
+        # keys: stack names and numbers, never token text
+        yield (f'<script type="application/x-attnmap-b85" class="attnmap-long" data-key="{key}" '
+               f'data-length="{len(blob)}">')
+        yield b85encode(blob) if text is None else text
+        yield "</script>\n"
 
 
 def _page(blob: bytes, opts: dict[str, Any], blob_b: bytes | None = None) -> str:
@@ -225,27 +240,31 @@ def _page(blob: bytes, opts: dict[str, Any], blob_b: bytes | None = None) -> str
 
 
 def _page_text(parts: list[bytes], opts: dict[str, Any], blob_b: bytes | None = None, *,
-               long: str = "") -> Iterator[str]:
+               long: Iterable[str] = ()) -> Iterator[str]:
     """The page in pieces: the payload `parts` (together, the bytes of ``encode``) go out as
-    base 85 piece by piece, so a long run's page never exists whole in memory."""
+    base 85 piece by piece, then the `long` elements, so a long run's page never exists whole
+    in memory."""
     opts_json = json.dumps(opts).replace("<", "\\u003c")  # never a `</script` inside JSON
     extra = ""
     if blob_b is not None:
         extra = (f'<script type="application/x-attnmap-b85" id="attnmap-payload-b" '
                  f'data-length="{len(blob_b)}">\n{b85encode(blob_b)}\n</script>\n')
-    cut = "\0payload\0"
+    cut, cut_long = "\0payload\0", "\0long\0"
     before, after = _PAGE.format(
         css=_script_safe(static_text("viewer.css"), "viewer.css").replace("</", "<\\/"),
         length=sum(len(p) for p in parts),
         payload=cut,
         payload_b=extra,
-        long=long,
+        long=cut_long,
         options=opts_json,
         module=_script_safe(static_text("viewer.js"), "viewer.js"),
     ).split(cut)
+    middle, after = after.split(cut_long)
     yield before
     for piece in _b85_pieces(parts):
         yield piece.decode("ascii")
+    yield middle
+    yield from long
     yield after
 
 

@@ -39,6 +39,7 @@ import math
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,14 +99,23 @@ def choose(run: Any) -> str:
 # --- quantisation --------------------------------------------------------------------------------
 def log_codes(x: np.ndarray, hi: float, masked: np.ndarray) -> np.ndarray:
     """Block values → codes: 0 (below hi·10^-DECADES), 1..254 log-spaced up to hi, 255 masked."""
-    out = np.zeros(x.shape, np.uint8)
-    if hi > 0:
+    out = np.full(x.shape, MASKED, np.uint8)
+    seen = ~np.asarray(masked, dtype=bool)
+    codes = np.zeros(int(np.count_nonzero(seen)), np.uint8)
+    if hi > 0:  # in place, and only where not masked (a causal pyramid: half the blocks)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = (np.log10(np.maximum(x, 0) / hi) + DECADES) / DECADES  # 0..1 in range
-        ok = np.isfinite(t) & (t >= -0.5 / STEPS)
-        c = np.clip(np.rint(np.where(ok, t, 0) * STEPS) + 1, 1, STEPS + 1)
-        out[ok] = c[ok].astype(np.uint8)
-    out[masked] = MASKED
+            t = np.maximum(x[seen], 0) / hi
+            np.log10(t, out=t)
+            t += DECADES
+            t /= DECADES  # 0..1 in range
+            ok = (t >= -0.5 / STEPS) & (t < np.inf)  # not NaN, -inf (0) or inf
+        c = t[ok]
+        c *= STEPS
+        np.rint(c, out=c)
+        c += 1
+        np.clip(c, 1, STEPS + 1, out=c)
+        codes[ok] = c.astype(np.uint8)
+    out[seen] = codes
     return out
 
 
@@ -120,24 +130,19 @@ def log_values(codes: np.ndarray, hi: float) -> np.ndarray:
 
 # --- one head ------------------------------------------------------------------------------------
 ROWS = 256  # query rows computed and reduced at a time (a multiple of every block size used)
-CAND = 16  # top-k candidates are found through the maxima of CAND-wide key blocks
 
 
 def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, np.ndarray]:
     """Reduce one head, given as row chunks ``rows(r0, r1) -> (k0, float32 [r1 - r0, key])``
-    (the keys from `k0` on; those outside are masked for the chunk's rows): the
-    pyramid (block max and sum, masked cells left out, NaN where all are masked; the first
-    block column without key 0 as ``rest_*``) and each row's `k` largest visible weights
-    (``count``, ``keys`` ascending per row, ``values``, ``rowmax``, ``bound``: the largest
-    visible weight not kept, 0 when none).
-
-    A row's k largest cells lie in its k blocks (CAND keys wide) with the largest maxima, and
-    the next one in the top k + 1 blocks: only those are searched.
+    (the keys from `k0` on; those outside are masked for the chunk's rows, and masked cells
+    inside hold 0; the chunk may be overwritten): the pyramid (block max and sum, masked cells
+    left out, NaN where all are masked; the first block column without key 0 as ``rest_*``)
+    and each row's `k` largest visible weights (``count``, ``keys`` ascending per row,
+    ``values``, ``rowmax``, ``bound``: the largest visible weight not kept, 0 when none; of
+    equal weights at the cut, the smaller keys are kept).
     """
     nq, nk = masked.shape
     pq, pk = -(-nq // block), -(-nk // block)
-    cw = -(-nk // CAND) * CAND
-    width = max(pk * block, cw)
     step = max(ROWS // block, 1) * block
     out = {name: np.full(n, np.nan, np.float32) for name, n in
            (("max", (pq, pk)), ("sum", (pq, pk)), ("rest_max", pq), ("rest_sum", pq))}
@@ -146,64 +151,114 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
     count = np.zeros(nq, np.int64)
     keys: list[np.ndarray] = []
     values: list[np.ndarray] = []
-    buf = np.empty((step, width), np.float32)
+    buf = np.empty(step * pk * block, np.float32)
     for r0 in range(0, nq, step):
         r1 = min(nq, r0 + step)
         n = r1 - r0
         k0, w = rows(r0, r1)  # [row, key from k0]: keys outside are masked for these rows
         kend = k0 + w.shape[1]  # no row of the block sees a key from here on
-        lk = -(-kend // block)  # block columns that hold a visible cell
-        lw = max(lk * block, -(-kend // CAND) * CAND)  # the live width, padded
+        if kend == k0:  # no row of the block sees any key: nothing kept, rowmax and bound 0
+            continue
+        c0, c1 = k0 // block, -(-kend // block)  # the block columns holding a visible cell
+        a0, a1 = c0 * block, c1 * block  # [a0, a1): the keys of those columns
         nb = -(-n // block)
-        c = buf[: nb * block, :lw]
-        c.fill(0)
-        np.copyto(c[:n, k0:kend], w)
-        b4 = c[:, : lk * block].reshape(nb, block, lk, block)  # [bq, q, bk, k]
-        # sums first, while masked cells and padding hold 0 (a masked cell's weight); rows
-        # first (whole rows at a time), then the few keys left: ~5× faster than keys first
+        if ((a0, a1, nb * block) == (k0, kend, n) and w.dtype == np.float32
+                and w.flags.c_contiguous):
+            c = w  # already whole blocks: reduced where it lies
+        else:  # padded with 0 (a masked cell's weight) to whole blocks
+            c = buf[: nb * block * (a1 - a0)].reshape(nb * block, a1 - a0)
+            c[:n, : k0 - a0] = 0
+            np.copyto(c[:n, k0 - a0 : kend - a0], w)
+            c[:n, kend - a0 :] = 0
+            c[n:] = 0
+        b4 = c.reshape(nb, block, c1 - c0, block)  # [bq, q, bk, k]
+        # sums first, while masked cells and padding hold 0; rows first (whole rows at a
+        # time), then the few keys left: ~5× faster than keys first
         bsum = b4.sum(axis=1).sum(axis=2)
-        fsum = b4[:, :, 0, 1:].sum(axis=(1, 2)) if block > 1 and lk else None
-        live = min(lw, nk)
-        np.copyto(c[:n, :live], np.float32(-1), where=masked[r0:r1, :live])
-        c[n:] = -1  # padding: below any weight
-        c[:, live:] = -1
-        np.fmax(c, np.float32(-1), out=c)  # a NaN weight (none from softmax) as masked
-        bmax = b4.max(axis=1).max(axis=2)
+        fsum = b4[:, :, 0, 1:].sum(axis=(1, 2)) if block > 1 and c0 == 0 else None
+        # then every masked cell and the padding to -1, below any weight: only the columns
+        # some row of the block may not see (a causal block: its own diagonal square)
+        c[:n, : k0 - a0] = -1
+        c[:n, kend - a0 :] = -1
+        c[n:] = -1
+        hidden = masked[r0:r1, k0:kend]  # [row, key from k0]
+        cols = np.flatnonzero(hidden.any(axis=0))
+        if cols.size:
+            h0, h1 = int(cols[0]), int(cols[-1]) + 1
+            np.copyto(c[:n, k0 - a0 + h0 : k0 - a0 + h1], np.float32(-1),
+                      where=hidden[:, h0:h1])
+        if np.isnan(bsum).any():  # a NaN weight (none from softmax) as masked
+            np.fmax(c, np.float32(-1), out=c)
+        # block max on the bits as int32 (same order for -1 and floats ≥ +0, ~5× faster):
+        # over the block's rows, then key pairs halved (not a max over a short last axis)
+        m = c.view(np.int32).reshape(nb, block, -1).max(axis=1)  # [bq, key]
+        while m.shape[1] > c1 - c0:
+            m = np.maximum(m[:, 0::2], m[:, 1::2])
+        bmax = m.view(np.float32)  # [bq, bk]
         b0, b1 = r0 // block, r0 // block + nb
-        out["max"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bmax)  # later blocks stay NaN
-        out["sum"][b0:b1, :lk] = np.where(bmax < 0, np.nan, bsum)
+        out["max"][b0:b1, c0:c1] = np.where(bmax < 0, np.nan, bmax)  # others stay NaN
+        out["sum"][b0:b1, c0:c1] = np.where(bmax < 0, np.nan, bsum)
         if fsum is not None:
             fmax = b4[:, :, 0, 1:].max(axis=(1, 2))
             out["rest_max"][b0:b1] = np.where(fmax < 0, np.nan, fmax)
             out["rest_sum"][b0:b1] = np.where(fmax < 0, np.nan, fsum)
-        # top k per row: one partial sort of the row's live keys
-        lc = min(-(-kend // CAND) * CAND, c.shape[1])  # keys that may hold a visible cell
-        if lc == 0:  # no row of the block sees any key: nothing kept, rowmax and bound 0
-            continue
-        rows_c = c[:n, :lc]
-        kk = min(k, lc)
-        if kk < lc:
-            part = np.argpartition(rows_c, lc - kk - 1, axis=1)  # largest kk last
-            nxt = np.take_along_axis(rows_c, part[:, lc - kk - 1 : lc - kk], axis=1)[:, 0]
-            top = part[:, lc - kk :]
-        else:
-            top = np.broadcast_to(np.arange(lc), (n, lc))
-            nxt = np.full(n, -1, np.float32)
-        top = np.sort(top, axis=1)  # keys ascending
-        vals = np.take_along_axis(rows_c, top, axis=1)
-        rowmax[r0:r1] = np.maximum(vals.max(axis=1), 0)
-        keep = vals >= 0
-        count[r0:r1] = keep.sum(axis=1)
-        bound[r0:r1] = np.maximum(nxt, 0)
-        keys.append(top[keep])
-        values.append(vals[keep])
-    return {**out, "count": count, "keys": np.concatenate(keys).astype(np.int64),
-            "values": np.concatenate(values).astype(np.float32), "rowmax": rowmax,
-            "bound": bound}
+        top = _top_k(c[:n], k)
+        rowmax[r0:r1], count[r0:r1], bound[r0:r1] = top[0], top[1], top[2]
+        keys.append(top[3] + a0)
+        values.append(top[4])
+    return {**out, "count": count, "keys": np.concatenate(keys or [np.zeros(0, np.int64)]
+                                                        ).astype(np.int64),
+            "values": np.concatenate(values or [np.zeros(0, np.float32)]).astype(np.float32),
+            "rowmax": rowmax, "bound": bound}
+
+
+def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Each row's `k` largest cells of `c` [row, key] float32 (masked cells -1, weights ≥ +0,
+    never -0): rowmax, count, bound (the largest visible cell not kept, 0 when none), then the
+    kept keys (ascending in each row) and their values, rows one after the other.
+
+    One partial sort of the values (no indices) gives each row's (k + 1)-th largest, t. A row
+    keeps its cells above t and, of those equal to t, the first by key until it has k (t is
+    the bound); a row with t masked has at most k visible cells and keeps them all. No sort.
+    """
+    n, w = c.shape
+    if k >= w:  # every cell of the row is kept
+        keep = c >= 0
+        ci = np.broadcast_to(np.arange(w), (n, w))
+        return (np.maximum(c.max(axis=1), 0), keep.sum(axis=1), np.zeros(n, np.float32),
+                ci[keep], c[keep])
+    # a float ≥ +0 and -1 order as their bits read as int32 do; sorting those is ~1.6× faster
+    p = np.partition(c.view(np.int32), w - k - 1, axis=1)  # [row, key]: the k + 1 largest last
+    t = p[:, w - k - 1].view(np.float32)  # [row] the (k + 1)-th largest
+    rowmax = np.maximum(p[:, w - k - 1 :].max(axis=1).view(np.float32), 0)
+    cut = np.maximum(t, 0)  # t masked: the row's visible cells
+    flat = np.flatnonzero(c >= cut[:, None])  # row-major: keys ascending in each row
+    ri = flat // w
+    ci = flat - ri * w
+    vals = c.reshape(-1)[flat] if c.flags.c_contiguous else c[ri, ci]
+    tr = t[ri]
+    at_t = vals == tr  # one a row with t visible, more where weights tie at t
+    if np.count_nonzero(at_t) == np.count_nonzero(t >= 0):  # no ties: k above t in each row
+        keep = ~at_t
+    else:  # a row keeps its cells above t, then those at t by key until it has k
+        above = np.bincount(ri[~at_t], minlength=n)  # [row]
+        before = np.cumsum(at_t) - at_t  # cells at t before each cell, from the start
+        counts = np.bincount(ri, minlength=n)
+        starts = np.cumsum(counts) - counts
+        has = counts > 0
+        first = np.zeros(n, np.int64)
+        first[has] = before[starts[has]]
+        keep = ~at_t | (before - first[ri] < k - above[ri])
+    return rowmax, np.bincount(ri[keep], minlength=n), cut, ci[keep], vals[keep]
 
 
 def _dense_rows(w: np.ndarray, masked: np.ndarray) -> Any:
-    return lambda r0, r1: (0, np.where(masked[r0:r1], np.float32(0), w[r0:r1]))
+    return lambda r0, r1: (0, _plus_zero(np.where(masked[r0:r1], np.float32(0), w[r0:r1])))
+
+
+def _plus_zero(x: np.ndarray) -> np.ndarray:
+    x += np.float32(0)  # -0 → +0 (softmax never gives -0; weights from elsewhere might)
+    return x
 
 
 def pyramid(w: np.ndarray, masked: np.ndarray, block: int) -> dict[str, np.ndarray]:
@@ -223,22 +278,25 @@ def top_k(w: np.ndarray, masked: np.ndarray, k: int) -> dict[str, np.ndarray]:
 def subset(r: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     """`r` (from :func:`reduce_head` with some k' ≥ k) cut down to each row's k largest."""
     count = r["count"]
-    if k >= int(count.max(initial=0)):
+    width = int(count.max(initial=0))
+    if k >= width:
         return r
     nq = count.size
     rows = np.repeat(np.arange(nq), count)
     starts = np.concatenate([[0], np.cumsum(count)[:-1]])
-    # rank of each entry within its row by value (0 = largest); ties by key
-    order = np.lexsort((r["keys"], -r["values"], rows))
+    at = np.arange(rows.size) - starts[rows]  # each entry's place in its row (keys ascending)
+    v = np.full((nq, width), -np.inf, np.float32)  # [row, entry]
+    v[rows, at] = r["values"]
+    # rank in its row by value (0 = largest), ties by key: a stable sort of keys ascending
+    order = np.argsort(-v, axis=1, kind="stable")
     rank = np.empty_like(order)
-    rank[order] = np.arange(order.size) - np.repeat(starts, count)
-    keep = rank < k
+    np.put_along_axis(rank, order, np.arange(width)[None, :], axis=1)
+    keep = rank[rows, at] < k
     # the new bound: the largest value dropped, or the old bound
-    dropped = np.where(~keep, r["values"], -1.0)
-    nb = np.full(nq, -1.0)
-    np.maximum.at(nb, rows, dropped)
+    dropped = np.where(rank >= k, v, -1).max(axis=1)
     return {**r, "count": np.minimum(count, k), "keys": r["keys"][keep],
-            "values": r["values"][keep], "bound": np.maximum(r["bound"], nb).astype(np.float32)}
+            "values": r["values"][keep],
+            "bound": np.maximum(r["bound"], dropped).astype(np.float32)}
 
 
 def pack(r: dict[str, np.ndarray], nk: int) -> bytes:
@@ -409,6 +467,7 @@ class LongData:
     block: int = 1
     k: int = 0
     tokens: int = 0
+    encoded: list[Any] | None = None  # build's `encode` of each chunk, in order, when given
 
     @property
     def nbytes(self) -> int:
@@ -419,18 +478,29 @@ class LongData:
                 f"blocks + top-{self.k} per row")
 
 
-def _rows(run: Any, stack: str, layer: int, head: int) -> Any:
+def _spans(masked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query row of a mask [query, key]: whether it sees any key, the first key it sees
+    and one past the last (0 and 0 for a row that sees none)."""
+    seen = np.logical_not(masked)
+    any_row: np.ndarray = np.asarray(seen.any(axis=1))
+    first = np.where(any_row, seen.argmax(axis=1), 0)
+    end = np.where(any_row, masked.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
+    return any_row, first, end
+
+
+def _rows(run: Any, stack: str, layer: int, head: int,
+          spans: dict[int, tuple[np.ndarray, ...]] | None = None) -> Any:
     """``rows(r0, r1) -> (k0, [row, key] float32)``: query rows [r0, r1) of one head over the
     keys from `k0` on that they may see, computed from queries and keys where the run keeps
-    them (never the whole head at once); keys outside the span are masked for those rows."""
+    them (never the whole head at once); keys outside the span are masked for those rows.
+    `spans`: :func:`_spans` of each layer's mask by ``id``, shared by the heads of a run
+    (one mask's spans: ≈40 ms at 4,095 tokens, a third of a head's whole reduction)."""
     st = run.stack(stack)
     layers = st.layers
     if isinstance(layers, QKLayers):
         masked = layers.masks[layer]
-        seen = np.logical_not(masked)
-        any_row: np.ndarray = np.asarray(seen.any(axis=1))
-        first = np.where(any_row, seen.argmax(axis=1), 0)
-        end = np.where(any_row, masked.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
+        got = spans.get(id(masked)) if spans is not None else None
+        any_row, first, end = got if got is not None else _spans(masked)
         scratch = Scratch()
 
         def rows(r0: int, r1: int) -> tuple[int, np.ndarray]:
@@ -444,8 +514,8 @@ def _rows(run: Any, stack: str, layer: int, head: int) -> Any:
     w = layers[layer]
     masked = np.asarray(st.mask(layer), dtype=bool)
     # masked cells as exactly 0, as softmax gives them (weights from elsewhere may hold noise)
-    return lambda r0, r1: (0, np.where(masked[r0:r1], np.float32(0),
-                                       np.asarray(w[head, r0:r1], dtype=np.float32)))
+    return lambda r0, r1: (0, _plus_zero(np.where(masked[r0:r1], np.float32(0),
+                                                  np.asarray(w[head, r0:r1], dtype=np.float32))))
 
 
 def _mask(st: Any, layer: int) -> np.ndarray:
@@ -459,8 +529,10 @@ def _choose_k(sizes: dict[int, int], heads: int, budget: int) -> int:
 
 
 def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | None = None,
-          progress: Any = None) -> LongData:
-    """The long representation of `run`: payload header plus one chunk per head and mask."""
+          progress: Any = None, encode: Callable[[bytes], Any] | None = None) -> LongData:
+    """The long representation of `run`: payload header plus one chunk per head and mask.
+    `encode` (e.g. the page's text form of a chunk) runs on the worker threads as each chunk
+    is made; its results come back in ``encoded``."""
     check_drawable(run)
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 255):
         raise AttnmapError(f"k must be a whole number in 1..255 (not {k!r})")
@@ -468,7 +540,10 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
     block = block_size(n)
     heads = sum(s.n_layers * s.n_heads for s in run.stacks.values())
     chunks: list[tuple[str, bytes]] = []
+    texts: list[Any] = []  # encode(chunk) where the threads made it, else None
     stacks: dict[str, Any] = {}
+    spans: dict[int, tuple[np.ndarray, ...]] = {}
+    enc = encode or (lambda blob: None)
     for name, st in run.stacks.items():
         masks, index = st.distinct_masks()
         for i, m in enumerate(masks):
@@ -483,14 +558,29 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             with lock:
                 layers[li] = fold_pyramid(layers.get(li), r)
 
+        if isinstance(st.layers, QKLayers):
+            for m in st.layers.masks:  # alive as long as the run: their ids stay theirs
+                if id(m) not in spans:
+                    spans[id(m)] = _spans(m)
         todo = [(li, h) for li in range(st.n_layers) for h in range(st.n_heads)]
         if k is None and todo:  # the first head measures what each k costs
             li, h = todo[0]
-            r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, K_CHOICES[-1])
+            # through map_threads for its one BLAS thread: with OpenBLAS's own threads this
+            # head took 0.4–1.1 s here instead of 0.16 s (4,095 tokens, a busy machine)
+            mask = _mask(st, li)
+
+            def widest(rows: Any, m: np.ndarray = mask) -> dict[str, np.ndarray]:
+                return reduce_head(rows, m, block, K_CHOICES[-1])
+
+            r = map_threads(widest, [_rows(run, name, li, h, spans)])[0]
             fold(li, r)
-            sizes = {kc: len(pack(subset(r, kc), nk)) for kc in K_CHOICES}
-            k = _choose_k(sizes, heads, budget)
-            first = [(f"{name}/{li}/{h}", pack(subset(r, k), nk))]
+
+            def sized(kc: int, r: dict[str, np.ndarray] = r, nk: int = nk) -> bytes:
+                return pack(subset(r, kc), nk)
+
+            packed = dict(zip(K_CHOICES, map_threads(sized, K_CHOICES), strict=True))
+            k = _choose_k({kc: len(b) for kc, b in packed.items()}, heads, budget)
+            first = [(f"{name}/{li}/{h}", packed[k])]
             todo = todo[1:]
             if progress is not None:
                 progress(1)
@@ -498,17 +588,21 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             first = []
 
         def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
-                k: int = int(k or 1), fold: Any = fold) -> tuple[str, bytes]:
+                k: int = int(k or 1), fold: Any = fold) -> tuple[str, bytes, Any]:
             li, h = job
-            r = reduce_head(_rows(run, name, li, h), _mask(st, li), block, k)
+            r = reduce_head(_rows(run, name, li, h, spans), _mask(st, li), block, k)
             fold(li, r)
+            blob = pack(r, nk)
             if progress is not None:
                 progress(1)
-            return f"{name}/{li}/{h}", pack(r, nk)
+            return f"{name}/{li}/{h}", blob, enc(blob)
 
-        chunks += first + map_threads(one, todo)  # heads on one thread per core
+        done = map_threads(one, todo)  # heads on one thread per core
+        chunks += first + [(key, blob) for key, blob, _ in done]
+        texts += [None] * (len(chunks) - len(texts) - len(done)) + [t for _, _, t in done]
         chunks += [(f"agg/{name}/{li}", pack_pyramid(layers[li], st.n_heads))
                    for li in sorted(layers)]
+        texts += [None] * (len(chunks) - len(texts))
     head = header(run, [], cmap=cmap)
     head["long"] = {
         "encoding": ENCODING, "version": LONG_VERSION, "block": block, "k": k,
@@ -518,7 +612,11 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
     }
     hb = _json_bytes(head)
     payload = struct.pack("<4sII", MAGIC, PAYLOAD_VERSION, len(hb)) + hb
-    return LongData(payload, chunks, block, int(k or 0), n)
+    encoded = None
+    if encode is not None:  # the masks and first heads were not encoded on the threads
+        encoded = [encode(blob) if t is None else t for (_, blob), t in zip(chunks, texts,
+                                                                              strict=True)]
+    return LongData(payload, chunks, block, int(k or 0), n, encoded)
 
 
 def growth(sizes: dict[int, float]) -> float:
