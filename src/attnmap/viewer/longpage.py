@@ -47,7 +47,7 @@ import numpy as np
 
 from .._errors import AttnmapError
 from .._parallel import map_threads
-from ..qkweights import QKLayers, Scratch
+from ..qkweights import QKLayers, Scratch, row_spans
 from .colours import DEFAULT_CMAP
 from .payload import LEVELS, MAGIC, PAYLOAD_VERSION, _json_bytes, check_drawable, header
 
@@ -481,11 +481,8 @@ class LongData:
 def _spans(masked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query row of a mask [query, key]: whether it sees any key, the first key it sees
     and one past the last (0 and 0 for a row that sees none)."""
-    seen = np.logical_not(masked)
-    any_row: np.ndarray = np.asarray(seen.any(axis=1))
-    first = np.where(any_row, seen.argmax(axis=1), 0)
-    end = np.where(any_row, masked.shape[1] - seen[:, ::-1].argmax(axis=1), 0)
-    return any_row, first, end
+    first, end, _ = row_spans(masked)
+    return end > first, first, end
 
 
 def _rows(run: Any, stack: str, layer: int, head: int,
