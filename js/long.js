@@ -408,24 +408,28 @@ function cellTile(heads, how, mask, req) {
 }
 
 /**
- * The aggregate pyramid of a layer's heads: max of block maxima, mean of block sums (both
- * exact up to the codes). Each plane is folded on first use, in place into one new array.
+ * For pages built before the layer chunks: the mean or max of a layer's heads from their own
+ * pyramids. The max of heads by block max (the max of the block maxima) and the mean of heads
+ * by block sum (the mean of the block sums) are exact up to the codes; the other two can only
+ * be estimated this way: the mean's block max as the mean of the heads' block maxima (an
+ * upper bound), the max's block sum as the largest of the heads' block sums (a lower bound).
+ * Each plane is folded on first use, in place into one new array.
  * @param {LongHead[]} heads
  * @param {"mean" | "max"} how
  * @returns {LongPyramid}
  */
 export function aggregatePyramid(heads, how) {
-  void how;
   /** @type {Float32Array | null} */
   let max = null, sum = null, restMax = null, restSum = null;
   const { nq, nk, pq, pk } = heads[0];
+  const fold = how === "max" ? foldMax : foldMean;
   // each plane folded when first read: a view reduced by max never needs the sums
   return {
     nq, nk, pq, pk,
-    get max() { return (max ??= foldMax(heads.map((hd) => hd.max))); },
-    get sum() { return (sum ??= foldMean(heads.map((hd) => hd.sum))); },
-    get restMax() { return (restMax ??= foldMax(heads.map((hd) => hd.restMax))); },
-    get restSum() { return (restSum ??= foldMean(heads.map((hd) => hd.restSum))); },
+    get max() { return (max ??= fold(heads.map((hd) => hd.max))); },
+    get sum() { return (sum ??= fold(heads.map((hd) => hd.sum))); },
+    get restMax() { return (restMax ??= fold(heads.map((hd) => hd.restMax))); },
+    get restSum() { return (restSum ??= fold(heads.map((hd) => hd.restSum))); },
   };
 }
 
@@ -545,16 +549,16 @@ export class PageSource {
   }
 
   /**
-   * The pyramid of a layer's heads together (mean and max share it: see aggregatePyramid):
-   * the page's layer chunk — one chunk, not every head — or, in a page without one, the heads
-   * folded.
+   * The pyramid of the mean or the max of a layer's heads (taken cell by cell, then reduced
+   * over blocks): the page's layer chunk — one chunk, not every head — or, in a page built
+   * before those chunks, the heads' pyramids folded (see aggregatePyramid).
    * @param {string} stack
    * @param {number} layer
    * @param {"mean" | "max"} how
    * @returns {Promise<LongPyramid>}
    */
   aggregate(stack, layer, how) {
-    const key = `${stack}/${layer}`;
+    const key = `${how}/${stack}/${layer}`;
     let p = this.pyramids.get(key);
     if (p) return p;
     const [, H, nq, nk] = this.shape(stack), bytes = this.chunk(`agg/${key}`);

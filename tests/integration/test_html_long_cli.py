@@ -35,20 +35,21 @@ def test_long_representation_forced(tmp_path, gpt2_run):
     elements = re.findall(r'class="attnmap-long" data-key="([^"]+)" data-length="(\d+)">'
                           r"([^<]*)</script>", html)
     L, H = gpt2_run.n_layers, gpt2_run.n_heads
-    assert [e[0] for e in elements] == ["mask/self/0"] + [f"self/{li}/{h}" for li in range(L)
-                                                          for h in range(H)] + [
-        f"agg/self/{li}" for li in range(L)]
+    assert [e[0] for e in elements] == ["mask/self/0"] + [
+        key for li in range(L) for key in [f"self/{li}/{h}" for h in range(H)] + [
+            f"agg/mean/self/{li}", f"agg/max/self/{li}"]]
     by_key = {e[0]: e for e in elements}
     key, length, text = by_key[f"self/{L - 1}/{H - 1}"]
     d = longpage.decode_head(b85(text, int(length)), n, n, 1)
     w = gpt2_run.layer(L - 1)[H - 1]  # [query, key]
     np.testing.assert_allclose(d["max"], np.where(gpt2_run.mask(L - 1), np.nan, w), rtol=0.029,
                                atol=w.max() * 1e-6)
-    key, length, text = by_key[f"agg/self/{L - 1}"]  # the layer's heads together
-    d = longpage.decode_pyramid(b85(text, int(length)), n, n, 1)
     w = gpt2_run.layer(L - 1)  # [head, query, key]
-    np.testing.assert_allclose(d["max"], np.where(gpt2_run.mask(L - 1), np.nan, w.max(axis=0)),
-                               rtol=0.029, atol=w.max() * 1e-6)
+    for how, cellwise in (("mean", w.mean(axis=0)), ("max", w.max(axis=0))):
+        key, length, text = by_key[f"agg/{how}/self/{L - 1}"]  # the layer's heads together
+        d = longpage.decode_pyramid(b85(text, int(length)), n, n, 1)
+        np.testing.assert_allclose(d["max"], np.where(gpt2_run.mask(L - 1), np.nan, cellwise),
+                                   rtol=0.029, atol=w.max() * 1e-6)
     assert longpage.decode_mask(b85(elements[0][2], int(elements[0][1])), n, n).tolist() == \
         gpt2_run.mask(0).tolist()
 

@@ -32,6 +32,21 @@ def _softmax_run(n: int = 200, heads: int = 3, layers: int = 2, window: int | No
                         text=" ".join(t.text for t in toks))
 
 
+def _qk_run(n: int, heads: int, window: int, seed: int = 0) -> AttentionRun:
+    """A run that keeps queries and keys (one key head): a causal layer, then a windowed one."""
+    from attnmap.qkweights import QKLayers
+
+    rng = np.random.default_rng(seed)
+    q, k = np.indices((n, n))
+    masks = [k > q, (k > q) | (q - k >= window)]
+    lazy = QKLayers([rng.normal(0, 2, (heads, n, 8)).astype(np.float32) for _ in masks],
+                    [rng.normal(0, 2, (1, n, 8)).astype(np.float32) for _ in masks],
+                    [0.5, 0.5], masks)
+    toks = [Token(text=f"t{i}", raw=f"t{i}", id=i) for i in range(n)]
+    return AttentionRun(tokens=toks, text=" ".join(t.text for t in toks), model={"id": "r"},
+                        stacks={"self": AttentionStack("self", lazy, masks[0], masks)})
+
+
 def _rel_ok(got: np.ndarray, want: np.ndarray, hi: float) -> None:
     """Within the log codes: 2.8 % relative, or 0 below hi·10^-DECADES."""
     floor = hi * 10.0 ** -LP.DECADES
@@ -116,9 +131,9 @@ def test_build_chunks_and_header():
     run = _softmax_run(300, heads=2, window=50)
     data = LP.build(run, k=8)
     keys = [k for k, _ in data.chunks]
-    assert keys == ["mask/self/0", "mask/self/1"] + [f"self/{li}/{h}" for li in range(2)
-                                                     for h in range(2)] + ["agg/self/0",
-                                                                           "agg/self/1"]
+    assert keys == ["mask/self/0", "mask/self/1"] + [  # per layer: its heads, then together
+        key for li in range(2) for key in [f"self/{li}/0", f"self/{li}/1",
+                                           f"agg/mean/self/{li}", f"agg/max/self/{li}"]]
     assert data.block == 1 and data.k == 8 and data.tokens == 300
     import json
     import struct
@@ -130,25 +145,42 @@ def test_build_chunks_and_header():
         LP.build(run, k=0)
 
 
-@pytest.mark.parametrize("block", [1, 8])
-def test_layer_pyramid_is_the_reduction_of_the_heads_together(block):
-    """A layer's chunk: the block max of the cellwise max over heads, the block sum of the
-    cellwise mean over heads (and the first block column without key 0), within the codes."""
+@pytest.mark.parametrize("block,storage", [(1, "weights"), (8, "weights"), (1, "qk"),
+                                           (4, "qk")])
+def test_layer_pyramids_are_the_mean_and_max_of_the_heads_cell_by_cell(block, storage,
+                                                                        monkeypatch):
+    """A layer's chunks: the heads' weights averaged (or maxed) cell by cell, then reduced
+    over blocks by max and by sum (and the first block column without key 0), within the
+    codes — all four of mean/max × block max/sum, as tiles.tile defines them; the heads'
+    own chunks are those a head alone gets. Heads come two at a time, so the running mean
+    and max cross groups."""
     n, heads = 203, 3
     run = _softmax_run(n, heads=heads, window=40)
+    if storage == "qk":
+        run = _qk_run(n, heads=heads, window=40)
+    monkeypatch.setattr(LP, "block_size", lambda n: block)
+    monkeypatch.setattr(LP.LayerReducer.__init__, "__kwdefaults__",
+                        {"aggregate": True, "cells": 2 * LP.ROWS * n})
+    data = LP.build(run, k=6)
+    chunks = dict(data.chunks)
     for li in range(2):
         w, m = run.layer(li), run.mask(li)  # [head, query, key], [query, key]
-        acc = None
+        for how, cellwise in (("mean", w.mean(axis=0)), ("max", w.max(axis=0))):
+            got = LP.decode_pyramid(chunks[f"agg/{how}/self/{li}"], n, n, block)
+            want = LP.pyramid(cellwise, m, block)
+            for plane in LP.PLANES:
+                hi = float(np.nanmax(want[plane.removeprefix("rest_")]))
+                _rel_ok(got[plane], want[plane], hi)
+            assert np.isnan(got["max"]).any() and (block == 1 or not np.isnan(
+                got["rest_sum"]).all())
         for h in range(heads):
-            acc = LP.fold_pyramid(acc, LP.pyramid(w[h], m, block))
-        got = LP.decode_pyramid(LP.pack_pyramid(acc, heads), n, n, block)
-        of_max, of_mean = LP.pyramid(w.max(axis=0), m, block), LP.pyramid(w.mean(axis=0), m, block)
-        hi_max, hi_sum = float(np.nanmax(of_max["max"])), float(np.nanmax(of_mean["sum"]))
-        _rel_ok(got["max"], of_max["max"], hi_max)
-        _rel_ok(got["sum"], of_mean["sum"], hi_sum)
-        _rel_ok(got["rest_max"], of_max["rest_max"], hi_max)
-        _rel_ok(got["rest_sum"], of_mean["rest_sum"], hi_sum)
-        assert np.isnan(got["max"]).any() and (block == 1 or not np.isnan(got["rest_sum"]).all())
+            alone = LP.pack(LP.reduce_head(LP._dense_rows(w[h], m), m, block, 6), n)
+            one = LP.decode_head(chunks[f"self/{li}/{h}"], n, n, block)
+            ref = LP.decode_head(alone, n, n, block)
+            for key in ("max", "sum", "rest_max", "rest_sum", "rowmax", "count", "keys",
+                        "values"):
+                np.testing.assert_allclose(one[key], ref[key], rtol=1e-5, atol=1e-7,
+                                           err_msg=key)
 
 
 def test_k_follows_the_budget():
@@ -264,5 +296,5 @@ def test_page_written_in_pieces_equals_the_page(tmp_path):
     size = html.write_long_html(threaded, tmp_path / "p.html", {"layer": 1})
     text = (tmp_path / "p.html").read_text("utf-8")
     assert text == html.long_page(plain, {"layer": 1}) and size == len(text.encode("utf-8"))
-    # two masks, 2 layers × 2 heads, and per layer one chunk of its heads combined
-    assert text.count('class="attnmap-long"') == len(plain.chunks) == 2 + 2 * 2 + 2
+    # two masks, 2 layers × 2 heads, and per layer the mean and the max of its heads
+    assert text.count('class="attnmap-long"') == len(plain.chunks) == 2 + 2 * 2 + 2 * 2

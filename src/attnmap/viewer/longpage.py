@@ -15,10 +15,11 @@ as, per head (``encode_head``):
   rounded up). A zoomed-in cell that is not kept shows "< bound", never a made-up value.
 
 and per stack, each distinct layer mask as the visible key intervals of each row
-(``encode_mask``), and per layer the pyramid of its heads together (``pack_pyramid``: the max of
-the block maxima, the mean of the block sums — exact up to the codes, quantised once from the
-heads' exact pyramids), so the mean or max of heads over the whole matrix decodes one chunk, not
-every head. A mean or max cell that some head did not keep is shown as an upper bound.
+(``encode_mask``), and per layer the pyramids of the mean and of the max of its heads
+(``pack_pyramid``: the heads' weights averaged or maxed cell by cell, then reduced over blocks
+by max and by sum, as ``tiles.tile`` defines them — exact up to the codes), so the mean or max
+of heads over the whole matrix decodes one chunk, not every head. A mean or max cell that some
+head did not keep is shown as an upper bound.
 
 Each piece is deflated alone, so the viewer decodes only the head it shows. ``k`` comes from a
 byte budget (``BUDGET``), measured on the first head. Chunk layout (before deflate), all
@@ -29,8 +30,9 @@ little-endian::
     u8 key delta planes[index_bytes][entries] (low byte first) | u8 codes[entries]
 
 Mask chunk (before deflate): ``u32 count[nq]`` (intervals per row), then ``u32 [start, end)``
-pairs, row by row. Layer chunk (``agg/<stack>/<layer>``, before deflate): ``f32 hi_max, f32
-hi_sum | u8 max[Pq, Pk], u8 sum[Pq, Pk], u8 rest_max[Pq], u8 rest_sum[Pq]`` (sum: the mean).
+pairs, row by row. Layer chunks (``agg/mean/<stack>/<layer>``, ``agg/max/<stack>/<layer>``,
+before deflate): ``f32 hi_max, f32 hi_sum | u8 max[Pq, Pk], u8 sum[Pq, Pk], u8 rest_max[Pq],
+u8 rest_sum[Pq]``.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ DENSE_MAX_CELLS = 2 ** 28
 LEVEL = 6
 APPROXIMATE = (
     "overview blocks within 2.8 % (log codes, 6 decades); cells each row keeps within 1/256 "
-    "of the row max; other cells are shown as an upper bound; mean/max of heads: block max "
-    "and mean of sums exact up to the codes, cells a head did not keep as a bound"
+    "of the row max; other cells are shown as an upper bound; mean/max of heads: blocks of the "
+    "cellwise mean or max exact up to the codes, cells a head did not keep as a bound"
 )
 
 
@@ -141,24 +143,86 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
     ``values``, ``rowmax``, ``bound``: the largest visible weight not kept, 0 when none; of
     equal weights at the cut, the smaller keys are kept).
     """
-    nq, nk = masked.shape
-    pq, pk = -(-nq // block), -(-nk // block)
-    step = max(ROWS // block, 1) * block
-    out = {name: np.full(n, np.nan, np.float32) for name, n in
-           (("max", (pq, pk)), ("sum", (pq, pk)), ("rest_max", pq), ("rest_sum", pq))}
-    rowmax = np.zeros(nq, np.float32)
-    bound = np.zeros(nq, np.float32)
-    count = np.zeros(nq, np.int64)
-    keys: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    buf = np.empty(step * pk * block, np.float32)
-    for r0 in range(0, nq, step):
-        r1 = min(nq, r0 + step)
+    def one(r0: int, r1: int, heads: list[int]) -> tuple[int, np.ndarray]:
+        k0, w = rows(r0, r1)
+        return k0, w[None]
+
+    red = LayerReducer(masked, block, k, 1, aggregate=False)
+    for r0 in red.starts():
+        red.chunk(one, r0)
+    return red.heads[0].result()
+
+
+class LayerReducer:
+    """Every head of a layer reduced as :func:`reduce_head` reduces one, and with
+    `aggregate` the pyramids of the mean and of the max of its heads taken cell by cell
+    before the blocks are reduced (as ``tiles.tile`` defines them), a chunk of rows at a
+    time: :meth:`chunk` for each of :meth:`starts`, in any order and on any threads (each
+    chunk writes its own rows), then ``heads[h].result()`` and ``aggs[how].result()``.
+
+    A chunk's rows come from ``rows(r0, r1, heads) -> (k0, float32 [head, r1 - r0, key])``
+    (:func:`reduce_head`'s contract, for some heads), a group of heads at a time of at most
+    `cells` values, so the cellwise mean and max cost two running arrays of one chunk.
+    """
+
+    def __init__(self, masked: np.ndarray, block: int, k: int, n_heads: int, *,
+                 aggregate: bool = True, cells: int = 1 << 23) -> None:
+        self.masked, self.block, self.k, self.n_heads = masked, block, k, n_heads
+        nq, nk = masked.shape
+        pq, pk = -(-nq // block), -(-nk // block)
+        self.step = max(ROWS // block, 1) * block
+        self.group = max(1, cells // max(self.step * nk, 1))
+        self.heads = [_Reduced(nq, pq, pk) for _ in range(n_heads)]
+        self.aggs = ({"mean": _Reduced(nq, pq, pk), "max": _Reduced(nq, pq, pk)}
+                     if aggregate else {})
+        self._bufs = threading.local()
+
+    def starts(self) -> range:
+        return range(0, self.masked.shape[0], self.step)
+
+    def chunk(self, rows: Any, r0: int) -> None:
+        nq, nk = self.masked.shape
+        r1 = min(nq, r0 + self.step)
+        block = self.block
+        buf = getattr(self._bufs, "buf", None)
+        if buf is None:
+            buf = self._bufs.buf = np.empty(self.step * (-(-nk // block)) * block, np.float32)
+        total = top = None
+        k0 = kend = 0
+        for g0 in range(0, self.n_heads, self.group):
+            hs = list(range(g0, min(self.n_heads, g0 + self.group)))
+            k0, w = rows(r0, r1, hs)  # [head, row, key from k0]
+            kend = k0 + w.shape[2]  # no row of the chunk sees a key from here on
+            if kend == k0:  # no row sees any key: nothing kept, rowmax and bound 0
+                return
+            if self.aggs:  # before the heads' reductions overwrite their rows
+                part_sum, part_max = w.sum(axis=0), w.max(axis=0)
+                total = part_sum if total is None else np.add(total, part_sum, out=total)
+                top = part_max if top is None else np.maximum(top, part_max, out=top)
+            for i, h in enumerate(hs):
+                self.heads[h].chunk(w[i], self.masked, r0, r1, k0, kend, block, self.k, buf)
+        if total is not None and top is not None:
+            total /= np.float32(self.n_heads)
+            self.aggs["mean"].chunk(total, self.masked, r0, r1, k0, kend, block, 0, buf)
+            self.aggs["max"].chunk(top, self.masked, r0, r1, k0, kend, block, 0, buf)
+
+
+class _Reduced:
+    """One head's (or one aggregate's) pyramid planes and kept cells, filled chunk by chunk."""
+
+    def __init__(self, nq: int, pq: int, pk: int) -> None:
+        self.out = {name: np.full(n, np.nan, np.float32) for name, n in
+                    (("max", (pq, pk)), ("sum", (pq, pk)), ("rest_max", pq), ("rest_sum", pq))}
+        self.rowmax = np.zeros(nq, np.float32)
+        self.bound = np.zeros(nq, np.float32)
+        self.count = np.zeros(nq, np.int64)
+        self.keys: dict[int, np.ndarray] = {}  # by a chunk's first row (chunks on threads)
+        self.values: dict[int, np.ndarray] = {}
+
+    def chunk(self, w: np.ndarray, masked: np.ndarray, r0: int, r1: int, k0: int, kend: int,
+              block: int, k: int, buf: np.ndarray) -> None:
+        """Rows r0..r1 over keys k0..kend (`w`, may be overwritten); `k` 0: pyramid only."""
         n = r1 - r0
-        k0, w = rows(r0, r1)  # [row, key from k0]: keys outside are masked for these rows
-        kend = k0 + w.shape[1]  # no row of the block sees a key from here on
-        if kend == k0:  # no row of the block sees any key: nothing kept, rowmax and bound 0
-            continue
         c0, c1 = k0 // block, -(-kend // block)  # the block columns holding a visible cell
         a0, a1 = c0 * block, c1 * block  # [a0, a1): the keys of those columns
         nb = -(-n // block)
@@ -196,20 +260,27 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
             m = np.maximum(m[:, 0::2], m[:, 1::2])
         bmax = m.view(np.float32)  # [bq, bk]
         b0, b1 = r0 // block, r0 // block + nb
+        out = self.out
         out["max"][b0:b1, c0:c1] = np.where(bmax < 0, np.nan, bmax)  # others stay NaN
         out["sum"][b0:b1, c0:c1] = np.where(bmax < 0, np.nan, bsum)
         if fsum is not None:
             fmax = b4[:, :, 0, 1:].max(axis=(1, 2))
             out["rest_max"][b0:b1] = np.where(fmax < 0, np.nan, fmax)
             out["rest_sum"][b0:b1] = np.where(fmax < 0, np.nan, fsum)
-        top = _top_k(c[:n], k)
-        rowmax[r0:r1], count[r0:r1], bound[r0:r1] = top[0], top[1], top[2]
-        keys.append(top[3] + a0)
-        values.append(top[4])
-    return {**out, "count": count, "keys": np.concatenate(keys or [np.zeros(0, np.int64)]
-                                                        ).astype(np.int64),
-            "values": np.concatenate(values or [np.zeros(0, np.float32)]).astype(np.float32),
-            "rowmax": rowmax, "bound": bound}
+        if k:
+            top = _top_k(c[:n], k)
+            self.rowmax[r0:r1], self.count[r0:r1], self.bound[r0:r1] = top[0], top[1], top[2]
+            self.keys[r0] = top[3] + a0
+            self.values[r0] = top[4]
+
+    def result(self) -> dict[str, np.ndarray]:
+        order = sorted(self.keys)  # rows in order
+        return {**self.out, "count": self.count,
+                "keys": np.concatenate([self.keys[r] for r in order] or
+                                       [np.zeros(0, np.int64)]).astype(np.int64),
+                "values": np.concatenate([self.values[r] for r in order] or
+                                         [np.zeros(0, np.float32)]).astype(np.float32),
+                "rowmax": self.rowmax, "bound": self.bound}
 
 
 def _top_k(c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
@@ -332,29 +403,11 @@ def pack(r: dict[str, np.ndarray], nk: int) -> bytes:
 PLANES = ("max", "sum", "rest_max", "rest_sum")
 
 
-def fold_pyramid(acc: dict[str, np.ndarray] | None, r: dict[str, np.ndarray]
-                 ) -> dict[str, np.ndarray]:
-    """A layer's heads together: `acc` (None for the first head) with the pyramid of one more
-    head (:func:`reduce_head`) — the max of block maxima, the sum of block sums (float64); NaN
-    (all masked) is left out."""
-    if acc is None:
-        return {n: np.array(r[n], np.float64 if n.endswith("sum") else np.float32)
-                for n in PLANES}
-    for n in PLANES:
-        if n.endswith("sum"):
-            a, x = acc[n], r[n]
-            np.add(a, x, out=a, where=~np.isnan(a) & ~np.isnan(x))
-            np.copyto(a, x, where=np.isnan(a))
-        else:
-            np.fmax(acc[n], r[n], out=acc[n])
-    return acc
-
-
-def pack_pyramid(acc: dict[str, np.ndarray], heads: int) -> bytes:
-    """A layer's folded pyramid (:func:`fold_pyramid` over its `heads`) as a deflated chunk:
-    the max of block maxima and the mean of block sums (layout: module docstring)."""
-    planes = {n: (acc[n] / heads if n.endswith("sum") else acc[n]).astype(np.float32)
-              for n in PLANES}
+def pack_pyramid(r: dict[str, np.ndarray]) -> bytes:
+    """The pyramid of a layer's heads taken together (``LayerReducer.aggs``, the mean or the
+    max of the heads cell by cell, then reduced over blocks) as a deflated chunk (layout:
+    module docstring)."""
+    planes = {n: np.asarray(r[n], np.float32) for n in PLANES}
     hi = {n: float(np.nanmax(planes[n])) if np.isfinite(planes[n]).any() else 0.0
           for n in ("max", "sum")}
     body = b"".join([np.array([hi["max"], hi["sum"]], "<f4").tobytes()] + [
@@ -487,32 +540,51 @@ def _spans(masked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _rows(run: Any, stack: str, layer: int, head: int,
           spans: dict[int, tuple[np.ndarray, ...]] | None = None) -> Any:
-    """``rows(r0, r1) -> (k0, [row, key] float32)``: query rows [r0, r1) of one head over the
-    keys from `k0` on that they may see, computed from queries and keys where the run keeps
-    them (never the whole head at once); keys outside the span are masked for those rows.
-    `spans`: :func:`_spans` of each layer's mask by ``id``, shared by the heads of a run
-    (one mask's spans: ≈40 ms at 4,095 tokens, a third of a head's whole reduction)."""
+    """``rows(r0, r1) -> (k0, [row, key] float32)``: query rows [r0, r1) of one head (see
+    :func:`_layer_rows`)."""
+    rows = _layer_rows(run, stack, layer, spans)
+
+    def one(r0: int, r1: int) -> tuple[int, np.ndarray]:
+        k0, w = rows(r0, r1, [head])
+        return k0, w[0]
+
+    return one
+
+
+def _layer_rows(run: Any, stack: str, layer: int,
+                spans: dict[int, tuple[np.ndarray, ...]] | None = None) -> Any:
+    """``rows(r0, r1, heads) -> (k0, [head, row, key] float32)``: query rows [r0, r1) of some
+    heads over the keys from `k0` on that they may see, computed from queries and keys where
+    the run keeps them (never a whole head at once; memory reused per thread, each result
+    valid until that thread's next call); keys outside the span are masked for those rows.
+    `spans`: :func:`_spans` of each layer's mask by ``id``, shared by the layers of a run
+    (one mask's spans: ≈40 ms at 4,095 tokens, once per head before)."""
     st = run.stack(stack)
     layers = st.layers
+    n_heads = st.n_heads
     if isinstance(layers, QKLayers):
         masked = layers.masks[layer]
         got = spans.get(id(masked)) if spans is not None else None
         any_row, first, end = got if got is not None else _spans(masked)
-        scratch = Scratch()
+        local = threading.local()
 
-        def rows(r0: int, r1: int) -> tuple[int, np.ndarray]:
+        def rows(r0: int, r1: int, heads: list[int]) -> tuple[int, np.ndarray]:
             live = any_row[r0:r1]
             if not live.any():
-                return 0, np.zeros((r1 - r0, 0), np.float32)
+                return 0, np.zeros((len(heads), r1 - r0, 0), np.float32)
             k0, k1 = int(first[r0:r1][live].min()), int(end[r0:r1][live].max())
-            return k0, layers.rows(layer, r0, r1, k0, k1, heads=[head], scratch=scratch)[0]
+            scratch = getattr(local, "scratch", None)
+            if scratch is None:
+                scratch = local.scratch = Scratch()
+            which = None if heads == list(range(n_heads)) else heads  # all: per key head
+            return k0, layers.rows(layer, r0, r1, k0, k1, heads=which, scratch=scratch)
 
         return rows
     w = layers[layer]
     masked = np.asarray(st.mask(layer), dtype=bool)
     # masked cells as exactly 0, as softmax gives them (weights from elsewhere may hold noise)
-    return lambda r0, r1: (0, _plus_zero(np.where(masked[r0:r1], np.float32(0),
-                                                  np.asarray(w[head, r0:r1], dtype=np.float32))))
+    return lambda r0, r1, heads: (0, _plus_zero(np.where(
+        masked[r0:r1], np.float32(0), np.asarray(w[heads, r0:r1], dtype=np.float32))))
 
 
 def _mask(st: Any, layer: int) -> np.ndarray:
@@ -547,59 +619,67 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             chunks.append((f"mask/{name}/{i}", encode_mask(m)))
         stacks[name] = {"masks": index}
         nk = st.shape[3]
-        layers: dict[int, Any] = {}  # layer → its heads' pyramids folded (fold_pyramid)
-        lock = threading.Lock()
-
-        def fold(li: int, r: dict[str, np.ndarray], layers: dict[int, Any] = layers,
-                 lock: threading.Lock = lock) -> None:
-            with lock:
-                layers[li] = fold_pyramid(layers.get(li), r)
-
         if isinstance(st.layers, QKLayers):
             for m in st.layers.masks:  # alive as long as the run: their ids stay theirs
                 if id(m) not in spans:
                     spans[id(m)] = _spans(m)
-        todo = [(li, h) for li in range(st.n_layers) for h in range(st.n_heads)]
-        if k is None and todo:  # the first head measures what each k costs
-            li, h = todo[0]
+        if k is None and st.n_layers:  # the first head measures what each k costs
             # through map_threads for its one BLAS thread: with OpenBLAS's own threads this
             # head took 0.4–1.1 s here instead of 0.16 s (4,095 tokens, a busy machine)
-            mask = _mask(st, li)
+            mask = _mask(st, 0)
 
             def widest(rows: Any, m: np.ndarray = mask) -> dict[str, np.ndarray]:
                 return reduce_head(rows, m, block, K_CHOICES[-1])
 
-            r = map_threads(widest, [_rows(run, name, li, h, spans)])[0]
-            fold(li, r)
+            r = map_threads(widest, [_rows(run, name, 0, 0, spans)])[0]
 
             def sized(kc: int, r: dict[str, np.ndarray] = r, nk: int = nk) -> bytes:
                 return pack(subset(r, kc), nk)
 
-            packed = dict(zip(K_CHOICES, map_threads(sized, K_CHOICES), strict=True))
-            k = _choose_k({kc: len(b) for kc, b in packed.items()}, heads, budget)
-            first = [(f"{name}/{li}/{h}", packed[k])]
-            todo = todo[1:]
-            if progress is not None:
-                progress(1)
-        else:
-            first = []
+            sizes = dict(zip(K_CHOICES, map(len, map_threads(sized, K_CHOICES)), strict=True))
+            k = _choose_k(sizes, heads, budget)
+        # every layer's heads together, a chunk of rows per job (so a run of few layers
+        # still fills the cores); the thread that ends a layer packs it
+        reducers: list[LayerReducer | None] = [
+            LayerReducer(_mask(st, li), block, int(k or 1), st.n_heads)
+            for li in range(st.n_layers)]
+        jobs = [(li, r0) for li, red in enumerate(reducers) if red for r0 in red.starts()]
+        layer_rows = [_layer_rows(run, name, li, spans) for li in range(st.n_layers)]
+        left = [len(r.starts()) if r else 0 for r in reducers]
+        lock = threading.Lock()
+        packed: dict[int, list[tuple[str, bytes, Any]]] = {}
 
         def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
-                k: int = int(k or 1), fold: Any = fold) -> tuple[str, bytes, Any]:
-            li, h = job
-            r = reduce_head(_rows(run, name, li, h, spans), _mask(st, li), block, k)
-            fold(li, r)
-            blob = pack(r, nk)
+                reducers: list[LayerReducer | None] = reducers,
+                layer_rows: list[Any] = layer_rows,
+                left: list[int] = left, lock: threading.Lock = lock,
+                packed: dict[int, list[tuple[str, bytes, Any]]] = packed) -> None:
+            li, r0 = job
+            red = reducers[li]
+            assert red is not None  # a layer's reducer goes only after its last chunk
+            red.chunk(layer_rows[li], r0)
+            with lock:
+                left[li] -= 1
+                last = left[li] == 0
+            if not last:
+                return
+            out = []
+            for h, r in enumerate(red.heads):
+                blob = pack(r.result(), nk)
+                out.append((f"{name}/{li}/{h}", blob, enc(blob)))
+            for how, r in red.aggs.items():
+                blob = pack_pyramid(r.result())
+                out.append((f"agg/{how}/{name}/{li}", blob, enc(blob)))
+            packed[li] = out
+            reducers[li] = None  # its memory goes now
             if progress is not None:
-                progress(1)
-            return f"{name}/{li}/{h}", blob, enc(blob)
+                progress(st.n_heads)
 
-        done = map_threads(one, todo)  # heads on one thread per core
-        chunks += first + [(key, blob) for key, blob, _ in done]
-        texts += [None] * (len(chunks) - len(texts) - len(done)) + [t for _, _, t in done]
-        chunks += [(f"agg/{name}/{li}", pack_pyramid(layers[li], st.n_heads))
-                   for li in sorted(layers)]
-        texts += [None] * (len(chunks) - len(texts))
+        map_threads(one, jobs)
+        for li in range(st.n_layers):
+            chunks += [(key, blob) for key, blob, _ in packed[li]]
+            texts += [None] * (len(chunks) - len(texts) - len(packed[li]))
+            texts += [t for _, _, t in packed[li]]
     head = header(run, [], cmap=cmap)
     head["long"] = {
         "encoding": ENCODING, "version": LONG_VERSION, "block": block, "k": k,
@@ -610,7 +690,7 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
     hb = _json_bytes(head)
     payload = struct.pack("<4sII", MAGIC, PAYLOAD_VERSION, len(hb)) + hb
     encoded = None
-    if encode is not None:  # the masks and first heads were not encoded on the threads
+    if encode is not None:  # the masks were not encoded on the threads
         encoded = [encode(blob) if t is None else t for (_, blob), t in zip(chunks, texts,
                                                                               strict=True)]
     return LongData(payload, chunks, block, int(k or 0), n, encoded)

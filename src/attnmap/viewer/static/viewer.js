@@ -1527,25 +1527,25 @@ function cellTile(heads, how, mask, req) {
   return { q0: req.q0, k0: ka, rows, cols, block: bs, reduce: req.reduce, vals, bound: flag, rest };
 }
 function aggregatePyramid(heads, how) {
-  void how;
   let max = null, sum = null, restMax = null, restSum = null;
   const { nq, nk, pq, pk } = heads[0];
+  const fold = how === "max" ? foldMax : foldMean;
   return {
     nq,
     nk,
     pq,
     pk,
     get max() {
-      return max ??= foldMax(heads.map((hd) => hd.max));
+      return max ??= fold(heads.map((hd) => hd.max));
     },
     get sum() {
-      return sum ??= foldMean(heads.map((hd) => hd.sum));
+      return sum ??= fold(heads.map((hd) => hd.sum));
     },
     get restMax() {
-      return restMax ??= foldMax(heads.map((hd) => hd.restMax));
+      return restMax ??= fold(heads.map((hd) => hd.restMax));
     },
     get restSum() {
-      return restSum ??= foldMean(heads.map((hd) => hd.restSum));
+      return restSum ??= fold(heads.map((hd) => hd.restSum));
     }
   };
 }
@@ -1644,16 +1644,16 @@ var PageSource = class {
     return p;
   }
   /**
-   * The pyramid of a layer's heads together (mean and max share it: see aggregatePyramid):
-   * the page's layer chunk — one chunk, not every head — or, in a page without one, the heads
-   * folded.
+   * The pyramid of the mean or the max of a layer's heads (taken cell by cell, then reduced
+   * over blocks): the page's layer chunk — one chunk, not every head — or, in a page built
+   * before those chunks, the heads' pyramids folded (see aggregatePyramid).
    * @param {string} stack
    * @param {number} layer
    * @param {"mean" | "max"} how
    * @returns {Promise<LongPyramid>}
    */
   aggregate(stack, layer, how) {
-    const key2 = `${stack}/${layer}`;
+    const key2 = `${how}/${stack}/${layer}`;
     let p = this.pyramids.get(key2);
     if (p) return p;
     const [, H, nq, nk] = this.shape(stack), bytes = this.chunk(`agg/${key2}`);
