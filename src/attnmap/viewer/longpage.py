@@ -196,9 +196,18 @@ class LayerReducer:
             if kend == k0:  # no row sees any key: nothing kept, rowmax and bound 0
                 return
             if self.aggs:  # before the heads' reductions overwrite their rows
-                part_sum, part_max = w.sum(axis=0), w.max(axis=0)
-                total = part_sum if total is None else np.add(total, part_sum, out=total)
-                top = part_max if top is None else np.maximum(top, part_max, out=top)
+                if total is None or top is None:
+                    size = (2, w.shape[1], w.shape[2])
+                    both = getattr(self._bufs, "aggs", None)
+                    if both is None or both.size < 2 * w.shape[1] * w.shape[2]:
+                        both = self._bufs.aggs = np.empty(size, np.float32)
+                    both = both.reshape(-1)[: 2 * w.shape[1] * w.shape[2]].reshape(size)
+                    total, top = both[0], both[1]
+                    np.sum(w, axis=0, out=total)
+                    np.max(w, axis=0, out=top)
+                else:
+                    total += w.sum(axis=0)
+                    np.maximum(top, w.max(axis=0), out=top)
             for i, h in enumerate(hs):
                 self.heads[h].chunk(w[i], self.masked, r0, r1, k0, kend, block, self.k, buf)
         if total is not None and top is not None:
@@ -552,13 +561,16 @@ def _rows(run: Any, stack: str, layer: int, head: int,
 
 
 def _layer_rows(run: Any, stack: str, layer: int,
-                spans: dict[int, tuple[np.ndarray, ...]] | None = None) -> Any:
+                spans: dict[int, tuple[np.ndarray, ...]] | None = None,
+                local: threading.local | None = None) -> Any:
     """``rows(r0, r1, heads) -> (k0, [head, row, key] float32)``: query rows [r0, r1) of some
     heads over the keys from `k0` on that they may see, computed from queries and keys where
     the run keeps them (never a whole head at once; memory reused per thread, each result
     valid until that thread's next call); keys outside the span are masked for those rows.
     `spans`: :func:`_spans` of each layer's mask by ``id``, shared by the layers of a run
-    (one mask's spans: ≈40 ms at 4,095 tokens, once per head before)."""
+    (one mask's spans: ≈40 ms at 4,095 tokens, once per head before); `local`: where each
+    thread keeps its memory, shared by the layers of a run (one thread's memory, not one per
+    layer)."""
     st = run.stack(stack)
     layers = st.layers
     n_heads = st.n_heads
@@ -566,16 +578,16 @@ def _layer_rows(run: Any, stack: str, layer: int,
         masked = layers.masks[layer]
         got = spans.get(id(masked)) if spans is not None else None
         any_row, first, end = got if got is not None else _spans(masked)
-        local = threading.local()
+        mine = local if local is not None else threading.local()
 
         def rows(r0: int, r1: int, heads: list[int]) -> tuple[int, np.ndarray]:
             live = any_row[r0:r1]
             if not live.any():
                 return 0, np.zeros((len(heads), r1 - r0, 0), np.float32)
             k0, k1 = int(first[r0:r1][live].min()), int(end[r0:r1][live].max())
-            scratch = getattr(local, "scratch", None)
+            scratch = getattr(mine, "scratch", None)
             if scratch is None:
-                scratch = local.scratch = Scratch()
+                scratch = mine.scratch = Scratch()
             which = None if heads == list(range(n_heads)) else heads  # all: per key head
             return k0, layers.rows(layer, r0, r1, k0, k1, heads=which, scratch=scratch)
 
@@ -639,30 +651,32 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
             sizes = dict(zip(K_CHOICES, map(len, map_threads(sized, K_CHOICES)), strict=True))
             k = _choose_k(sizes, heads, budget)
         # every layer's heads together, a chunk of rows per job (so a run of few layers
-        # still fills the cores); the thread that ends a layer packs it
-        reducers: list[LayerReducer | None] = [
-            LayerReducer(_mask(st, li), block, int(k or 1), st.n_heads)
-            for li in range(st.n_layers)]
-        jobs = [(li, r0) for li, red in enumerate(reducers) if red for r0 in red.starts()]
-        layer_rows = [_layer_rows(run, name, li, spans) for li in range(st.n_layers)]
-        left = [len(r.starts()) if r else 0 for r in reducers]
+        # still fills the cores); a layer's reducer is made by its first chunk and packed
+        # and dropped by its last, so only the layers in progress hold memory
+        local = threading.local()  # each thread's scratch, shared by the layers
+        starts = LayerReducer(_mask(st, 0), block, 1, 1).starts() if st.n_layers else []
+        jobs = [(li, r0) for li in range(st.n_layers) for r0 in starts]
+        reducers: dict[int, LayerReducer] = {}
+        left = [len(starts)] * st.n_layers
         lock = threading.Lock()
         packed: dict[int, list[tuple[str, bytes, Any]]] = {}
 
         def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
-                reducers: list[LayerReducer | None] = reducers,
-                layer_rows: list[Any] = layer_rows,
-                left: list[int] = left, lock: threading.Lock = lock,
-                packed: dict[int, list[tuple[str, bytes, Any]]] = packed) -> None:
+                reducers: dict[int, LayerReducer] = reducers, left: list[int] = left,
+                lock: threading.Lock = lock, local: threading.local = local,
+                packed: dict[int, list[tuple[str, bytes, Any]]] = packed,
+                k: int = int(k or 1)) -> None:
             li, r0 = job
-            red = reducers[li]
-            assert red is not None  # a layer's reducer goes only after its last chunk
-            red.chunk(layer_rows[li], r0)
+            with lock:
+                if li not in reducers:
+                    reducers[li] = LayerReducer(_mask(st, li), block, k, st.n_heads)
+                red = reducers[li]
+            red.chunk(_layer_rows(run, name, li, spans, local), r0)
             with lock:
                 left[li] -= 1
-                last = left[li] == 0
-            if not last:
-                return
+                if left[li]:
+                    return
+                del reducers[li]
             out = []
             for h, r in enumerate(red.heads):
                 blob = pack(r.result(), nk)
@@ -671,7 +685,6 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
                 blob = pack_pyramid(r.result())
                 out.append((f"agg/{how}/{name}/{li}", blob, enc(blob)))
             packed[li] = out
-            reducers[li] = None  # its memory goes now
             if progress is not None:
                 progress(st.n_heads)
 
