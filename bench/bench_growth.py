@@ -76,8 +76,8 @@ def main() -> None:
         _, r["overview s"] = timed(lambda run=run: tiles.overview(run, 0, 0,
                                                                   cache=tiles.TileCache()))
         rows.append(r)
-        print(" | ".join(f"{r[c]:,.0f}" if c.endswith("B/tok") or c == "tokens" else
-                         f"{r[c]:.3f}" if c in r else "—" for c in cols), flush=True)
+        print(" | ".join("—" if c not in r else f"{r[c]:,.0f}" if c.endswith("B/tok") or
+                         c == "tokens" else f"{r[c]:.3f}" for c in cols), flush=True)
     print("growth exponent a (value ≈ c·nᵃ, least squares in log-log over the lengths "
           "measured; bytes per token grow as n^(a))")
     for c in cols[1:]:

@@ -56,6 +56,20 @@ class QKLayers(Sequence[np.ndarray]):
         # see, as the capture's fused attention found it (None where it was not given); a
         # reader may take it as the row's softmax normaliser instead of finding it again
         self.logsumexp = logsumexp
+        self._spans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def spans(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`row_spans` of a layer's mask, found once per distinct mask (a run file that
+        stores masks as spans hands them over when it is read)."""
+        m = self.masks[layer]
+        got = self._spans.get(id(m))  # the masks live as long as self: their ids stay theirs
+        if got is None:
+            got = self._spans[id(m)] = row_spans(m)
+        return got
+
+    def give_spans(self, mask: np.ndarray, first: np.ndarray, end: np.ndarray) -> None:
+        """Spans already known for one of the layers' masks, every row one run of keys."""
+        self._spans[id(mask)] = (first, end, np.ones(len(first), bool))
 
     @property
     def masked(self) -> np.ndarray:

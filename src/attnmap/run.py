@@ -648,10 +648,12 @@ def _put_mask(tensors: dict[str, np.ndarray], name: str, mask: np.ndarray,
     return 1
 
 
-def _read_masks(tensors: dict[str, np.ndarray], names: list[str], nq: int,
-                nk: int) -> list[np.ndarray]:
+def _read_masks(tensors: dict[str, np.ndarray], names: list[str], nq: int, nk: int,
+                spans: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+                ) -> list[np.ndarray]:
     """The masks stored under `names` (uint8 ``[query, key]`` or row spans ``name.rows``)
-    as bool ``[query, key]``, True = hidden; a mask that does not fit nq × nk is refused."""
+    as bool ``[query, key]``, True = hidden; a mask that does not fit nq × nk is refused.
+    Spans read go into `spans` by the mask's ``id``."""
     out = []
     for name in names:
         if name in tensors:
@@ -673,6 +675,8 @@ def _read_masks(tensors: dict[str, np.ndarray], names: list[str], nq: int,
         for r0 in range(0, nq, step):
             np.logical_or(cols < first[r0:r0 + step, None], cols >= end[r0:r0 + step, None],
                           out=m[r0:r0 + step])
+        if spans is not None:
+            spans[id(m)] = (np.where(end > first, first, 0), np.where(end > first, end, 0))
         out.append(m)
     return out
 
@@ -705,17 +709,18 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
         smeta = (meta.get("stacks") or {}).get(name) or {}
         if n_layers > MAX_LAYERS:
             _check_size(name, n_layers, 1)
+        spans: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # masks read as row spans
         index = smeta.get("layer_masks")
         if index is None:
             if f"{prefix}mask" not in tensors and f"{prefix}mask.rows" not in tensors:
                 raise KeyError(f"{prefix}mask")
-            mask = _read_masks(tensors, [f"{prefix}mask"], nq, nk)[0]
+            mask = _read_masks(tensors, [f"{prefix}mask"], nq, nk, spans)[0]
             layer_masks = None
         else:
             names = _mask_names(tensors, f"{prefix}mask.")
             if len(index) != n_layers or not names:
                 raise ValueError(f"{name}: {len(index)} layer masks for {n_layers} layers")
-            distinct = _read_masks(tensors, names, nq, nk)
+            distinct = _read_masks(tensors, names, nq, nk, spans)
             if any(j >= len(distinct) for j in index):
                 raise ValueError(f"{name}: a layer names a mask the file does not hold")
             layer_masks = [distinct[int(j)] for j in index]
@@ -758,6 +763,9 @@ def _from_parts(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Attenti
                 raise ValueError(f"{name}: softcap must be a positive number or null per layer")
             qk = QKLayers(qs, ks, [float(x) for x in scaling], layer_masks or [mask] * len(qs),
                           softcap=softcap, sinks=sinks, logsumexp=lse)
+            for m in {id(m): m for m in qk.masks}.values():
+                if id(m) in spans:
+                    qk.give_spans(m, *spans[id(m)])
             stacks[name] = AttentionStack(name, qk, mask, layer_masks)
             continue
         for arr in layers:

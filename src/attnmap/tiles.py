@@ -37,8 +37,9 @@ from .qkweights import QKLayers, row_spans
 
 REDUCES = ("max", "sum")
 HEAD_AGGREGATES = ("mean", "max")
-# Cells of float32 logits held at once per chunk of query rows (16 MB).
-CHUNK_CELLS = 1 << 22
+# Cells of float32 logits held at once per chunk of query rows (32 MB: at 32,768 keys, 256
+# rows, where a row block's matrix product runs ~15 % faster than at 128).
+CHUNK_CELLS = 1 << 23
 
 _NEG = np.float32(-np.inf)
 
@@ -367,7 +368,7 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
     b, q0, k0 = spec["block"], spec["q0"], spec["k0"]
     rows, cols = spec["rows"], spec["cols"]
     reduce, agg, skip0 = spec["reduce"], spec["agg"], spec["ignore_first"]
-    ext = _extents(mask, cache)
+    ext = lay.spans(li) if lay.masks[li] is mask else _extents(mask, cache)
     layer = _Layer(lay, li, mask, ext)
     lo, hi = ext[0], ext[1]
     # normalisers per head (row max logit, row sum of exponentials): cached ones, and [query]
@@ -469,9 +470,9 @@ def _qk_tile(st: Any, li: int, heads: list[int], mask: np.ndarray, spec: dict[st
                 if lin:
                     with np.errstate(divide="ignore"):
                         np.log(tv, out=tv)
-                else:
-                    tv[:nr] -= top[:, None]
-                tv[:nr] -= np.log(total)[:, None]
+                    tv[:nr] -= np.log(total)[:, None]
+                else:  # one pass: a row's whole offset at once
+                    tv[:nr] -= (top + np.log(total))[:, None]
                 if agg is None:
                     acc = np.exp(_fold(tv, gr, b, nb, "max"))
                 elif acc is None:

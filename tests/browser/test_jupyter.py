@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +12,7 @@ import urllib.request
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests._server import free_port
 
 
 def notebook(run_path) -> dict:
@@ -36,15 +32,22 @@ def notebook(run_path) -> dict:
 def lab(tmp_path, gpt2_run):
     gpt2_run.save(tmp_path / "run.safetensors")
     (tmp_path / "view.ipynb").write_text(json.dumps(notebook(tmp_path / "run.safetensors")))
+    with jupyter_lab(tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def jupyter_lab(root):
+    """`jupyter lab` on loopback serving `root`, no token; yields its URL."""
     port = free_port()
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"), JUPYTER_CONFIG_DIR=str(tmp_path))
-    log = open(tmp_path / "lab.log", "wb")
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / "rt"),
+               JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"), JUPYTER_CONFIG_DIR=str(root))
+    log = open(root / "lab.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
          f"--port={port}", "--ip=127.0.0.1", "--ServerApp.token=", "--ServerApp.password=",
-         f"--ServerApp.root_dir={tmp_path}", "--ServerApp.port_retries=0"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+         f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -57,7 +60,7 @@ def lab(tmp_path, gpt2_run):
                 if proc.poll() is not None or time.monotonic() - t0 > 45:
                     log.flush()
                     pytest.fail("jupyter lab did not start:\n" +
-                                (tmp_path / "lab.log").read_text(errors="replace")[-2000:])
+                                (root / "lab.log").read_text(errors="replace")[-2000:])
                 time.sleep(0.3)
         yield url
     finally:

@@ -5,21 +5,15 @@ tooltip equal `attnmap.tiles.tile` and the run's own weights."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from attnmap import tiles
 
-from .test_jupyter import _viewer, free_port
+from .test_jupyter import _viewer, jupyter_lab
 
 N = 2100  # over the 2048² cells a head may have in a dense payload: auto picks tiles
 LAYER, HEAD = 1, 1
@@ -38,43 +32,6 @@ def long_run(tmp_path_factory):
         run = attnmap.capture(text, model=path, store="qk", truncate=True)
     assert len(run.tokens) == N and run.stack().lazy
     return run
-
-
-@contextlib.contextmanager
-def jupyter_lab(root):
-    """`jupyter lab` on loopback serving `root`, no token; yields its URL."""
-    port = free_port()
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / "rt"),
-               JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"), JUPYTER_CONFIG_DIR=str(root))
-    log = open(root / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
-         f"--port={port}", "--ip=127.0.0.1", "--ServerApp.token=", "--ServerApp.password=",
-         f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        t0 = time.monotonic()
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() - t0 > 45:
-                    log.flush()
-                    pytest.fail("jupyter lab did not start:\n" +
-                                (root / "lab.log").read_text(errors="replace")[-2000:])
-                time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture

@@ -185,7 +185,7 @@ def test_a_log_sum_exp_that_does_not_fit_is_refused(tmp_path):
 def _qk_run(masks: list[np.ndarray], n: int) -> AttentionRun:
     from attnmap.qkweights import QKLayers
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(1)  # one key head, two query heads
     q = [rng.standard_normal((2, n, 3), dtype=np.float32) for _ in masks]
     k = [rng.standard_normal((1, n, 3), dtype=np.float32) for _ in masks]
     run = _run(layers=len(masks), heads=2, n=n)
@@ -197,7 +197,10 @@ def _qk_run(masks: list[np.ndarray], n: int) -> AttentionRun:
 
 def test_long_runs_keep_masks_as_row_spans(tmp_path):
     """A long run's causal and sliding-window masks go to the file as one span per query
-    (format 4) and come back cell for cell; a mask with gaps stays a matrix."""
+    (format 4) and come back cell for cell, their spans handed to the run (not searched for
+    again); a mask with gaps stays a matrix."""
+    from attnmap.qkweights import row_spans
+
     n = 300
     r, c = np.indices((n, n))
     causal = c > r
@@ -216,8 +219,13 @@ def test_long_runs_keep_masks_as_row_spans(tmp_path):
                 assert f.get_tensor("mask.rows").shape == (n, 2)
         assert meta["format_version"] == 4
         back = attnmap.load(path)
+        lay = back.stack().layers
         for li, m in enumerate(masks):
             assert np.array_equal(back.mask(li), m)
+            if {f"mask.{li}.rows", "mask.rows"} & stored:  # spans handed over, not found again
+                assert id(back.mask(li)) in lay._spans
+            for got, want in zip(lay.spans(li), row_spans(m), strict=True):
+                np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(back.layer(li), _qk_run(masks, n).layer(li))
 
 

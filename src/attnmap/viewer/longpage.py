@@ -632,9 +632,10 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
         stacks[name] = {"masks": index}
         nk = st.shape[3]
         if isinstance(st.layers, QKLayers):
-            for m in st.layers.masks:  # alive as long as the run: their ids stay theirs
+            for li, m in enumerate(st.layers.masks):  # alive as long as the run: ids stay
                 if id(m) not in spans:
-                    spans[id(m)] = _spans(m)
+                    first, end, _ = st.layers.spans(li)  # once per mask, kept by the run
+                    spans[id(m)] = (end > first, first, end)
         if k is None and st.n_layers:  # the first head measures what each k costs
             # through map_threads for its one BLAS thread: with OpenBLAS's own threads this
             # head took 0.4–1.1 s here instead of 0.16 s (4,095 tokens, a busy machine)
