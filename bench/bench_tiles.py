@@ -53,7 +53,10 @@ def long_run(n: int, seed: int = 0, lse: bool = False) -> AttentionRun:
     mask = np.triu(np.ones((n, n), dtype=bool), 1)  # [query, key] causal future
     layers = QKLayers([q], [k], [DIM ** -0.5], [mask],
                       logsumexp=[log_sum_exp(q, k)] if lse else None)
-    toks = [Token(text="x", raw="x", id=0) for _ in range(n)]
+    # token ids drawn as words fall in text (Zipf, 50,000 of them): copies of a token, which
+    # the census pairs up, as often as in prose, not n² of them as n equal tokens would give
+    ids = (np.random.default_rng(seed + 1).zipf(1.2, n) - 1) % 50_000
+    toks = [Token(text=f"w{i}", raw=f"w{i}", id=int(i)) for i in ids]
     st = AttentionStack("self", layers, mask)
     return AttentionRun(text="", tokens=toks, stacks={"self": st},
                         model={"id": "random-llama-shaped", "causal": True})
