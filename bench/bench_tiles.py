@@ -73,7 +73,12 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--reduce", default="max", choices=tiles.REDUCES)
+    ap.add_argument("--ab", type=int, default=0, metavar="N",
+                    help="instead: alternate N times, at each length, a head's first view of "
+                         "the run carrying the log-sum-exp and a warm view of the same head")
     args = ap.parse_args()
+    if args.ab:
+        return alternate(args)
     print(f"# {machine()}; head dim {DIM}, {HEADS} heads / {KV_HEADS} key heads, causal, "
           f"overview 512 × 512, reduce={args.reduce}")
     print(f"{'tokens':>7} {'block':>5} {'cold s':>7} {'warm s':>7} {'lse s':>7} "
@@ -106,6 +111,29 @@ def main() -> None:
         for i, what in ((1, "cold"), (2, "warm"), (3, "lse")):
             slope = np.polyfit(x, np.log([r[i] for r in rows]), 1)[0]
             print(f"growth exponent ({what}, {rows[0][0]}→{rows[-1][0]}): {slope:.2f}")
+
+
+def alternate(args: argparse.Namespace) -> None:
+    """First views (log-sum-exp carried, nothing cached but the mask's spans, which a run
+    keeps) and warm views (normalisers cached), alternated in one process: this shared VM's
+    speed drifts by ±20 % over a minute, so the two are compared side by side."""
+    print(f"# {machine()}; overview 512 × 512, reduce={args.reduce}, {args.ab} alternations")
+    for n in args.lengths:
+        run, plain = long_run(n, lse=True), long_run(n)
+        run.stack().layers.spans(0)
+        plain.stack().layers.spans(0)
+        cache = tiles.TileCache()
+        tiles.overview(plain, 0, 0, reduce=args.reduce, cache=cache)  # head 0's normalisers
+        first, warm = [], []
+        for i in range(args.ab):
+            cache.clear("tile")
+            warm.append(timed(partial(tiles.overview, plain, 0, 0, reduce=args.reduce,
+                                      cache=cache)))
+            first.append(timed(partial(tiles.overview, run, 0, i % HEADS, reduce=args.reduce,
+                                       cache=tiles.TileCache())))
+        print(f"{n:>7} tokens: first view (lse) median {np.median(first):.3f} s "
+              f"({min(first):.3f}–{max(first):.3f}); warm median {np.median(warm):.3f} s "
+              f"({min(warm):.3f}–{max(warm):.3f})", flush=True)
 
 
 if __name__ == "__main__":
