@@ -455,7 +455,8 @@ def qk_layers(rec: _Recording) -> QKLayers:
                  for s, q in zip(rec.sinks, rec.q)]
     masks = [m if m is not None else np.zeros((q.shape[1], k.shape[1]), bool)
              for m, q, k in zip(rec.masks, rec.q, rec.k)]
-    lse = rec.lse if rec.lse and all(x is not None for x in rec.lse) else None
+    kept = [x for x in rec.lse if x is not None]
+    lse = kept if rec.lse and len(kept) == len(rec.lse) else None
     return QKLayers(rec.q, rec.k, rec.scaling, masks, softcap=rec.softcap, sinks=sinks,
                     logsumexp=lse)
 
