@@ -2,7 +2,9 @@
 [--tokens 1024 2048 4096 8192] [--dense-up-to 2048] [--save DIR]``, or on pages built before
 (``--save`` keeps them, with their build facts beside them): ``python bench/bench_long_page.py
 --page DIR/long8192.html``, or only `attnmap html` from a saved run:
-``python bench/bench_long_page.py --cli run.safetensors [--repeat 3]``.
+``python bench/bench_long_page.py --cli run.safetensors [--repeat 3]``; such a run file of
+n tokens (the model below, captured with ``store="qk"``): ``python bench/bench_long_page.py
+--make-run 4095 run.safetensors``.
 
 A GPT-2-shaped 12-layer × 12-head model with random weights (n_embd 768, built from a config),
 captured with ``store="qk"`` at each length. For each: the long page (``attnmap.viewer.
@@ -129,6 +131,20 @@ def cli(run_file: str, repeat: int) -> None:
                   f"{load0:.1f} → {os.getloadavg()[0]:.1f}", flush=True)
 
 
+def make_run(n: int, out: Path) -> None:
+    """Capture n tokens of the bench's model (store="qk") and save the run to `out`."""
+    from transformers import AutoTokenizer
+
+    import attnmap
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "m", n)
+        tok = AutoTokenizer.from_pretrained(model)
+        run = attnmap.capture(text_of_tokens(tok, n), model=model, store="qk")
+        run.save(out)
+    print(f"{out}: {len(run.tokens):,} tokens, {out.stat().st_size / 1e6:.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
@@ -137,10 +153,14 @@ def main() -> None:
                     "facts, long<n>.json) in this folder")
     ap.add_argument("--page", type=Path, nargs="+", help="measure these long pages (built with "
                     "--save) instead of building")
+    ap.add_argument("--make-run", nargs=2, metavar=("TOKENS", "RUN_FILE"),
+                    help="capture TOKENS tokens of the model below (store='qk') into RUN_FILE")
     ap.add_argument("--cli", metavar="RUN_FILE",
                     help="only time `attnmap html --run RUN_FILE` (a run saved by capture)")
     ap.add_argument("--repeat", type=int, default=3, help="--cli: how many times")
     args = ap.parse_args()
+    if args.make_run:
+        return make_run(int(args.make_run[0]), Path(args.make_run[1]))
     if args.cli:
         return cli(args.cli, args.repeat)
 
