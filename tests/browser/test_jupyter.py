@@ -96,18 +96,22 @@ def _check_heatmap(page, cell: int, layer: int, n: int) -> None:
     assert header["stacks"][0]["shape"] == [2, 2, n, n]
 
 
-@pytest.mark.slow
-def test_notebook_shows_the_heatmap(page, lab, gpt2_run):
+def open_notebook(page, url: str) -> None:
+    """Open the notebook at `url` with its first cell focused, once the kernel is idle: on a
+    busy machine its start can take long, and a cell sent before that may never run."""
     page.set_default_timeout(60000)
-    page.goto(f"{lab}/lab/tree/view.ipynb")
+    page.goto(url)
     editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
     editor.wait_for(state="visible")
-    # Run the cells only once the kernel says it is idle: on a busy machine its start can
-    # take long, and a cell sent before that may never run.
     page.wait_for_function(
         "(document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar')?.innerText || '')"
         ".includes('Idle')", timeout=90000)
     editor.click()
+
+
+@pytest.mark.slow
+def test_notebook_shows_the_heatmap(page, lab, gpt2_run):
+    open_notebook(page, f"{lab}/lab/tree/view.ipynb")
     page.keyboard.press("Shift+Enter")  # attnmap.show(run, layer=1); moves to the next cell
     page.keyboard.press("Shift+Enter")  # the bare `run`
     n = len(gpt2_run.tokens)

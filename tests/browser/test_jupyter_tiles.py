@@ -13,7 +13,7 @@ import pytest
 
 from attnmap import tiles
 
-from .test_jupyter import _viewer, jupyter_lab
+from .test_jupyter import _viewer, jupyter_lab, open_notebook
 
 N = 2100  # over the 2048² cells a head may have in a dense payload: auto picks tiles
 LAYER, HEAD = 1, 1
@@ -68,14 +68,7 @@ def settle(page):
 
 @pytest.mark.slow
 def test_long_run_draws_from_kernel_tiles(page, lab, long_run):
-    page.set_default_timeout(60000)
-    page.goto(f"{lab}/lab/tree/long.ipynb")
-    editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
-    editor.wait_for(state="visible")
-    page.wait_for_function(
-        "(document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar')?.innerText || '')"
-        ".includes('Idle')", timeout=90000)
-    editor.click()
+    open_notebook(page, f"{lab}/lab/tree/long.ipynb")
     page.keyboard.press("Shift+Enter")
     page.wait_for_function(f"{_viewer(0)}?.__attnmap?.lod?.tile", timeout=90000)
     page.evaluate(f"{_viewer(0)}.scrollIntoView()")
