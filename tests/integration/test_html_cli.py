@@ -21,14 +21,19 @@ def payload_of(html: str, ident: str = "attnmap-payload") -> dict:
     """Decode the base-85 payload that a standalone page embeds in element `ident`."""
     m = re.search(rf'id="{ident}" data-length="(\d+)">\s*([^<]*?)\s*</script>', html)
     assert m, f"no {ident} element"
-    text, length = m.group(2), int(m.group(1))
+    return decode(b85(m.group(2), int(m.group(1))))
+
+
+def b85(text: str, length: int) -> bytes:
+    """A page element's base-85 text → its first `length` bytes (decoded in the test, one
+    group of five digits at a time, not by attnmap)."""
     out = bytearray()
     for g in range(0, len(text), 5):
         v = 0
         for ch in text[g : g + 5]:
             v = v * 85 + B85.index(ch)
         out += v.to_bytes(4, "big")
-    return decode(bytes(out[:length]))
+    return bytes(out[:length])
 
 
 def test_html_from_text(tmp_path, gpt2_dir, gpt2_run):

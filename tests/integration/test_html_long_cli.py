@@ -9,17 +9,8 @@ import numpy as np
 
 from _cli import run_cli
 from attnmap.viewer import longpage
-from attnmap.viewer.html import B85
 
-
-def b85(text: str, length: int) -> bytes:
-    out = bytearray()
-    for g in range(0, len(text), 5):
-        v = 0
-        for ch in text[g : g + 5]:
-            v = v * 85 + B85.index(ch)
-        out += v.to_bytes(4, "big")
-    return bytes(out[:length])
+from .test_html_cli import b85
 
 
 def test_long_representation_forced(tmp_path, gpt2_run):

@@ -153,6 +153,11 @@ def reduce_head(rows: Any, masked: np.ndarray, block: int, k: int) -> dict[str, 
     return red.heads[0].result()
 
 
+def row_step(block: int) -> int:
+    """Query rows reduced at a time: ROWS, in whole blocks."""
+    return max(ROWS // block, 1) * block
+
+
 class LayerReducer:
     """Every head of a layer reduced as :func:`reduce_head` reduces one, and with
     `aggregate` the pyramids of the mean and of the max of its heads taken cell by cell
@@ -170,7 +175,7 @@ class LayerReducer:
         self.masked, self.block, self.k, self.n_heads = masked, block, k, n_heads
         nq, nk = masked.shape
         pq, pk = -(-nq // block), -(-nk // block)
-        self.step = max(ROWS // block, 1) * block
+        self.step = row_step(block)
         self.group = max(1, cells // max(self.step * nk, 1))
         self.heads = [_Reduced(nq, pq, pk) for _ in range(n_heads)]
         self.aggs = ({"mean": _Reduced(nq, pq, pk), "max": _Reduced(nq, pq, pk)}
@@ -655,7 +660,8 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
         # still fills the cores); a layer's reducer is made by its first chunk and packed
         # and dropped by its last, so only the layers in progress hold memory
         local = threading.local()  # each thread's scratch, shared by the layers
-        starts = LayerReducer(_mask(st, 0), block, 1, 1).starts() if st.n_layers else []
+        starts = range(0, st.shape[2], row_step(block))  # LayerReducer.starts
+        layer_rows = [_layer_rows(run, name, li, spans, local) for li in range(st.n_layers)]
         jobs = [(li, r0) for li in range(st.n_layers) for r0 in starts]
         reducers: dict[int, LayerReducer] = {}
         left = [len(starts)] * st.n_layers
@@ -664,15 +670,15 @@ def build(run: Any, *, cmap: str = DEFAULT_CMAP, budget: int = BUDGET, k: int | 
 
         def one(job: tuple[int, int], name: str = name, st: Any = st, nk: int = nk,
                 reducers: dict[int, LayerReducer] = reducers, left: list[int] = left,
-                lock: threading.Lock = lock, local: threading.local = local,
+                lock: threading.Lock = lock,
                 packed: dict[int, list[tuple[str, bytes, Any]]] = packed,
-                k: int = int(k or 1)) -> None:
+                layer_rows: list[Any] = layer_rows, k: int = int(k or 1)) -> None:
             li, r0 = job
             with lock:
                 if li not in reducers:
                     reducers[li] = LayerReducer(_mask(st, li), block, k, st.n_heads)
                 red = reducers[li]
-            red.chunk(_layer_rows(run, name, li, spans, local), r0)
+            red.chunk(layer_rows[li], r0)
             with lock:
                 left[li] -= 1
                 if left[li]:
