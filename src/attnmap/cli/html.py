@@ -85,18 +85,18 @@ def handle(args: argparse.Namespace) -> int:
         "stack": args.stack, "layer": args.layer, "head": args.head, "scale": args.scale,
         "view": args.view, "ignore_first": args.ignore_first or None, "step": args.step,
     }  # None: the page's own default
-    from ..viewer.html import write_html
+    from ..viewer import longpage
+    from ..viewer.html import (
+        b85encode,
+        check_options,
+        representation_of,
+        write_html,
+        write_long_html,
+    )
 
     shape = " + ".join(f"{st.name} {st.n_layers}×{st.n_heads}" for st in run.stacks.values())
     say(args, f"writing {out} ({len(run.tokens)} tokens; {shape} layers × heads)")
-    from ..viewer import longpage
-
-    rep = args.representation
-    if rep == "auto":
-        rep = longpage.choose(run)
-    if rep == "long":
-        from ..viewer.html import b85encode, check_options, write_long_html
-
+    if representation_of(run, args.representation) == "long":
         opts = check_options(run, {k: v for k, v in options.items() if v is not None})
         if args.precision != "full":
             say(args, f"--precision {args.precision} applies to dense pages; the long "

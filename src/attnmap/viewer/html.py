@@ -196,17 +196,27 @@ mod.default.render({{ model, el }});
 REPRESENTATIONS = ("auto", "dense", "long")
 
 
+def representation_of(run: Any, representation: str = "auto") -> str:
+    """``"dense"`` or ``"long"``: the page `representation` ("auto" chooses by size,
+    ``longpage.choose``); a one-line error for anything else."""
+    if representation not in REPRESENTATIONS:
+        raise AttnmapError(f"representation must be 'auto', 'dense' or 'long' "
+                           f"(not {representation!r})")
+    if representation != "auto":
+        return representation
+    from . import longpage
+
+    return longpage.choose(run)
+
+
 def page(run: Any, *, cmap: str = DEFAULT_CMAP, representation: str = "auto",
          precision: str = "full", **options: Any) -> str:
     """The standalone page for `run` as a string (`options`: see :func:`to_html`)."""
     opts = check_options(run, options)
     check_precision(precision)
-    if representation not in REPRESENTATIONS:
-        raise AttnmapError(f"representation must be 'auto', 'dense' or 'long' "
-                           f"(not {representation!r})")
-    from . import longpage
+    if representation_of(run, representation) == "long":
+        from . import longpage
 
-    if representation == "long" or (representation == "auto" and longpage.choose(run) == "long"):
         return long_page(longpage.build(run, cmap=cmap, encode=b85encode), opts)
     return "".join(_page_text(encode_parts(run, cmap=cmap, precision=precision), opts))
 
